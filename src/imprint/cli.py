@@ -1,0 +1,174 @@
+"""imprint's commands: train, generate, export, demo. Thin: parse, call, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from imprint.errors import ImprintError
+
+log = logging.getLogger("imprint")
+
+TRAIN_EXAMPLE = """example:
+  imprint train --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+      --images photos/dog --class-name dog --method lora --prior-preservation \\
+      --steps 800 --output runs/dog
+  imprint train --config run.toml --steps 1000      # flags win over the file's keys
+  imprint train --config run.toml --resume           # continue after a crash or kill
+"""
+
+HELP = {
+    "model": "hub id or local diffusers folder of the base model",
+    "images": "folder of subject photos (jpg/png/webp)",
+    "class_name": "the subject's class noun, e.g. dog",
+    "token": "rare identifier for the subject (default sks)",
+    "instance_prompt": "training caption; {token} and {class_name} are filled in",
+    "class_prompt": "prompt of the prior-preservation class images",
+    "method": "lora | full | textual_inversion",
+    "rank": "LoRA rank (default 4)",
+    "alpha": "LoRA alpha (default: the rank)",
+    "num_vectors": "textual inversion: embedding vectors for the token",
+    "train_text_encoder": "also train the text encoder (lora, full)",
+    "steps": "optimizer steps",
+    "lr": "learning rate (default per method: lora 1e-4, full 5e-6, textual_inversion 5e-4)",
+    "batch_size": "subject images per step (as many class images are added with prior preservation)",
+    "resolution": "training size in pixels (square)",
+    "prior_preservation": "add the DreamBooth prior-preservation loss on class images",
+    "num_class_images": "class images to generate / use",
+    "prior_loss_weight": "weight of the prior-preservation loss",
+    "class_images": "folder of class images (default: a cache generated once per model/prompt/size)",
+    "mixed_precision": "no | fp16 | bf16",
+    "gradient_checkpointing": "trade compute for memory",
+    "checkpoint_every": "write a resumable checkpoint every N steps (0: never)",
+    "keep_checkpoints": "how many checkpoints to keep",
+    "sample_every": "write a sample grid every N steps (0: only at the end)",
+    "sample_prompt": "prompt of the sample grids (repeatable); {token} and {class_name} are filled",
+    "output": "run folder",
+    "resume": "resume the run in --output from its latest checkpoint (or from the folder given)",
+}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from imprint.config import FIELDS
+
+    parser.add_argument("--config", help="TOML file with the same keys as the flags")
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = str(field.type)
+        kwargs = {"dest": name, "default": None, "help": HELP.get(name, "")}
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif name == "sample_prompt":
+            parser.add_argument(flag, action="append", metavar="PROMPT", **kwargs)
+        elif name == "resume":
+            parser.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", **kwargs)
+        else:
+            caster = int if kind.startswith("int") else float if kind.startswith("float") else str
+            parser.add_argument(flag, type=caster, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imprint", description="Teach a text-to-image model a subject from a few photos.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="personalise a model on subject photos",
+                           epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_flags(train)
+
+    gen = sub.add_parser(
+        "generate", help="generate images with a finished run",
+        epilog='example:\n  imprint generate --run runs/dog "a sks dog on the beach" --num-images 4 '
+               "--output out/beach", formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("prompts", nargs="+", help="prompts; write the run's token for the subject")
+    gen.add_argument("--run", required=True, help="run folder made by imprint train")
+    gen.add_argument("--model", help="base model (default: the one the run was trained on)")
+    gen.add_argument("--num-images", type=int, default=4)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=30, help="denoising steps")
+    gen.add_argument("--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--resolution", type=int, help="default: the training resolution")
+    gen.add_argument("--output", required=True, help="folder for the PNGs and grid.png")
+
+    export = sub.add_parser(
+        "export", help="write a run in another ecosystem's format",
+        epilog="example:\n  imprint export runs/dog --format kohya --output dog_kohya.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("run", help="run folder made by imprint train")
+    export.add_argument("--format", choices=["kohya"], default="kohya",
+                        help="kohya: the A1111 / ComfyUI LoRA layout")
+    export.add_argument("--output", required=True, help="the .safetensors file to write")
+
+    demo = sub.add_parser(
+        "demo", help="the whole job on a small built-in model, offline, in minutes",
+        epilog="example:\n  imprint demo --output demo-output", formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--output", default="demo-output")
+    demo.add_argument("--steps", type=int, default=150)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from imprint.config import FIELDS, build_config, load_toml
+        from imprint.train.loop import train
+
+        toml_values = load_toml(args.config) if args.config else {}
+        cfg = build_config(toml_values, {k: getattr(args, k) for k in FIELDS})
+        out = train(cfg)
+        print(f"run written to {out}")
+    elif args.command == "generate":
+        from imprint.generate import generate
+
+        if args.num_images <= 0:
+            raise ImprintError("--num-images must be > 0")
+        paths = generate(args.run, args.prompts, args.output, model=args.model,
+                         num_images=args.num_images, seed=args.seed, steps=args.steps,
+                         guidance_scale=args.guidance_scale, resolution=args.resolution)
+        print(f"{len(paths)} images and grid.png written to {args.output}")
+    elif args.command == "export":
+        from imprint.export.kohya import export_kohya
+
+        print(f"wrote {export_kohya(args.run, args.output)}")
+    elif args.command == "demo":
+        from imprint.demo import run_demo
+
+        run_demo(args.output, steps=args.steps)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="imprint: %(message)s")
+    _quiet_libraries()
+    try:
+        return run_command(args)
+    except ImprintError as e:
+        if args.debug:
+            raise
+        print(f"imprint: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imprint: interrupted; resume with --resume (checkpoints are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

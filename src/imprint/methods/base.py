@@ -1,0 +1,85 @@
+"""What every method is: the parts it trains, its trainable state, its result files.
+
+The loop talks to a method only through this class, so a new method is one file that
+subclasses it and registers itself; the same registry creates methods for training and
+loads their results for generation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # --- training -------------------------------------------------------------------------
+    def trained_parts(self) -> set[str]:
+        """Names of the family's parts that receive gradients (the rest stays frozen)."""
+        raise NotImplementedError
+
+    def prepare(self, family) -> list[torch.nn.Parameter]:
+        """Add adapters / tokens to the family's parts; return the parameters to optimise."""
+        raise NotImplementedError
+
+    def prompt_token(self) -> str:
+        """The text that stands for the subject in training prompts."""
+        return self.cfg.token
+
+    def metadata(self) -> dict:
+        """What generate needs to load the result, beyond the run config."""
+        return {"prompt_token": self.prompt_token()}
+
+    def after_optimizer_step(self, family) -> None:
+        """Hook for methods that must constrain weights after each update."""
+
+    def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint must hold to restore training exactly."""
+        return {
+            f"{part}.{name}": p.detach().float().cpu().contiguous()
+            for part in sorted(self.trained_parts())
+            for name, p in family.modules[part].named_parameters() if p.requires_grad
+        }
+
+    def load_trainable_state_dict(self, family, state: dict[str, torch.Tensor]) -> None:
+        for part in self.trained_parts():
+            prefix = f"{part}."
+            wanted = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            params = dict(family.modules[part].named_parameters())
+            missing = [n for n, p in params.items() if p.requires_grad and n not in wanted]
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} tensor(s) of {part}, e.g. {missing[0]}")
+            with torch.no_grad():
+                for name, value in wanted.items():
+                    params[name].copy_(value.to(params[name].dtype))
+
+    # --- result ---------------------------------------------------------------------------
+    def save_result(self, family, folder: Path) -> list[str]:
+        """Write the files users keep; return their names (relative to folder)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
+        """Apply a finished run to a diffusers pipeline of its base model."""
+        raise NotImplementedError
+
+    @classmethod
+    def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:
+        """Let users write the run's token; methods whose token differs swap it in."""
+        token, prompt_token = metadata.get("token"), metadata.get("prompt_token")
+        if token and prompt_token and token != prompt_token:
+            return re.sub(rf"(?<!\S){re.escape(token)}(?!\S)", prompt_token, prompt)
+        return prompt

@@ -1,0 +1,56 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685) as used for DreamBooth: low-rank updates
+W + (alpha / rank) B A on the attention projections of the UNet, and of the text encoder
+when asked. The layers are PEFT's; the result is diffusers' own LoRA file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imprint.methods.base import Method, register
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+
+    def trained_parts(self) -> set[str]:
+        return {"unet", "text_encoder"} if self.cfg.train_text_encoder else {"unet"}
+
+    def adapter_config(self, part: str, family):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.cfg.rank, lora_alpha=self.cfg.resolved_alpha(), init_lora_weights="gaussian",
+            target_modules=family.lora_targets[part],
+        )
+
+    def prepare(self, family) -> list[torch.nn.Parameter]:
+        params = []
+        for part in sorted(self.trained_parts()):
+            module = family.modules[part]
+            module.add_adapter(self.adapter_config(part, family))
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()  # adapter weights train in float32 under any precision
+                    params.append(p)
+        return params
+
+    def save_result(self, family, folder: Path) -> list[str]:
+        from peft.utils import get_peft_model_state_dict
+
+        layers, configs = {}, {}
+        for part in self.trained_parts():
+            module = family.modules[part]
+            layers[part] = {k: v.detach().float().cpu().contiguous()
+                            for k, v in get_peft_model_state_dict(module).items()}
+            configs[part] = module.peft_config["default"].to_dict()
+        family.save_lora(folder, layers, configs)
+        return [WEIGHT_NAME]
+
+    @classmethod
+    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
+        pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME)

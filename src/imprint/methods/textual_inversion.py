@@ -1,0 +1,102 @@
+"""Textual inversion (Gal et al. 2022, arXiv 2208.01618): a new token whose embedding
+vector(s), initialised from the class name, are the only weights trained."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from imprint.errors import ImprintError
+from imprint.methods.base import Method, register
+
+log = logging.getLogger("imprint")
+
+WEIGHT_NAME = "learned_embeds.safetensors"
+
+
+@register
+class TextualInversion(Method):
+    name = "textual_inversion"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.placeholder = cfg.token
+        self.token_ids: list[int] = []
+        self._frozen_rows: torch.Tensor | None = None
+
+    def trained_parts(self) -> set[str]:
+        return {"text_encoder"}
+
+    def tokens(self) -> list[str]:
+        return [self.placeholder] + [f"{self.placeholder}_{i}" for i in range(1, self.cfg.num_vectors)]
+
+    def prompt_token(self) -> str:
+        return " ".join(self.tokens())
+
+    def prepare(self, family) -> list[torch.nn.Parameter]:
+        tokenizer, text_encoder = family.tokenizer, family.text_encoder
+        if self.placeholder in tokenizer.get_vocab():
+            # an existing word cannot get a new embedding: use <token>, as the TI papers do
+            self.placeholder = f"<{self.cfg.token}>"
+            log.info("token %r is already in the vocabulary; training %r instead",
+                     self.cfg.token, self.placeholder)
+        if tokenizer.add_tokens(self.tokens()) != len(self.tokens()):
+            raise ImprintError(
+                f"--token {self.cfg.token}: {self.placeholder!r} already exists in the tokenizer; "
+                "pick a new token"
+            )
+        text_encoder.resize_token_embeddings(len(tokenizer))
+        self.token_ids = tokenizer.convert_tokens_to_ids(self.tokens())
+
+        embeddings = text_encoder.get_input_embeddings().weight
+        class_ids = tokenizer(self.cfg.class_name, add_special_tokens=False).input_ids
+        if not class_ids:
+            raise ImprintError(f"--class-name {self.cfg.class_name!r}: tokenizes to nothing")
+        with torch.no_grad():
+            init = embeddings[class_ids].mean(0)  # a multi-word class starts at its mean
+            embeddings[self.token_ids] = init
+        text_encoder.requires_grad_(False)
+        embeddings.requires_grad_(True)
+        self._frozen_rows = embeddings.detach().clone()
+        return [embeddings]
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "placeholder": self.placeholder}
+
+    def after_optimizer_step(self, family) -> None:
+        # The optimiser sees the whole embedding table (weight decay and Adam moments touch
+        # every row); put back every row but the new tokens', as the TI paper does.
+        weight = family.text_encoder.get_input_embeddings().weight
+        keep = torch.ones(weight.shape[0], dtype=torch.bool)
+        keep[self.token_ids] = False
+        with torch.no_grad():
+            weight[keep] = self._frozen_rows[keep].to(weight.dtype)
+
+    def learned_embeds(self, family) -> torch.Tensor:
+        weight = family.text_encoder.get_input_embeddings().weight
+        return weight[self.token_ids].detach().float().cpu().contiguous()
+
+    def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
+        return {"learned_embeds": self.learned_embeds(family)}
+
+    def load_trainable_state_dict(self, family, state: dict[str, torch.Tensor]) -> None:
+        weight = family.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[self.token_ids] = state["learned_embeds"].to(weight.dtype)
+
+    def save_result(self, family, folder: Path) -> list[str]:
+        # the layout of diffusers' textual_inversion example: {token: (num_vectors, dim)}
+        save_file({self.placeholder: self.learned_embeds(family)}, str(folder / WEIGHT_NAME))
+        return [WEIGHT_NAME]
+
+    @classmethod
+    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
+        pipe.load_textual_inversion(str(folder / WEIGHT_NAME), token=metadata["placeholder"])
+
+    @classmethod
+    def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:
+        # diffusers expands a multi-vector placeholder itself; the prompt needs the placeholder
+        return Method.rewrite_prompt(prompt, {**metadata, "prompt_token": metadata["placeholder"]})

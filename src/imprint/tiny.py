@@ -1,0 +1,110 @@
+"""Build Stable Diffusion models from configs alone (random weights), saved as diffusers folders.
+
+Used by the tests and benchmarks, and by `imprint demo` until the toy-world model ships: the
+folders load through the same `--model` path as a hub model. The tokenizer is a byte-level
+CLIP BPE vocabulary with no merges, so it needs no download and tokenizes any text.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # the reversible byte -> printable character map of GPT-2 / CLIP BPE
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def build_tokenizer(folder: Path, max_length: int = 77):
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                              model_max_length=max_length, pad_token="<|endoftext|>")
+    return tokenizer
+
+
+SIZES = {
+    # a UNet/VAE/text encoder of a few hundred thousand parameters: CI-sized
+    "tiny": dict(unet_channels=(32, 64), layers_per_block=1, cross_dim=32, heads=2, te_layers=2,
+                 te_hidden=32, te_ff=64, vae_channels=(32, 64), vocab=None),
+    # the Stable Diffusion 1.5 architecture (860M UNet, 123M text encoder, 84M VAE)
+    "sd15": dict(unet_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_dim=768, heads=8,
+                 te_layers=12, te_hidden=768, te_ff=3072, vae_channels=(128, 256, 512, 512),
+                 vocab=49408),
+}
+
+
+def build_sd_pipeline(size: str = "tiny", seed: int = 0):
+    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    s = SIZES[size]
+    torch.manual_seed(seed)
+    n = len(s["unet_channels"])
+    unet = UNet2DConditionModel(
+        block_out_channels=s["unet_channels"], layers_per_block=s["layers_per_block"],
+        sample_size=64 if size == "sd15" else 16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",) if size == "sd15"
+        else ("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1) if size == "sd15"
+        else ("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=s["cross_dim"], attention_head_dim=s["heads"],
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=s["vae_channels"], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(s["vae_channels"]),
+        up_block_types=("UpDecoderBlock2D",) * len(s["vae_channels"]),
+        layers_per_block=2 if size == "sd15" else 1, sample_size=512 if size == "sd15" else 32,
+        norm_num_groups=32,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp) / "tokenizer")
+        tokenizer.save_pretrained(Path(tmp) / "saved")
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "saved")
+    text_config = CLIPTextConfig(
+        vocab_size=s["vocab"] or len(tokenizer), hidden_size=s["te_hidden"],
+        intermediate_size=s["te_ff"], num_hidden_layers=s["te_layers"],
+        num_attention_heads=max(1, s["te_hidden"] // 64) if size == "sd15" else 4,
+        max_position_embeddings=77, bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        projection_dim=s["te_hidden"],
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True,
+                              set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    folder = Path(folder)
+    build_sd_pipeline(size, seed).save_pretrained(folder, safe_serialization=True)
+    return folder

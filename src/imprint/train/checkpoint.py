@@ -1,0 +1,139 @@
+"""Checkpoints: written atomically (temporary folder, then rename), pickle-free (safetensors
+for tensors, JSON for the rest), the last K kept.
+
+A checkpoint holds the trainable weights, the optimizer state, the LR scheduler state and
+the step. Every random draw of the loop comes from a generator seeded by (seed, step), so
+the step alone restores the RNG streams and the data order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from imprint.errors import ImprintError
+
+PREFIX = "checkpoint-"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def optimizer_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimizer state -> (tensors for safetensors, JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for flat, value in list(tensors.items()) + list(rest["scalars"].items()):
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor],
+                    optimizer_state: dict, scheduler_state: dict, extra: dict, keep: int,
+                    before_rename=None) -> Path:
+    root = output / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step}"
+    tmp = root / f".tmp-{PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    opt_tensors, opt_rest = optimizer_to_flat(optimizer_state)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    with open(tmp / "state.json", "w") as f:
+        json.dump({"step": step, "optimizer": opt_rest, "lr_scheduler": scheduler_state, **extra},
+                  f, indent=2, default=str)
+    for name in os.listdir(tmp):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if before_rename:
+        before_rename()  # test hook: a kill here leaves only a temporary folder behind
+    if final.exists():  # a run resumed from an earlier step writes this step again
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep)
+    return final
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    root = output / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+             and p.name[len(PREFIX):].isdigit() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def prune(root: Path, keep: int) -> None:
+    for stale in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    checkpoints = list_checkpoints(root.parent)
+    for old in checkpoints[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resume_checkpoint(output: Path, resume: str) -> Path | None:
+    """'latest' -> the newest complete checkpoint of the run (None if there is none yet)."""
+    if resume == "latest":
+        checkpoints = list_checkpoints(output)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise ImprintError(
+            f"--resume {resume}: not a checkpoint folder (no state.json); pass 'latest' or a "
+            f"folder under {output / 'checkpoints'}"
+        )
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """-> (state.json contents, trainable tensors, optimizer state_dict)."""
+    try:
+        with open(path / "state.json") as f:
+            state = json.load(f)
+        trainable = load_file(str(path / "trainable.safetensors"))
+        optimizer = optimizer_from_flat(load_file(str(path / "optimizer.safetensors")),
+                                        state["optimizer"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ImprintError(
+            f"{path}: damaged checkpoint ({type(e).__name__}: {e}); delete it to resume from the "
+            "one before"
+        ) from e
+    return state, trainable, optimizer

@@ -1,0 +1,40 @@
+"""Sample images and grids: during training (progress you can see) and in `generate`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
+           images_per_prompt: int = 1, guidance_scale: float = 7.5) -> list[Image.Image]:
+    """Deterministic for a given seed: image j of prompt i always starts from the same noise."""
+    images = []
+    for i, prompt in enumerate(prompts):
+        for j in range(images_per_prompt):
+            generator = torch.Generator("cpu").manual_seed(seed + 1000 * i + j)
+            images += pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
+                           guidance_scale=guidance_scale, generator=generator).images
+    return images
+
+
+def save_grid(images: list[Image.Image], path: Path, cols: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    make_grid(images, cols).save(tmp)
+    tmp.replace(path)
+    return path
