@@ -54,12 +54,12 @@ SIZES = {
 }
 
 
-def build_sd_pipeline(size: str = "tiny", seed: int = 0):
+def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
     from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    s = SIZES[size]
+    s = {**SIZES[size], **overrides}
     torch.manual_seed(seed)
     n = len(s["unet_channels"])
     unet = UNet2DConditionModel(
@@ -104,7 +104,7 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0):
     )
 
 
-def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0, **overrides) -> Path:
     folder = Path(folder)
-    build_sd_pipeline(size, seed).save_pretrained(folder, safe_serialization=True)
+    build_sd_pipeline(size, seed, **overrides).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -46,7 +46,8 @@ class LoRA(Method):
         for part in self.trained_parts():
             module = family.modules[part]
             layers[part] = {k: v.detach().float().cpu().contiguous()
-                            for k, v in get_peft_model_state_dict(module).items()}
+                            for k, v in get_peft_model_state_dict(
+                                module, save_embedding_layers=False).items()}
             configs[part] = module.peft_config["default"].to_dict()
         family.save_lora(folder, layers, configs)
         return [WEIGHT_NAME]

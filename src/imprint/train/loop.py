@@ -163,7 +163,7 @@ def train(cfg: TrainConfig) -> Path:
             start_step = state["step"]
             log.info("resumed from %s (step %d)", found, start_step)
 
-    sample_prompts = [method.rewrite_prompt(cfg.fill(p), {"token": cfg.token, "prompt_token": token_text})
+    sample_prompts = [method.rewrite_prompt(cfg.fill(p), {"token": cfg.token, **method.metadata()})
                       for p in (cfg.sample_prompt or [cfg.instance_prompt])]
 
     def write_samples(step: int) -> None:

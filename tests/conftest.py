@@ -1,0 +1,68 @@
+"""Fixtures: tiny Stable Diffusion models saved as diffusers folders, and subject folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+DREAMBENCH = REPO.parent / "shared" / "dreambench"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # class images go to a per-test cache, never to the user's ~/.cache
+    monkeypatch.setenv("IMPRINT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from imprint.tiny import save_sd_model
+
+    return save_sd_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory) -> Path:
+    """A tiny SD model of another architecture (wider cross-attention)."""
+    from imprint.tiny import save_sd_model
+
+    return save_sd_model(tmp_path_factory.mktemp("models") / "other-sd", seed=1, cross_dim=64,
+                         te_hidden=64)
+
+
+def draw_subject(path: Path, index: int, size: int = 48) -> Path:
+    """A red-and-yellow toy on a varying background: a subject the tests can learn."""
+    image = Image.new("RGB", (size, size), (40 + 30 * index, 120, 200 - 20 * index))
+    draw = ImageDraw.Draw(image)
+    x = 6 + 3 * index
+    draw.ellipse((x, 10, x + 26, 36), fill=(220, 30, 30))
+    draw.rectangle((x + 8, 18, x + 18, 28), fill=(250, 220, 0))
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def subject_dir(tmp_path) -> Path:
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i in range(3):
+        draw_subject(folder / f"{i:02d}.png", i)
+    return folder
+
+
+def run_cli(*args: str) -> int:
+    from imprint.cli import main
+
+    return main([str(a) for a in args])
+
+
+FAST = ["--resolution", "32", "--class-inference-steps", "2", "--sample-inference-steps", "2"]
