@@ -27,7 +27,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 def tiny_model(tmp_path_factory) -> Path:
     from imprint.tiny import save_sd_model
 
-    return save_sd_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+    return save_sd_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0, warm_up_steps=40)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,24 @@ SIZES = {
 }
 
 
+@torch.no_grad()
+def _calibrate_vae(vae) -> None:
+    """Make the random VAE behave like a trained one: a narrow posterior (a trained SD VAE's
+    std is ~1e-2 of its mean's spread) and a scaling factor that gives unit-variance latents,
+    so that a latent carries the image rather than noise."""
+    channels = vae.config.latent_channels
+    vae.quant_conv.bias[channels:] = -10.0  # log-variance: std = exp(-5) ~ 0.007
+    g = torch.Generator().manual_seed(0)
+    size = min(vae.config.sample_size, 64)
+    ramps = torch.linspace(-1, 1, size)
+    images = torch.stack([
+        torch.stack([ramps.view(1, -1).expand(size, size), ramps.view(-1, 1).expand(size, size),
+                     torch.full((size, size), float(c))]) for c in torch.linspace(-1, 1, 8)])
+    images = (images + 0.3 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
+    spread = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / spread)
+
+
 def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
     from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
@@ -79,6 +97,7 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
         layers_per_block=2 if size == "sd15" else 1, sample_size=512 if size == "sd15" else 32,
         norm_num_groups=32,
     )
+    _calibrate_vae(vae)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp) / "tokenizer")
         tokenizer.save_pretrained(Path(tmp) / "saved")
@@ -104,7 +123,52 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
     )
 
 
-def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0, **overrides) -> Path:
+def warm_up_denoiser(pipe, steps: int, batch_size: int = 16, seed: int = 0) -> list[float]:
+    """Train the UNet briefly to denoise random rectangles on flat backgrounds.
+
+    A UNet with random weights cannot denoise at all, so a personalisation run on it has
+    nothing to build on; a few dozen steps of this make it a (poor) generic denoiser, which
+    is what tests of learning need. Returns the losses.
+    """
+    from diffusers import DDPMScheduler
+
+    g = torch.Generator().manual_seed(seed)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    size = pipe.vae.config.sample_size
+    ids = pipe.tokenizer(["a photo"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        cond = pipe.text_encoder(ids)[0].expand(batch_size, -1, -1)
+    unet = pipe.unet
+    unet.train()
+    unet.requires_grad_(True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        pixels = (torch.rand(batch_size, 3, 1, 1, generator=g) * 2 - 1).expand(-1, -1, size, size).clone()
+        for image in pixels:
+            x, y = torch.randint(0, size // 2, (2,), generator=g).tolist()
+            image[:, y:y + size // 3, x:x + size // 3] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+        with torch.no_grad():
+            latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        prediction = unet(scheduler.add_noise(latents, noise, t), t, cond).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    unet.requires_grad_(False)
+    unet.eval()
+    return losses
+
+
+def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0, warm_up_steps: int = 0,
+                  **overrides) -> Path:
     folder = Path(folder)
-    build_sd_pipeline(size, seed, **overrides).save_pretrained(folder, safe_serialization=True)
+    pipe = build_sd_pipeline(size, seed, **overrides)
+    if warm_up_steps:
+        warm_up_denoiser(pipe, warm_up_steps, seed=seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
     return folder

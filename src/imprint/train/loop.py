@@ -132,6 +132,7 @@ def train(cfg: TrainConfig) -> Path:
         class_pixels = images_to_tensor([load_image_file(p, cfg.resolution) for p in class_paths])
         class_mean, class_std = family.encode_images(class_pixels)
 
+    torch.manual_seed(cfg.seed)  # adapter initialisation draws from the global generator
     params = method.prepare(family)
     token_text = method.prompt_token()
     instance_prompt = cfg.instance_prompt.format(token=token_text, class_name=cfg.class_name)
@@ -182,6 +183,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
                dynamic_ncols=True, disable=None)
     log_file = open(output / "log.jsonl", "a")
+    started = time.time()
     for step in range(start_step, cfg.steps):
         generator = step_generator(cfg.seed, 0, step)
         idx = batch_indices(cfg.seed, 1, step, cfg.batch_size, n_instance)
@@ -232,6 +234,11 @@ def train(cfg: TrainConfig) -> Path:
         log_file.write(json.dumps({"step": done, "loss": loss_value,
                                    "lr": lr_scheduler.get_last_lr()[0], "time": time.time()}) + "\n")
         log_file.flush()
+        if bar.disable and (done % max(1, cfg.steps // 10) == 0 or done == cfg.steps):
+            elapsed = time.time() - started  # no terminal, no bar: a log line per 10%
+            rate = (done - start_step) / max(elapsed, 1e-9)
+            log.info("step %d/%d  loss %.4f  %.2f it/s  ETA %.0f s", done, cfg.steps, loss_value,
+                     rate, (cfg.steps - done) / max(rate, 1e-9))
         _test_kill("step", done)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             write_checkpoint(done)

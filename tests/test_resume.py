@@ -1,0 +1,72 @@
+"""A run SIGKILLed at any point and resumed ends with the weights of an unbroken run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FAST
+
+COMMON = ["--steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2", "--seed", "3"]
+CASES = {
+    # prior preservation: two data streams; batch 2 over 3 images: epochs cross batches
+    "lora": ["--method", "lora", "--lr", "1e-2", "--prior-preservation", "--num-class-images", "3",
+             "--batch-size", "2", "--lr-scheduler", "cosine"],
+    "textual_inversion": ["--method", "textual_inversion", "--lr", "5e-2"],
+}
+
+
+def train(model, images, out, extra, kill=None, resume=False):
+    env = dict(os.environ)
+    env.pop("IMPRINT_TEST_KILL", None)
+    if kill:
+        env["IMPRINT_TEST_KILL"] = kill
+    args = [sys.executable, "-m", "imprint.cli", "train", "--model", str(model), "--images",
+            str(images), "--class-name", "toy", "--output", str(out), *FAST, *COMMON, *extra]
+    if resume:
+        args.append("--resume")
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_weights(run, method):
+    name = "pytorch_lora_weights.safetensors" if method == "lora" else "learned_embeds.safetensors"
+    return load_file(run / name)
+
+
+@pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4")])
+def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
+    extra = CASES[method]
+    unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)
+    assert unbroken.returncode == 0, unbroken.stderr
+
+    broken = tmp_path / "broken"
+    killed = train(tiny_model, subject_dir, broken, extra, kill=kill)
+    assert killed.returncode == -9, killed.stderr  # really killed, mid-run
+    assert not (broken / "metadata.json").exists()
+    if kill.startswith("checkpoint"):
+        # killed inside the checkpoint write: only a temporary folder, never a half checkpoint
+        assert list((broken / "checkpoints").glob(".tmp-*"))
+        assert not (broken / "checkpoints" / "checkpoint-4").exists()
+    resumed = train(tiny_model, subject_dir, broken, extra, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+
+    a, b = final_weights(tmp_path / "unbroken", method), final_weights(broken, method)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # and training did move the weights (the comparison is not between two untouched inits)
+    assert len(list((broken / "checkpoints").glob("checkpoint-*"))) == 2  # last K kept
+
+
+def test_output_with_a_run_needs_resume(tiny_model, subject_dir, tmp_path):
+    out = tmp_path / "run"
+    killed = train(tiny_model, subject_dir, out, CASES["textual_inversion"], kill="step:3")
+    assert killed.returncode == -9
+    again = train(tiny_model, subject_dir, out, CASES["textual_inversion"])
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()  # nothing lost
