@@ -46,6 +46,7 @@ HELP = {
     "keep_checkpoints": "how many checkpoints to keep",
     "sample_every": "write a sample grid every N steps (0: only at the end)",
     "sample_prompt": "prompt of the sample grids (repeatable); {token} and {class_name} are filled",
+    "final_samples": "write a sample grid when training ends (--no-final-samples skips it)",
     "output": "run folder",
     "resume": "resume the run in --output from its latest checkpoint (or from the folder given)",
 }

@@ -55,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     sample_every: int = 0  # 0: only at the end
+    final_samples: bool = True
     sample_prompt: list[str] = field(default_factory=list)
     sample_inference_steps: int = 25
     output: str | None = None

@@ -32,7 +32,7 @@ log = logging.getLogger("imprint")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys that may change when a run is resumed; any other change is a different run
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
-                     "sample_prompt", "sample_inference_steps"}
+                     "sample_prompt", "sample_inference_steps", "final_samples"}
 
 
 def step_generator(seed: int, stream: int, index: int) -> torch.Generator:
@@ -249,7 +249,8 @@ def train(cfg: TrainConfig) -> Path:
 
     # --- result ---------------------------------------------------------------------------
     files = method.save_result(family, output)
-    write_samples(cfg.steps)
+    if cfg.final_samples:
+        write_samples(cfg.steps)
     metadata = {
         "imprint_version": imprint.__version__,
         "family": family.name,

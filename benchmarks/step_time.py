@@ -1,0 +1,225 @@
+"""Step time and peak memory: imprint vs diffusers' train_dreambooth_lora.py vs the bare step.
+
+The model is the Stable Diffusion 1.5 architecture with random weights (built from configs,
+no download), LoRA rank 4, prior preservation on, batch 1 (+1 class image), 256 px by default.
+
+  imprint step   per-step times from the run's log.jsonl, after --warmup steps
+  script step    (wall time of a warmup+steps run - wall time of a warmup run) / steps,
+                 the same for both runs except the steps in between
+  bare step      UNet with the same PEFT LoRA, fwd + bwd + AdamW on batch 2 cached latents
+
+Each runs in its own process; peak RSS is that process's ru_maxrss (os.wait4).
+Writes the figures to benchmarks/RESULTS.md with the command that produced them.
+
+  python benchmarks/step_time.py --diffusers-script PATH/examples/dreambooth/train_dreambooth_lora.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "benchmarks" / "_work"
+DREAMBENCH = REPO.parent / "shared" / "dreambench"
+
+
+def run_measured(args: list[str], log_path: Path, env=None) -> tuple[float, float, int]:
+    """-> (wall seconds, peak RSS in MiB, exit code) of one child process."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, code
+
+
+def build_model(path: Path) -> Path:
+    if not (path / "model_index.json").is_file():
+        print(f"building the SD1.5-architecture model (random weights) in {path}", flush=True)
+        subprocess.run([sys.executable, "-c",
+                        f"from imprint.tiny import save_sd_model; save_sd_model({str(path)!r}, size='sd15')"],
+                       check=True)
+    return path
+
+
+def bare_step(args) -> None:
+    """Child mode: the floor any trainer pays per step."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    device = torch.device(args.device)
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
+    unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet").to(device, dtype)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    g = torch.Generator().manual_seed(0)
+    side = args.resolution // 8
+    latents = torch.randn(2, 4, side, side, generator=g).to(device)
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).to(device, dtype)
+    times = []
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (2,), generator=g).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = unet((latents + noise).to(dtype), t, cond).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    print(json.dumps({"step_s": statistics.mean(times), "median_s": statistics.median(times),
+                      "peak_gpu_gib": peak_gpu}))
+
+
+def imprint_run(args, model: Path, out: Path) -> dict:
+    steps = args.warmup + args.steps
+    cmd = [sys.executable, "-m", "imprint.cli", "train", "--model", str(model),
+           "--images", str(DREAMBENCH / "dog"), "--class-name", "dog", "--method", "lora",
+           "--rank", "4", "--prior-preservation", "--class-images", str(DREAMBENCH / "cat"),
+           "--num-class-images", "5", "--resolution", str(args.resolution), "--steps", str(steps),
+           "--batch-size", "1", "--checkpoint-every", "0", "--no-final-samples",
+           "--mixed-precision", args.mixed_precision, "--seed", "0", "--output", str(out)]
+    wall, rss, code = run_measured(cmd, out.with_suffix(".log"))
+    if code:
+        raise SystemExit(f"imprint failed, see {out.with_suffix('.log')}")
+    times = [json.loads(line)["time"] for line in open(out / "log.jsonl")]
+    deltas = [b - a for a, b in zip(times[args.warmup - 1:], times[args.warmup:])]
+    return {"step_s": statistics.mean(deltas), "median_s": statistics.median(deltas),
+            "wall_s": wall, "peak_rss_mib": rss}
+
+
+def script_run(args, model: Path, steps: int, out: Path) -> tuple[float, float]:
+    cmd = [sys.executable, args.diffusers_script, "--pretrained_model_name_or_path", str(model),
+           "--instance_data_dir", str(DREAMBENCH / "dog"), "--class_data_dir", str(DREAMBENCH / "cat"),
+           "--with_prior_preservation", "--num_class_images", "5",
+           "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog",
+           "--resolution", str(args.resolution), "--train_batch_size", "1", "--rank", "4",
+           "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+           "--max_train_steps", str(steps), "--checkpointing_steps", "1000000", "--seed", "0",
+           "--mixed_precision", args.mixed_precision, "--report_to", "all",
+           "--dataloader_num_workers", "0", "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    wall, rss, code = run_measured(cmd, out.with_suffix(".log"), env)
+    if code:
+        raise SystemExit(f"diffusers script failed, see {out.with_suffix('.log')}")
+    return wall, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--diffusers-script", help="path to examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        return bare_step(args)
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    model = build_model(WORK / "sd15-random")
+    tag = f"{args.resolution}px-{args.mixed_precision}"
+    import shutil
+
+    for stale in WORK.glob(f"*-{tag}*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+
+    print("bare step ...", flush=True)
+    bare_cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps),
+                "--warmup", str(args.warmup), "--resolution", str(args.resolution),
+                "--mixed-precision", args.mixed_precision, "--device", args.device]
+    bare_log = WORK / f"bare-{tag}.log"
+    _, bare_rss, code = run_measured(bare_cmd, bare_log)
+    if code:
+        raise SystemExit(f"bare step failed, see {bare_log}")
+    bare = json.loads(bare_log.read_text().strip().splitlines()[-1])
+    print(f"  {bare['step_s']:.3f} s/step", flush=True)
+
+    print("imprint ...", flush=True)
+    ours = imprint_run(args, model, WORK / f"imprint-{tag}")
+    print(f"  {ours['step_s']:.3f} s/step, peak RSS {ours['peak_rss_mib']:.0f} MiB", flush=True)
+
+    script = None
+    if args.diffusers_script:
+        print("diffusers script ...", flush=True)
+        short_wall, _ = script_run(args, model, args.warmup, WORK / f"script-short-{tag}")
+        long_wall, script_rss = script_run(args, model, args.warmup + args.steps, WORK / f"script-long-{tag}")
+        script = {"step_s": (long_wall - short_wall) / args.steps, "peak_rss_mib": script_rss,
+                  "wall_s": long_wall}
+        print(f"  {script['step_s']:.3f} s/step, peak RSS {script_rss:.0f} MiB", flush=True)
+
+    write_results(args, bare, bare_rss, ours, script)
+
+
+def write_results(args, bare, bare_rss, ours, script) -> None:
+    import diffusers
+    import torch
+
+    command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"## Step time, SD1.5 architecture, LoRA r4, prior preservation, batch 1, "
+        f"{args.resolution} px, precision {args.mixed_precision}, device {args.device}",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}; {args.steps} timed steps after {args.warmup} warm-up.",
+        f"Command: `{command}`",
+        "",
+        "| trainer | s/step | peak RSS (MiB) | vs script | vs bare step |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    def row(name, r, rss):
+        vs_script = f"{r['step_s'] / script['step_s']:.2f}x" if script else "-"
+        vs_bare = f"{r['step_s'] / bare['step_s']:.2f}x"
+        rss_vs = f" ({rss / script['peak_rss_mib']:.2f}x)" if script else ""
+        return f"| {name} | {r['step_s']:.3f} | {rss:.0f}{rss_vs} | {vs_script} | {vs_bare} |"
+
+    lines.append(row("imprint", ours, ours["peak_rss_mib"]))
+    if script:
+        lines.append(row("diffusers train_dreambooth_lora.py", script, script["peak_rss_mib"]))
+    lines.append(row("bare UNet fwd+bwd+AdamW (batch 2)", bare, bare_rss))
+    if bare.get("peak_gpu_gib"):
+        lines.append(f"\nBare step peak GPU memory: {bare['peak_gpu_gib']:.2f} GiB")
+    lines.append("")
+    section = "\n".join(lines) + "\n"
+    results = Path(args.results)
+    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    marker = lines[0]
+    if marker in text:  # replace the section of the same setting, keep the others
+        before, _, after = text.partition(marker)
+        rest = after.split("\n## ", 1)
+        text = before + section + ("\n## " + rest[1] if len(rest) > 1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    results.write_text(text)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
