@@ -115,9 +115,9 @@ def train(cfg: TrainConfig) -> Path:
     family.to(device, frozen_dtype, trained)
 
     output.mkdir(parents=True, exist_ok=True)
-    if cfg.resume is None:
+    if not (output / "config.json").exists():
         ckpt.write_json_atomic(output / "config.json", cfg.to_dict())
-    elif (output / "metadata.json").exists():
+    elif cfg.resume is not None and (output / "metadata.json").exists():
         log.info("%s: the run already finished; nothing to resume", output)
         return output
 
@@ -140,6 +140,13 @@ def train(cfg: TrainConfig) -> Path:
     instance_ids, instance_embeds = prompt_embeddings(family, method, [instance_prompt], cache_text)
     if cfg.prior_preservation:
         class_ids, class_embeds = prompt_embeddings(family, method, [class_prompt], cache_text)
+    sample_prompts = [method.rewrite_prompt(cfg.fill(p), {"token": cfg.token, **method.metadata()})
+                      for p in (cfg.sample_prompt or [cfg.instance_prompt])]
+    sample_embeds = None
+    if cache_text:
+        with torch.no_grad():
+            sample_embeds = family.encode_for_sampling(sample_prompts)
+    family.release_encoders(keep_text_encoder=not cache_text)
     if cfg.gradient_checkpointing:
         family.enable_gradient_checkpointing(trained)
 
@@ -164,12 +171,9 @@ def train(cfg: TrainConfig) -> Path:
             start_step = state["step"]
             log.info("resumed from %s (step %d)", found, start_step)
 
-    sample_prompts = [method.rewrite_prompt(cfg.fill(p), {"token": cfg.token, **method.metadata()})
-                      for p in (cfg.sample_prompt or [cfg.instance_prompt])]
-
     def write_samples(step: int) -> None:
         images = sample(family.pipeline(), sample_prompts, cfg.resolution, cfg.seed,
-                        cfg.sample_inference_steps, images_per_prompt=2)
+                        cfg.sample_inference_steps, images_per_prompt=2, prompt_embeds=sample_embeds)
         save_grid(images, output / "samples" / f"step-{step:06d}.png", cols=2)
 
     def write_checkpoint(step: int) -> None:

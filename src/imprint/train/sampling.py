@@ -21,13 +21,17 @@ def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image
 
 @torch.no_grad()
 def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
-           images_per_prompt: int = 1, guidance_scale: float = 7.5) -> list[Image.Image]:
-    """Deterministic for a given seed: image j of prompt i always starts from the same noise."""
+           images_per_prompt: int = 1, guidance_scale: float = 7.5,
+           prompt_embeds: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[Image.Image]:
+    """Deterministic for a given seed: image j of prompt i always starts from the same noise.
+    With `prompt_embeds` ((prompt, negative) per prompt) the pipeline needs no text encoder."""
     images = []
     for i, prompt in enumerate(prompts):
+        text = {"prompt": prompt} if prompt_embeds is None else {
+            "prompt_embeds": prompt_embeds[i][0], "negative_prompt_embeds": prompt_embeds[i][1]}
         for j in range(images_per_prompt):
             generator = torch.Generator("cpu").manual_seed(seed + 1000 * i + j)
-            images += pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
+            images += pipe(**text, height=resolution, width=resolution, num_inference_steps=steps,
                            guidance_scale=guidance_scale, generator=generator).images
     return images
 
