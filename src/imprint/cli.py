@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from imprint.errors import ImprintError
 
@@ -46,6 +47,12 @@ HELP = {
     "keep_checkpoints": "how many checkpoints to keep",
     "sample_every": "write a sample grid every N steps (0: only at the end)",
     "sample_prompt": "prompt of the sample grids (repeatable); {token} and {class_name} are filled",
+    "select_best": "score each checkpoint with the lambda-harmonic reward (RPO) and keep the best; "
+                   "the value is lambda, e.g. 0.5",
+    "select_prompts": "validation prompts for --select-best",
+    "metrics": "metric backend for --select-best (dreambench)",
+    "dino_model": "DINO model for the metrics (hub id or folder)",
+    "clip_model": "CLIP model for the metrics (hub id or folder)",
     "final_samples": "write a sample grid when training ends (--no-final-samples skips it)",
     "output": "run folder",
     "resume": "resume the run in --output from its latest checkpoint (or from the folder given)",
@@ -104,6 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kohya: the A1111 / ComfyUI LoRA layout")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
 
+    ev = sub.add_parser(
+        "evaluate", help="DreamBench metrics of a run, the base model and the real images",
+        epilog="example:\n  imprint evaluate runs/dog --images-per-prompt 4   # -> runs/dog/eval/report.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("run", help="run folder made by imprint train")
+    ev.add_argument("--model", help="base model (default: the one the run was trained on)")
+    ev.add_argument("--images", help="real subject photos (default: the run's --images)")
+    ev.add_argument("--images-per-prompt", type=int, default=4)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--prompts", help="file of prompts, one per line, with {token} and {class_name}")
+    ev.add_argument("--metrics", default="dreambench", help="metric backend")
+    ev.add_argument("--dino-model", default="facebook/dino-vits16")
+    ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32")
+    ev.add_argument("--steps", type=int, default=30, help="denoising steps")
+    ev.add_argument("--resolution", type=int, help="default: the training resolution")
+
+    cmp = sub.add_parser(
+        "compare", help="one table of several evaluated runs",
+        epilog="example:\n  imprint compare runs/dog-lora runs/dog-full --output compare.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp.add_argument("runs", nargs="+", help="run folders with eval/metrics.json")
+    cmp.add_argument("--output", help="also write the table as HTML here")
+
     demo = sub.add_parser(
         "demo", help="the whole job on a small built-in model, offline, in minutes",
         epilog="example:\n  imprint demo --output demo-output", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +177,26 @@ def run_command(args: argparse.Namespace) -> int:
         from imprint.export.kohya import export_kohya
 
         print(f"wrote {export_kohya(args.run, args.output)}")
+    elif args.command == "evaluate":
+        from imprint.evaluate.run import evaluate_run
+
+        if args.images_per_prompt <= 0:
+            raise ImprintError("--images-per-prompt must be > 0")
+        result = evaluate_run(
+            args.run, model=args.model, images=args.images, images_per_prompt=args.images_per_prompt,
+            seed=args.seed, prompts_file=args.prompts, metrics=args.metrics, steps=args.steps,
+            resolution=args.resolution,
+            backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model})
+        for name, values in (("run", result["summary"]), ("base model", result["baseline"]["summary"]),
+                             ("real images", result["real_images"]["summary"])):
+            cells = "  ".join(f"{m} {values[m]['mean']:.3f}" for m in result["metrics"]
+                              if values.get(m) and values[m]["mean"] is not None)
+            print(f"{name:12s} {cells}")
+        print(f"report: {Path(args.run) / 'eval' / 'report.html'}")
+    elif args.command == "compare":
+        from imprint.evaluate.compare import compare_runs
+
+        print(compare_runs(args.runs, args.output), end="")
     elif args.command == "demo":
         from imprint.demo import run_demo
 

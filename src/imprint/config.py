@@ -60,6 +60,11 @@ class TrainConfig:
     sample_inference_steps: int = 25
     output: str | None = None
     resume: str | None = None  # "latest" or a checkpoint folder
+    select_best: float | None = None  # lambda of the harmonic reward; None: the last step wins
+    select_prompts: int = 4
+    metrics: str = "dreambench"
+    dino_model: str = "facebook/dino-vits16"
+    clip_model: str = "openai/clip-vit-base-patch32"
 
     def resolved_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
@@ -149,6 +154,13 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("checkpoint_every", "sample_every"):
         if getattr(cfg, name) < 0:
             raise ImprintError(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off)")
+    if cfg.select_best is not None:
+        if not 0 <= cfg.select_best <= 1:
+            raise ImprintError(f"--select-best {cfg.select_best}: lambda must be within [0, 1]")
+        if not cfg.checkpoint_every:
+            raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
+        if cfg.select_prompts <= 0:
+            raise ImprintError("--select-prompts must be > 0")
     for text_name in ("instance_prompt", "class_prompt"):
         try:
             cfg.fill(getattr(cfg, text_name))

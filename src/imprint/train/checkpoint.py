@@ -66,7 +66,7 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor],
                     optimizer_state: dict, scheduler_state: dict, extra: dict, keep: int,
-                    before_rename=None) -> Path:
+                    before_rename=None, protect: set[int] = frozenset()) -> Path:
     root = output / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step}"
@@ -88,7 +88,7 @@ def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor],
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
-    prune(root, keep)
+    prune(root, keep, protect)
     return final
 
 
@@ -98,15 +98,21 @@ def list_checkpoints(output: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
              and p.name[len(PREFIX):].isdigit() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=step_of)
 
 
-def prune(root: Path, keep: int) -> None:
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def prune(root: Path, keep: int, protect: set[int] = frozenset()) -> None:
+    """Keep the newest `keep` checkpoints, and any whose step is protected (the best one)."""
     for stale in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     checkpoints = list_checkpoints(root.parent)
     for old in checkpoints[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if step_of(old) not in protect:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def find_resume_checkpoint(output: Path, resume: str) -> Path | None:

@@ -26,6 +26,7 @@ from imprint.families import load_family
 from imprint.methods import METHODS
 from imprint.train import checkpoint as ckpt
 from imprint.train.sampling import sample, save_grid
+from imprint.train.selection import CheckpointSelector
 
 log = logging.getLogger("imprint")
 
@@ -101,7 +102,31 @@ def prompt_embeddings(family, method, prompts: list[str], cache: bool):
         return ids, family.encode_prompts(ids)
 
 
-def train(cfg: TrainConfig) -> Path:
+def make_selector(cfg: TrainConfig, family, method, subject_images, scorer=None):
+    """The checkpoint selector of --select-best, scoring on the first DreamBench prompts."""
+    if cfg.select_best is None:
+        return None
+    if scorer is None:
+        from imprint.evaluate.prompts import dreambench_prompts, remove_identifier
+        from imprint.evaluate.run import make_backend
+        from imprint.train.selection import dreambench_scorer
+
+        backend = make_backend(cfg.metrics, dino_model=cfg.dino_model, clip_model=cfg.clip_model,
+                               device=str(family.unet.device))
+        prompts = dreambench_prompts(cfg.token, cfg.class_name)[:cfg.select_prompts]
+        pipe_prompts = [method.rewrite_prompt(p, {"token": cfg.token, **method.metadata()}) for p in prompts]
+        embeds = None
+        if family.text_encoder is not None and "text_encoder" not in method.trained_parts():
+            with torch.no_grad():
+                embeds = family.encode_for_sampling(pipe_prompts)
+        scorer = dreambench_scorer(backend, subject_images, pipe_prompts,
+                                   [remove_identifier(p, cfg.token) for p in prompts], cfg.resolution,
+                                   cfg.sample_inference_steps, cfg.seed, prompt_embeds=embeds)
+    return CheckpointSelector(cfg.select_best, scorer)
+
+
+def train(cfg: TrainConfig, scorer=None) -> Path:
+    """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
     output = Path(cfg.output)
     check_output(cfg, output)
     subject = load_subject_images(cfg.images, cfg.resolution)
@@ -146,6 +171,7 @@ def train(cfg: TrainConfig) -> Path:
     if cache_text:
         with torch.no_grad():
             sample_embeds = family.encode_for_sampling(sample_prompts)
+    selector = make_selector(cfg, family, method, subject.images, scorer)
     family.release_encoders(keep_text_encoder=not cache_text)
     if cfg.gradient_checkpointing:
         family.enable_gradient_checkpointing(trained)
@@ -170,17 +196,29 @@ def train(cfg: TrainConfig) -> Path:
             lr_scheduler.load_state_dict(state["lr_scheduler"])
             start_step = state["step"]
             log.info("resumed from %s (step %d)", found, start_step)
+    if selector and (output / "selection.json").exists():
+        with open(output / "selection.json") as f:
+            scores = json.load(f)["scores"]
+        selector.restore({k: v for k, v in scores.items() if int(k) <= start_step})
 
     def write_samples(step: int) -> None:
         images = sample(family.pipeline(), sample_prompts, cfg.resolution, cfg.seed,
                         cfg.sample_inference_steps, images_per_prompt=2, prompt_embeds=sample_embeds)
         save_grid(images, output / "samples" / f"step-{step:06d}.png", cols=2)
 
+    def score_checkpoint(step: int) -> None:
+        if selector:
+            selector.score(step, family.pipeline())
+            ckpt.write_json_atomic(output / "selection.json", selector.summary())
+
     def write_checkpoint(step: int) -> None:
+        score_checkpoint(step)
+        protect = {selector.best_step()} if selector else set()
         ckpt.save_checkpoint(
             output, step, method.trainable_state_dict(family), optimizer.state_dict(),
             lr_scheduler.state_dict(), {"imprint_version": imprint.__version__},
-            cfg.keep_checkpoints, before_rename=lambda: _test_kill("checkpoint", step))
+            cfg.keep_checkpoints, before_rename=lambda: _test_kill("checkpoint", step),
+            protect=protect)
 
     # --- the loop ------------------------------------------------------------------------
     n_instance = instance_mean.shape[0]
@@ -252,6 +290,16 @@ def train(cfg: TrainConfig) -> Path:
     log_file.close()
 
     # --- result ---------------------------------------------------------------------------
+    selection = None
+    if selector:
+        score_checkpoint(cfg.steps)
+        best = selector.best_step()
+        if best != cfg.steps:
+            _, trainable, _ = ckpt.load_checkpoint(output / "checkpoints" / f"{ckpt.PREFIX}{best}")
+            method.load_trainable_state_dict(family, trainable)
+            log.info("best checkpoint: step %d (reward %.4f); it is the run's result",
+                     best, selector.scores[best]["reward"])
+        selection = selector.summary()
     files = method.save_result(family, output)
     if cfg.final_samples:
         write_samples(cfg.steps)
@@ -267,6 +315,8 @@ def train(cfg: TrainConfig) -> Path:
         "steps": cfg.steps,
         "files": files,
         "hyperparameters": {**cfg.to_dict(), "alpha": cfg.resolved_alpha()},
+        "result_step": selection["best_step"] if selection else cfg.steps,
+        "selection": selection,
         **method.metadata(),
     }
     ckpt.write_json_atomic(output / "metadata.json", metadata)

@@ -1,0 +1,6 @@
+"""Evaluation: metric backends (DreamBench, ...), the evaluate command, reports, selection."""
+
+from imprint.evaluate import dreambench  # noqa: F401  (registers the backend)
+from imprint.evaluate.backends import BACKENDS, MetricBackend, Scores, register_backend
+
+__all__ = ["BACKENDS", "MetricBackend", "Scores", "register_backend"]

@@ -1,0 +1,45 @@
+"""Metric backends, by name (`--metrics NAME`): each turns images into the same report rows.
+
+A backend takes, per prompt, the generated images and the prompt's text (identifier removed),
+the real subject images, and the images of the plain class prompt; it returns per-image
+scores, per-prompt rows and a summary. `evaluate` and the report never ask which backend ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+BACKENDS: dict[str, type["MetricBackend"]] = {}
+
+
+def register_backend(cls):
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Scores:
+    summary: dict                      # metric -> {"mean", "low", "high", "n"}
+    prompts: list[dict]                # one row per prompt: prompt, metric means
+    images: list[dict] = field(default_factory=list)  # one row per generated image
+
+
+class MetricBackend:
+    name = "base"
+    metrics: tuple[str, ...] = ()      # summary keys, in report order
+    protocol: dict = {}                # the choices made, written into the report
+
+    def score(self, generated: dict[str, list[Image.Image]], text_prompts: dict[str, str],
+              real: list[Image.Image], class_images: list[Image.Image]) -> Scores:
+        raise NotImplementedError
+
+    def score_real(self, real: list[Image.Image]) -> dict:
+        """The real images scored against each other (leave-one-out): the ceiling row."""
+        raise NotImplementedError
+
+    def subject_and_text(self, images: list[Image.Image], text: str,
+                         real: list[Image.Image]) -> tuple[float, float]:
+        """(image similarity to the subject, text alignment) for checkpoint selection."""
+        raise NotImplementedError

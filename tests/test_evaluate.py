@@ -1,0 +1,218 @@
+"""DreamBench evaluation: metric arithmetic by hand, prompts, the report, selection."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from conftest import DREAMBENCH, FAST, run_cli
+from imprint.evaluate.metrics import (cosine_matrix, diversity, harmonic_reward, leave_one_out,
+                                      mean_interval, similarity_to_reference)
+from imprint.evaluate.prompts import (LIVE_PROMPTS, OBJECT_PROMPTS, dreambench_prompts, is_live,
+                                      remove_identifier)
+
+
+# --- arithmetic on fixed embeddings ----------------------------------------------------------
+def test_similarity_equals_hand_computed_cosines():
+    gen = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    real = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    s2 = 2 ** -0.5
+    # image 0 vs reals: cos 1, 0, 1/sqrt2 ; image 1: 1/sqrt2, 1/sqrt2, 1
+    expected = torch.tensor([(1 + 0 + s2) / 3, (s2 + s2 + 1) / 3])
+    torch.testing.assert_close(similarity_to_reference(gen, real), expected)
+    torch.testing.assert_close(cosine_matrix(gen, real)[1, 2], torch.tensor(1.0))
+
+
+def test_leave_one_out_excludes_self():
+    real = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    s2 = 2 ** -0.5
+    torch.testing.assert_close(leave_one_out(real), torch.tensor([s2 / 2, s2 / 2, s2]))
+
+
+def test_pres_and_div_on_constructed_inputs():
+    real = torch.tensor([[1.0, 0.0, 0.0]])
+    copies = torch.tensor([[2.0, 0.0, 0.0], [5.0, 0.0, 0.0]])  # the subject, twice
+    unrelated = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # orthogonal class images
+    assert similarity_to_reference(copies, real).mean() == pytest.approx(1.0)  # prior overwritten
+    assert similarity_to_reference(unrelated, real).mean() == pytest.approx(0.0)  # prior kept
+    assert diversity(copies) == pytest.approx(0.0)
+    assert diversity(unrelated) == pytest.approx(1.0)
+    assert diversity(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx((1 + 2 + 1) / 3)
+
+
+def test_mean_interval():
+    entry = mean_interval([1.0, 2.0, 3.0, 4.0])
+    sd = (sum((x - 2.5) ** 2 for x in [1, 2, 3, 4]) / 3) ** 0.5
+    assert entry["mean"] == 2.5 and entry["n"] == 4
+    assert entry["high"] - entry["mean"] == pytest.approx(1.96 * sd / 2)
+    assert mean_interval([]) == {"mean": None, "low": None, "high": None, "n": 0}
+
+
+def test_harmonic_reward():
+    # I = 0.6 -> 0.8, T = 0.2 -> 0.6; lambda 0.5: 1 / (0.5/0.8 + 0.5/0.6)
+    assert harmonic_reward(0.6, 0.2, 0.5) == pytest.approx(1 / (0.5 / 0.8 + 0.5 / 0.6))
+    assert harmonic_reward(0.6, 0.2, 1.0) == pytest.approx(0.8)
+    assert harmonic_reward(0.6, 0.2, 0.0) == pytest.approx(0.6)
+
+
+# --- prompts ---------------------------------------------------------------------------------
+def test_identifier_removed_class_kept():
+    assert remove_identifier("a sks dog on the beach", "sks") == "a dog on the beach"
+    assert remove_identifier("a red sks backpack", "sks") == "a red backpack"
+    assert remove_identifier("a <sks> toy that asks", "<sks>") == "a toy that asks"
+
+
+def test_live_or_object_by_class():
+    assert is_live("dog") and is_live("cat") and not is_live("backpack")
+    live, obj = dreambench_prompts("sks", "dog"), dreambench_prompts("sks", "teapot")
+    assert len(live) == len(obj) == 25
+    assert "a sks dog wearing a santa hat" in live and "a sks dog on top of a mirror" not in live
+    assert "a sks teapot on top of a mirror" in obj and not any("hat" in p for p in obj)
+
+
+def test_prompt_lists_match_the_dreambench_file():
+    text = (DREAMBENCH / "prompts_and_classes.txt").read_text()
+    objects, live = text.split("Object Prompts")[1].split("Live Subject Prompts")
+    for block, templates in ((objects, OBJECT_PROMPTS), (live, LIVE_PROMPTS)):
+        found = [p.replace("{0}", "{token}").replace("{1}", "{class_name}")
+                 for p in re.findall(r"'([^']+)'\.format", block)]
+        assert found == templates
+
+
+# --- the command end to end on tiny models -----------------------------------------------------
+@pytest.fixture(scope="session")
+def metric_models(tmp_path_factory):
+    """Tiny random DINO-style ViT and CLIP, saved with their processors like the hub models."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig,
+                              ViTImageProcessor, ViTModel)
+
+    from imprint.tiny import build_tokenizer
+
+    root = tmp_path_factory.mktemp("metric-models")
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=37), add_pooling_layer=False)
+    vit.save_pretrained(root / "dino")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dino")
+    tokenizer = build_tokenizer(root / "tok")
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>")),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=16))
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                     crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(root / "clip")
+    return root / "dino", root / "clip"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model, metric_models, tmp_path_factory):
+    from conftest import draw_subject
+
+    root = tmp_path_factory.mktemp("eval")
+    (root / "subject").mkdir()
+    for i in range(3):
+        draw_subject(root / "subject" / f"{i}.png", i)
+    run = root / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", root / "subject", "--class-name", "toy",
+                   "--lr", "1e-2", "--steps", "3", "--checkpoint-every", "0", "--output", run, *FAST) == 0
+    (root / "prompts.txt").write_text("a {token} {class_name} on the beach\n# a comment\n"
+                                      "a red {token} {class_name}\n")
+    dino, clip = metric_models
+    assert run_cli("evaluate", run, "--prompts", root / "prompts.txt", "--images-per-prompt", "2",
+                   "--steps", "2", "--dino-model", dino, "--clip-model", clip) == 0
+    return run
+
+
+def test_metrics_json(evaluated):
+    result = json.loads((evaluated / "eval" / "metrics.json").read_text())
+    for key in ("dino", "clip_i", "clip_t", "pres", "div"):
+        entry = result["summary"][key]
+        assert entry["low"] <= entry["mean"] <= entry["high"], key
+        assert result["baseline"]["summary"][key]["mean"] is not None
+    assert set(result["real_images"]["summary"]) == {"dino", "clip_i"}
+    assert [r["prompt"] for r in result["prompts"]] == ["a sks toy on the beach", "a red sks toy"]
+    assert result["prompts"][0]["text_prompt"] == "a toy on the beach"
+    assert len(result["images"]) == 4
+    for record in result["images"]:
+        assert (evaluated / "eval" / record["path"]).is_file()
+        assert {"prompt", "dino", "clip_i", "clip_t"} <= set(record)
+    assert "dino" in result["protocol"] and "clip_t" in result["protocol"]
+
+
+def test_report_holds_every_image_and_score(evaluated):
+    result = json.loads((evaluated / "eval" / "metrics.json").read_text())
+    page = (evaluated / "eval" / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    expected = [r["path"] for r in result["images"]] + result["real_images"]["images"]
+    assert set(expected) <= set(sources)
+    assert not any(s.startswith(("/", "http")) for s in sources)  # relative: opens offline
+    for row in result["prompts"]:
+        for key in ("dino", "clip_i", "clip_t", "div"):
+            assert f"{row[key]:.3f}" in page
+    for key, entry in result["summary"].items():
+        assert f"{entry['mean']:.3f}" in page
+
+
+def test_report_renders_images_in_headless_chromium(evaluated, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is needed for this test: apt-get install chromium (.ci/run does)"
+    out = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
+         "--virtual-time-budget=5000", "--dump-dom", (evaluated / "eval" / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    shown = re.search(r'data-images-shown="(\d+)"', out.stdout)
+    total = re.search(r'data-images-total="(\d+)"', out.stdout)
+    assert shown and total, out.stderr[-2000:]
+    assert int(total.group(1)) >= 4 + 4 + 3 and shown.group(1) == total.group(1)
+
+
+def test_compare(evaluated, tmp_path, capsys):
+    capsys.readouterr()
+    assert run_cli("compare", evaluated, evaluated, "--output", tmp_path / "c.html") == 0
+    table = capsys.readouterr().out
+    assert table.count("| lora |") == 2 and "DINO" in table and "base model" in table
+    assert "<table" in (tmp_path / "c.html").read_text()
+
+
+# --- best-checkpoint selection ---------------------------------------------------------------
+def test_selection_picks_highest_reward(tiny_model, subject_dir, tmp_path):
+    from imprint.config import build_config
+    from imprint.train.loop import train
+
+    # a deterministic scorer: subject similarity peaks at the 2nd of 4 scorings
+    calls = []
+    table = [(0.1, 0.3), (0.8, 0.3), (0.5, 0.3), (0.2, 0.3)]
+
+    def scorer(pipe):
+        calls.append(1)
+        return table[len(calls) - 1]
+
+    run = tmp_path / "run"
+    cfg = build_config({}, dict(model=str(tiny_model), images=str(subject_dir), class_name="toy",
+                                output=str(run), steps=8, checkpoint_every=2, keep_checkpoints=1,
+                                select_best=0.5, lr=1e-2, resolution=32, sample_inference_steps=2,
+                                final_samples=False))
+    train(cfg, scorer=scorer)
+    meta = json.loads((run / "metadata.json").read_text())
+    assert len(calls) == 4  # steps 2, 4, 6 and the final 8
+    assert meta["selection"]["best_step"] == 4 and meta["result_step"] == 4
+    rewards = {int(k): v["reward"] for k, v in meta["selection"]["scores"].items()}
+    assert max(rewards, key=rewards.get) == 4
+    # the result is checkpoint 4's weights (kept despite keep_checkpoints=1), not the last step's
+    from safetensors.torch import load_file
+
+    best = load_file(run / "checkpoints" / "checkpoint-4" / "trainable.safetensors")
+    result = load_file(run / "pytorch_lora_weights.safetensors")
+    key = next(k for k in result if k.endswith("to_q.lora_B.weight"))
+    name = "unet." + key[len("unet."):].replace(".lora_B.weight", ".lora_B.default.weight")
+    torch.testing.assert_close(result[key], best[name])
