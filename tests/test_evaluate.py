@@ -101,7 +101,9 @@ def metric_models(tmp_path_factory):
     clip = CLIPModel(CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>")),
+                         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>")),
         vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
                            num_hidden_layers=2, num_attention_heads=4),
         projection_dim=16))

@@ -19,6 +19,16 @@ img { width: 96px; height: 96px; margin: 1px; image-rendering: pixelated; }
 .note { color: #666; font-size: 90%; }
 """
 
+SCRIPT = """<script>
+// how many images really rendered (read by the headless-browser test; harmless elsewhere)
+window.addEventListener("load", () => {
+  const shown = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesShown = shown;
+  document.body.dataset.imagesTotal = document.images.length;
+});
+</script>
+"""
+
 
 def fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -76,15 +86,7 @@ def write_report(result: dict, path: Path) -> Path:
 <table id="prompts"><tr><th>prompt</th>{''.join(f'<th>{NAMES.get(m, m)}</th>' for m in per_prompt_metrics)}
 <th>this run</th><th>base model</th></tr>{''.join(prompt_rows)}</table>
 <h2>Protocol</h2><ul>{protocol}</ul>
-<script>
-// how many images really rendered (read by the headless-browser test; harmless elsewhere)
-window.addEventListener("load", () => {
-  const shown = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.imagesShown = shown;
-  document.body.dataset.imagesTotal = document.images.length;
-});
-</script>
-</body></html>
+{SCRIPT}</body></html>
 """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(page)
