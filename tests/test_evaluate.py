@@ -218,3 +218,25 @@ def test_selection_picks_highest_reward(tiny_model, subject_dir, tmp_path):
     key = next(k for k in result if k.endswith("to_q.lora_B.weight"))
     name = "unet." + key[len("unet."):].replace(".lora_B.weight", ".lora_B.default.weight")
     torch.testing.assert_close(result[key], best[name])
+
+
+def test_selection_with_the_dreambench_scorer(tiny_model, metric_models, subject_dir, tmp_path):
+    dino, clip = metric_models
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", subject_dir, "--class-name", "toy",
+                   "--steps", "4", "--checkpoint-every", "2", "--select-best", "0.5",
+                   "--select-prompts", "2", "--dino-model", dino, "--clip-model", clip,
+                   "--no-final-samples", "--output", run, *FAST) == 0
+    meta = json.loads((run / "metadata.json").read_text())
+    scores = meta["selection"]["scores"]
+    assert set(scores) == {"2", "4"} and meta["result_step"] in (2, 4)
+    for entry in scores.values():
+        assert -1 <= entry["image_similarity"] <= 1 and -1 <= entry["text_alignment"] <= 1
+        assert 0 < entry["reward"] <= 1
+
+
+def test_evaluate_with_a_missing_metric_model(evaluated, tmp_path, capsys):
+    rc = run_cli("evaluate", evaluated, "--dino-model", tmp_path / "nope", "--steps", "1",
+                 "--images-per-prompt", "1")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--dino-model" in err and "Traceback" not in err

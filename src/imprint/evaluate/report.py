@@ -17,6 +17,7 @@ td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-a
 th { background: #f3f3f3; } td.prompt { text-align: left; max-width: 18em; }
 img { width: 96px; height: 96px; margin: 1px; image-rendering: pixelated; }
 .note { color: #666; font-size: 90%; }
+td.real img { width: 48px; height: 48px; }
 """
 
 SCRIPT = """<script>
@@ -59,6 +60,7 @@ def write_report(result: dict, path: Path) -> Path:
         for name, values in rows)
     per_prompt_metrics = [m for m in metrics if result["prompts"] and m in result["prompts"][0]]
     base_by_prompt = {r["prompt"]: r for r in result["baseline"]["prompts"]}
+    real = images_html(result["real_images"]["images"])
     prompt_rows = []
     for row in result["prompts"]:
         base = base_by_prompt.get(row["prompt"], {})
@@ -66,7 +68,8 @@ def write_report(result: dict, path: Path) -> Path:
                          for m in per_prompt_metrics)
         prompt_rows.append(
             f"<tr><td class=prompt>{esc(row['prompt'])}</td>{scores}"
-            f"<td>{images_html(row['images'])}</td><td>{images_html(base.get('images', []))}</td></tr>")
+            f"<td>{images_html(row['images'])}</td><td>{images_html(base.get('images', []))}</td>"
+            f"<td class=real>{real}</td></tr>")
     protocol = "".join(f"<li><b>{esc(NAMES.get(k, k))}</b>: {esc(v)}</li>"
                        for k, v in result["protocol"].items())
     settings = ", ".join(f"{k} {esc(str(v))}" for k, v in result["settings"].items())
@@ -84,7 +87,7 @@ def write_report(result: dict, path: Path) -> Path:
 <h2>Per prompt</h2>
 <p class=note>each score: this run, and below it the base model's.</p>
 <table id="prompts"><tr><th>prompt</th>{''.join(f'<th>{NAMES.get(m, m)}</th>' for m in per_prompt_metrics)}
-<th>this run</th><th>base model</th></tr>{''.join(prompt_rows)}</table>
+<th>this run</th><th>base model</th><th>real images</th></tr>{''.join(prompt_rows)}</table>
 <h2>Protocol</h2><ul>{protocol}</ul>
 {SCRIPT}</body></html>
 """
