@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -59,3 +60,26 @@ def test_textual_inversion_uses_new_token(tiny_model, subject_dir, tmp_path):
     metadata = json.loads((run / "metadata.json").read_text())
     # the byte-level tokenizer knows no word "zq", so the token itself is the new entry
     assert metadata["placeholder"] == "zq" and metadata["prompt_token"] == "zq"
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "textual_inversion"])
+def test_bf16_mixed_precision(method, tiny_model, subject_dir, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", subject_dir, "--class-name", "toy",
+                   "--method", method, "--mixed-precision", "bf16", "--train-text-encoder",
+                   "--prior-preservation", "--num-class-images", "2", "--steps", "2",
+                   "--checkpoint-every", "0", "--output", run, *FAST) == 0
+    assert (run / "samples" / "step-000002.png").is_file()
+    if method == "lora":
+        from safetensors.torch import load_file
+
+        weights = load_file(run / "pytorch_lora_weights.safetensors")
+        assert all(v.dtype == torch.float32 for v in weights.values())  # adapters train in fp32
+
+
+def test_fp16_on_cpu_is_a_clear_error(tiny_model, subject_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = run_cli("train", "--model", tiny_model, "--images", subject_dir, "--class-name", "toy",
+                 "--mixed-precision", "fp16", "--steps", "1", "--output", tmp_path / "run", *FAST)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--mixed-precision fp16" in err and "bf16" in err

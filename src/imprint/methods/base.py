@@ -31,6 +31,11 @@ class Method:
         """Names of the family's parts that receive gradients (the rest stays frozen)."""
         raise NotImplementedError
 
+    def float32_parts(self) -> set[str]:
+        """Parts whose own weights are optimised, so they stay float32 under mixed precision.
+        Adapter methods return none: their frozen base weights take the compute dtype."""
+        return self.trained_parts()
+
     def prepare(self, family) -> list[torch.nn.Parameter]:
         """Add adapters / tokens to the family's parts; return the parameters to optimise."""
         raise NotImplementedError

@@ -20,6 +20,9 @@ class LoRA(Method):
     def trained_parts(self) -> set[str]:
         return {"unet", "text_encoder"} if self.cfg.train_text_encoder else {"unet"}
 
+    def float32_parts(self) -> set[str]:
+        return set()  # the adapters are made float32 in prepare(); the base stays low precision
+
     def adapter_config(self, part: str, family):
         from peft import LoraConfig
 

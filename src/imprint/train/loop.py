@@ -60,8 +60,21 @@ def _test_kill(where: str, step: int) -> None:
 def make_accelerator(mixed_precision: str):
     from accelerate import Accelerator
 
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ImprintError("--mixed-precision fp16 needs a CUDA GPU (the CPU lacks fp16 kernels); "
+                           "use bf16 or no")
+    from accelerate.state import AcceleratorState
+
     try:
-        return Accelerator(mixed_precision=mixed_precision)
+        try:
+            return Accelerator(mixed_precision=mixed_precision)
+        except ValueError as e:
+            if "already been initialized" not in str(e):
+                raise
+            # a second run in one process (a notebook, the tests) with another precision:
+            # accelerate keeps one global state, so start it afresh
+            AcceleratorState._reset_state(reset_partial_state=True)
+            return Accelerator(mixed_precision=mixed_precision)
     except (ValueError, RuntimeError) as e:
         raise ImprintError(
             f"--mixed-precision {mixed_precision}: not available on this machine ({e}); "
@@ -137,7 +150,7 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
     family = load_family(cfg.model)
     method = METHODS[cfg.method](cfg)
     trained = method.trained_parts()
-    family.to(device, frozen_dtype, trained)
+    family.to(device, frozen_dtype, method.float32_parts())
 
     output.mkdir(parents=True, exist_ok=True)
     if not (output / "config.json").exists():
@@ -151,9 +164,10 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
     class_mean = class_std = None
     if cfg.prior_preservation:
         class_prompt = cfg.fill(cfg.class_prompt)
-        class_paths = ensure_class_images(
-            cfg.class_images, cfg.num_class_images, family.model, class_prompt, cfg.resolution,
-            cfg.seed, cfg.class_inference_steps, family.pipeline)
+        with accelerator.autocast():
+            class_paths = ensure_class_images(
+                cfg.class_images, cfg.num_class_images, family.model, class_prompt, cfg.resolution,
+                cfg.seed, cfg.class_inference_steps, family.pipeline)
         class_pixels = images_to_tensor([load_image_file(p, cfg.resolution) for p in class_paths])
         class_mean, class_std = family.encode_images(class_pixels)
 
@@ -202,13 +216,15 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
         selector.restore({k: v for k, v in scores.items() if int(k) <= start_step})
 
     def write_samples(step: int) -> None:
-        images = sample(family.pipeline(), sample_prompts, cfg.resolution, cfg.seed,
-                        cfg.sample_inference_steps, images_per_prompt=2, prompt_embeds=sample_embeds)
+        with accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
+            images = sample(family.pipeline(), sample_prompts, cfg.resolution, cfg.seed,
+                            cfg.sample_inference_steps, images_per_prompt=2, prompt_embeds=sample_embeds)
         save_grid(images, output / "samples" / f"step-{step:06d}.png", cols=2)
 
     def score_checkpoint(step: int) -> None:
         if selector:
-            selector.score(step, family.pipeline())
+            with accelerator.autocast():
+                selector.score(step, family.pipeline())
             ckpt.write_json_atomic(output / "selection.json", selector.summary())
 
     def write_checkpoint(step: int) -> None:
