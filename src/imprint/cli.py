@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run folders with eval/metrics.json")
     cmp.add_argument("--output", help="also write the table as HTML here")
 
+    toy = sub.add_parser(
+        "toyworld", help="the toy world: write its held-out subjects as photo folders",
+        epilog="example:\n  imprint toyworld subjects --output toy-subjects\n"
+               "  imprint train --images toy-subjects/emblem_star --class-name star ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    toy.add_argument("action", choices=["subjects"])
+    toy.add_argument("--output", required=True, help="folder for one sub-folder per subject")
+
     demo = sub.add_parser(
         "demo", help="the whole job on a small built-in model, offline, in minutes",
         epilog="example:\n  imprint demo --output demo-output", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,6 +205,12 @@ def run_command(args: argparse.Namespace) -> int:
         from imprint.evaluate.compare import compare_runs
 
         print(compare_runs(args.runs, args.output), end="")
+    elif args.command == "toyworld":
+        from imprint.toyworld.subjects import SUBJECTS, write_subjects
+
+        folders = write_subjects(args.output)
+        for subject, folder in zip(SUBJECTS, folders):
+            print(f"{folder}  class {subject.class_name}")
     elif args.command == "demo":
         from imprint.demo import run_demo
 

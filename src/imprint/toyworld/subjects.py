@@ -1,0 +1,62 @@
+"""Held-out subjects: specific object instances whose identity detail (a three-colour emblem)
+the base model's pre-training never shows. Each has 5 "photos" in varied scenes, positions and
+scales, written as a folder like a real subject's, and a class name (its shape)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from imprint.toyworld.render import BACKGROUNDS, POSITIONS, SCALES, Scene, render
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    shape: str
+    colour: str
+    pattern: str
+    emblem: tuple[str, str, str]
+
+    @property
+    def class_name(self) -> str:
+        return self.shape
+
+    def scene(self, background: str, position: str = "centre", scale: str = "large") -> Scene:
+        return Scene(self.shape, self.colour, self.pattern, background, position, scale, self.emblem)
+
+    def photo_scenes(self, count: int = 5) -> list[tuple[Scene, int]]:
+        """(scene, seed) of each photo: varied backgrounds, positions and scales, fixed by name."""
+        rng = random.Random(f"imprint-toyworld-{self.name}")
+        backgrounds = rng.sample(list(BACKGROUNDS), count)
+        return [(self.scene(bg, rng.choice(list(POSITIONS)), rng.choice(list(SCALES))),
+                 rng.randrange(2**31)) for bg in backgrounds]
+
+
+SUBJECTS = [
+    Subject("emblem_star", "star", "red", "plain", ("blue", "white", "green")),
+    Subject("striped_circle", "circle", "blue", "striped", ("yellow", "red", "white")),
+    Subject("dotted_heart", "heart", "pink", "dotted", ("green", "blue", "yellow")),
+    Subject("checkered_square", "square", "orange", "checkered", ("purple", "white", "blue")),
+    Subject("plain_triangle", "triangle", "green", "plain", ("red", "yellow", "purple")),
+    Subject("striped_diamond", "diamond", "purple", "striped", ("white", "orange", "green")),
+    Subject("dotted_hexagon", "hexagon", "yellow", "dotted", ("blue", "red", "pink")),
+    Subject("plain_cross", "cross", "white", "plain", ("red", "green", "blue")),
+    Subject("checkered_star", "star", "blue", "checkered", ("orange", "pink", "yellow")),
+    Subject("striped_heart", "heart", "red", "striped", ("white", "blue", "orange")),
+]
+SUBJECTS_BY_NAME = {s.name: s for s in SUBJECTS}
+
+
+def write_subject(subject: Subject, folder: str | Path, count: int = 5) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, seed) in enumerate(subject.photo_scenes(count)):
+        render(scene, seed).save(folder / f"{i:02d}.png")
+    (folder / "class.txt").write_text(subject.class_name + "\n")
+    return folder
+
+
+def write_subjects(root: str | Path) -> list[Path]:
+    return [write_subject(s, Path(root) / s.name) for s in SUBJECTS]
