@@ -206,18 +206,10 @@ def write_results(args, bare, bare_rss, ours, script) -> None:
     lines.append(row("bare UNet fwd+bwd+AdamW (batch 2)", bare, bare_rss))
     if bare.get("peak_gpu_gib"):
         lines.append(f"\nBare step peak GPU memory: {bare['peak_gpu_gib']:.2f} GiB")
-    lines.append("")
-    section = "\n".join(lines) + "\n"
-    results = Path(args.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-    marker = lines[0]
-    if marker in text:  # replace the section of the same setting, keep the others
-        before, _, after = text.partition(marker)
-        rest = after.split("\n## ", 1)
-        text = before + section + ("\n## " + rest[1] if len(rest) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results.write_text(text)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from results_file import write_section
+
+    section = write_section(args.results, lines[0], "\n".join(lines[2:]))
     print(section)
 
 

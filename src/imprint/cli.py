@@ -13,8 +13,7 @@ from imprint.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
-TRAIN_EXAMPLE = """example:
-  imprint train --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+TRAIN_EXAMPLE = """  imprint train --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
       --images photos/dog --class-name dog --method lora --prior-preservation \\
       --steps 800 --output runs/dog
   imprint train --config run.toml --steps 1000      # flags win over the file's keys
@@ -78,20 +77,24 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=caster, **kwargs)
 
 
+def _command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with an example."""
+    return sub.add_parser(name, help=help, epilog="example:\n" + example,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imprint", description="Teach a text-to-image model a subject from a few photos.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="personalise a model on subject photos",
-                           epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = _command(sub, "train", "personalise a model on subject photos", TRAIN_EXAMPLE)
     _add_train_flags(train)
 
-    gen = sub.add_parser(
-        "generate", help="generate images with a finished run",
-        epilog='example:\n  imprint generate --run runs/dog "a sks dog on the beach" --num-images 4 '
-               "--output out/beach", formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen = _command(sub, "generate", "generate images with a finished run",
+                   '  imprint generate --run runs/dog "a sks dog on the beach" --num-images 4 '
+                   "--output out/beach")
     gen.add_argument("prompts", nargs="+", help="prompts; write the run's token for the subject")
     gen.add_argument("--run", required=True, help="run folder made by imprint train")
     gen.add_argument("--model", help="base model (default: the one the run was trained on)")
@@ -102,19 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resolution", type=int, help="default: the training resolution")
     gen.add_argument("--output", required=True, help="folder for the PNGs and grid.png")
 
-    export = sub.add_parser(
-        "export", help="write a run in another ecosystem's format",
-        epilog="example:\n  imprint export runs/dog --format kohya --output dog_kohya.safetensors",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    export = _command(sub, "export", "write a run in another ecosystem's format",
+                      "  imprint export runs/dog --format kohya --output dog_kohya.safetensors")
     export.add_argument("run", help="run folder made by imprint train")
     export.add_argument("--format", choices=["kohya"], default="kohya",
                         help="kohya: the A1111 / ComfyUI LoRA layout")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
 
-    ev = sub.add_parser(
-        "evaluate", help="DreamBench metrics of a run, the base model and the real images",
-        epilog="example:\n  imprint evaluate runs/dog --images-per-prompt 4   # -> runs/dog/eval/report.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev = _command(sub, "evaluate", "DreamBench metrics of a run, the base model and the real images",
+                  "  imprint evaluate runs/dog --images-per-prompt 4   # -> runs/dog/eval/report.html")
     ev.add_argument("run", help="run folder made by imprint train")
     ev.add_argument("--model", help="base model (default: the one the run was trained on)")
     ev.add_argument("--images", help="real subject photos (default: the run's --images)")
@@ -127,24 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=30, help="denoising steps")
     ev.add_argument("--resolution", type=int, help="default: the training resolution")
 
-    cmp = sub.add_parser(
-        "compare", help="one table of several evaluated runs",
-        epilog="example:\n  imprint compare runs/dog-lora runs/dog-full --output compare.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp = _command(sub, "compare", "one table of several evaluated runs",
+                   "  imprint compare runs/dog-lora runs/dog-full --output compare.html")
     cmp.add_argument("runs", nargs="+", help="run folders with eval/metrics.json")
     cmp.add_argument("--output", help="also write the table as HTML here")
 
-    toy = sub.add_parser(
-        "toyworld", help="the toy world: write its held-out subjects as photo folders",
-        epilog="example:\n  imprint toyworld subjects --output toy-subjects\n"
-               "  imprint train --images toy-subjects/emblem_star --class-name star ...",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    toy.add_argument("action", choices=["subjects"])
-    toy.add_argument("--output", required=True, help="folder for one sub-folder per subject")
+    toy = _command(sub, "toyworld", "the toy world: write its held-out subjects as photo folders",
+                   "  imprint toyworld subjects --output toy-subjects\n"
+               "  imprint train --images toy-subjects/emblem_star --class-name star ...")
+    toy.add_argument("action", choices=["subjects", "train-evaluator"],
+                     help="subjects: write the held-out subjects; train-evaluator: retrain the "
+                          "shipped evaluator (seeded, ~20 min on 2 cores)")
+    toy.add_argument("--output", help="subjects: folder for one sub-folder per subject; "
+                                      "train-evaluator: the .safetensors file (default: the shipped one)")
+    toy.add_argument("--steps", type=int, default=1800, help="train-evaluator: optimizer steps")
+    toy.add_argument("--seed", type=int, default=0)
 
-    demo = sub.add_parser(
-        "demo", help="the whole job on a small built-in model, offline, in minutes",
-        epilog="example:\n  imprint demo --output demo-output", formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo = _command(sub, "demo", "the whole job on a small built-in model, offline, in minutes",
+                    "  imprint demo --output demo-output")
     demo.add_argument("--output", default="demo-output")
     demo.add_argument("--steps", type=int, default=150)
     return parser
@@ -205,12 +204,21 @@ def run_command(args: argparse.Namespace) -> int:
         from imprint.evaluate.compare import compare_runs
 
         print(compare_runs(args.runs, args.output), end="")
-    elif args.command == "toyworld":
+    elif args.command == "toyworld" and args.action == "subjects":
         from imprint.toyworld.subjects import SUBJECTS, write_subjects
 
+        if not args.output:
+            raise ImprintError("toyworld subjects: --output FOLDER is required")
         folders = write_subjects(args.output)
         for subject, folder in zip(SUBJECTS, folders):
             print(f"{folder}  class {subject.class_name}")
+    elif args.command == "toyworld":
+        from imprint.toyworld.evaluator import (WEIGHTS, accuracy_on_fresh_renders, load_evaluator,
+                                                train_evaluator)
+
+        output = Path(args.output) if args.output else WEIGHTS
+        print(train_evaluator(steps=args.steps, seed=args.seed, output=output))
+        print("accuracy on fresh renders:", accuracy_on_fresh_renders(load_evaluator(output)))
     elif args.command == "demo":
         from imprint.demo import run_demo
 

@@ -31,6 +31,12 @@ class MetricBackend:
     metrics: tuple[str, ...] = ()      # summary keys, in report order
     protocol: dict = {}                # the choices made, written into the report
 
+    def default_prompts(self, token: str, class_name: str) -> list[str]:
+        """The evaluation prompts when the user gives no --prompts file."""
+        from imprint.evaluate.prompts import dreambench_prompts
+
+        return dreambench_prompts(token, class_name)
+
     def score(self, generated: dict[str, list[Image.Image]], text_prompts: dict[str, str],
               real: list[Image.Image], class_images: list[Image.Image]) -> Scores:
         raise NotImplementedError

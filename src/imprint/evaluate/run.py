@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from imprint.data.images import load_subject_images
 from imprint.errors import ImprintError
 from imprint.evaluate.backends import BACKENDS
-from imprint.evaluate.prompts import dreambench_prompts, load_prompt_file, remove_identifier
+from imprint.evaluate.prompts import load_prompt_file, remove_identifier
 from imprint.evaluate.report import write_report
 from imprint.generate import load_run_pipeline, read_metadata
 from imprint.train.checkpoint import write_json_atomic
@@ -56,9 +56,9 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
     token, class_name = metadata["token"], metadata["class_name"]
     images_dir = images or metadata["hyperparameters"]["images"]
     real = load_subject_images(images_dir, 512 if resolution is None else max(resolution, 224)).images
-    prompts = (load_prompt_file(prompts_file, token, class_name) if prompts_file
-               else dreambench_prompts(token, class_name))
     backend = backend or make_backend(metrics, **(backend_options or {}))
+    prompts = (load_prompt_file(prompts_file, token, class_name) if prompts_file
+               else backend.default_prompts(token, class_name))
     resolution = resolution or metadata["hyperparameters"]["resolution"]
     text_prompts = {p: remove_identifier(p, token) for p in prompts}
     class_prompt = f"a {class_name}"

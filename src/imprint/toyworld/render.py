@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 SIZE = 64
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: smooth edges at 64 px
 
-SHAPES = ["circle", "square", "triangle", "star", "heart", "diamond", "hexagon", "cross"]
+# (a hexagon was tried and dropped: at 64 px the evaluator confused it with the circle)
+SHAPES = ["circle", "square", "triangle", "star", "heart", "diamond", "moon", "cross"]
 COLOURS = {
     "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (240, 210, 30),
     "green": (44, 160, 44), "blue": (31, 90, 220), "purple": (148, 60, 189),
@@ -86,8 +87,6 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(x, y + r * 0.2) for x, y in ring(3, r * 1.25, -math.pi / 2)]
     if shape == "diamond":
         return [(cx, cy - r * 1.15), (cx + r * 0.8, cy), (cx, cy + r * 1.15), (cx - r * 0.8, cy)]
-    if shape == "hexagon":
-        return ring(6, r * 1.05, 0)
     if shape == "star":
         outer, inner = ring(5, r * 1.2, -math.pi / 2), ring(5, r * 0.5, -math.pi / 2 + math.pi / 5)
         return [p for pair in zip(outer, inner) for p in pair]
@@ -107,6 +106,10 @@ def shape_mask(shape: str, cx: float, cy: float, r: float) -> Image.Image:
     cx, cy, r = cx * s, cy * s, r * s
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    elif shape == "moon":  # a crescent: a disc with an offset disc cut out
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        ox = cx + 0.6 * r
+        draw.ellipse((ox - 0.72 * r, cy - 0.72 * r, ox + 0.72 * r, cy + 0.72 * r), fill=0)
     elif shape == "heart":
         lobe = r * 0.55
         draw.ellipse((cx - 2 * lobe, cy - lobe * 1.6, cx, cy + lobe * 0.4), fill=255)
@@ -193,10 +196,6 @@ def render(scene: Scene, seed: int = 0) -> Image.Image:
     image = background(scene.background, rng)
     mask = shape_mask(scene.shape, cx, cy, r)
     image.paste(pattern_layer(scene.colour, scene.pattern, cx, cy, r), (0, 0), mask)
-    if scene.emblem:
-        draw_emblem(image, scene.emblem, cx, cy, r)
+    if scene.emblem:  # on the moon, the emblem sits in the crescent's thick part
+        draw_emblem(image, scene.emblem, cx - 0.5 * r if scene.shape == "moon" else cx, cy, r)
     return image
-
-
-def scene_with(scene: Scene, **changes) -> Scene:
-    return replace(scene, **changes)

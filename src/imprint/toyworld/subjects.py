@@ -41,7 +41,7 @@ SUBJECTS = [
     Subject("checkered_square", "square", "orange", "checkered", ("purple", "white", "blue")),
     Subject("plain_triangle", "triangle", "green", "plain", ("red", "yellow", "purple")),
     Subject("striped_diamond", "diamond", "purple", "striped", ("white", "orange", "green")),
-    Subject("dotted_hexagon", "hexagon", "yellow", "dotted", ("blue", "red", "pink")),
+    Subject("dotted_moon", "moon", "yellow", "dotted", ("blue", "red", "pink")),
     Subject("plain_cross", "cross", "white", "plain", ("red", "green", "blue")),
     Subject("checkered_star", "star", "blue", "checkered", ("orange", "pink", "yellow")),
     Subject("striped_heart", "heart", "red", "striped", ("white", "blue", "orange")),
