@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,8 +147,6 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     model = build_model(WORK / "sd15-random")
     tag = f"{args.resolution}px-{args.mixed_precision}"
-    import shutil
-
     for stale in WORK.glob(f"*-{tag}*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
 from conftest import FAST, run_cli
 

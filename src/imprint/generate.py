@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from imprint.errors import ImprintError
-from imprint.families import load_pipeline
+from imprint.families import load_pipeline, resolve_model
 from imprint.families.sd import architecture_fingerprint
 from imprint.methods import METHODS
 from imprint.train.sampling import sample, save_grid
@@ -45,7 +45,7 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
             f"--model {model}: not the base model of run {run} (trained on "
             f"{metadata['base_model']}, another architecture); pass --model {metadata['base_model']}"
         )
-    if model and str(model) != metadata["base_model"] and Path(model).resolve().as_posix() != metadata["base_model"]:
+    if model and resolve_model(model) != metadata["base_model"]:
         log.warning("run %s was trained on %s; applying it to %s (same architecture)",
                     run, metadata["base_model"], model)
     method.load_into_pipeline(pipe, run, metadata)

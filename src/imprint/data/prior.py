@@ -9,6 +9,7 @@ and is used as it is.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -57,8 +58,6 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
     folder.mkdir(parents=True, exist_ok=True)
     existing: list[str] = []
     if manifest_path.exists():
-        import json
-
         with open(manifest_path) as f:
             manifest = json.load(f)
         same = {k: manifest.get(k) for k in wanted} == wanted

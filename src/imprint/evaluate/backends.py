@@ -7,6 +7,7 @@ scores, per-prompt rows and a summary. `evaluate` and the report never ask which
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -26,7 +27,7 @@ class Scores:
     images: list[dict] = field(default_factory=list)  # one row per generated image
 
 
-class MetricBackend:
+class MetricBackend(ABC):
     name = "base"
     metrics: tuple[str, ...] = ()      # summary keys, in report order
     protocol: dict = {}                # the choices made, written into the report
@@ -37,15 +38,19 @@ class MetricBackend:
 
         return dreambench_prompts(token, class_name)
 
+    @abstractmethod
     def score(self, generated: dict[str, list[Image.Image]], text_prompts: dict[str, str],
               real: list[Image.Image], class_images: list[Image.Image]) -> Scores:
-        raise NotImplementedError
+        """Per-image scores, per-prompt rows and a summary of one model's images."""
 
+    @abstractmethod
     def score_real(self, real: list[Image.Image]) -> dict:
         """The real images scored against each other (leave-one-out): the ceiling row."""
-        raise NotImplementedError
 
-    def subject_and_text(self, images: list[Image.Image], text: str,
-                         real: list[Image.Image]) -> tuple[float, float]:
+    @abstractmethod
+    def subject_reference(self, real: list[Image.Image]):
+        """What subject_and_text compares against, computed once per run from the real photos."""
+
+    @abstractmethod
+    def subject_and_text(self, images: list[Image.Image], text: str, reference) -> tuple[float, float]:
         """(image similarity to the subject, text alignment) for checkpoint selection."""
-        raise NotImplementedError

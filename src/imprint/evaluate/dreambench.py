@@ -100,8 +100,11 @@ class DreamBenchBackend(MetricBackend):
         return {"dino": mean_interval(leave_one_out(self.dino_embeddings(real)).tolist()),
                 "clip_i": mean_interval(leave_one_out(self.clip_image_embeddings(real)).tolist())}
 
-    def subject_and_text(self, images, text, real) -> tuple[float, float]:
-        image_sim = similarity_to_reference(self.dino_embeddings(images), self.dino_embeddings(real))
+    def subject_reference(self, real) -> torch.Tensor:
+        return self.dino_embeddings(real)
+
+    def subject_and_text(self, images, text, reference) -> tuple[float, float]:
+        image_sim = similarity_to_reference(self.dino_embeddings(images), reference)
         text_sim = similarity_to_reference(self.clip_image_embeddings(images), self.clip_text_embeddings([text]))
         return float(image_sim.mean()), float(text_sim.mean())
 
@@ -109,5 +112,6 @@ class DreamBenchBackend(MetricBackend):
 def _features(output) -> torch.Tensor:
     # transformers 5 may return a model output rather than a tensor from get_*_features
     if not torch.is_tensor(output):
-        output = getattr(output, "pooler_output", None) if getattr(output, "pooler_output", None) is not None else output[0]
+        pooled = getattr(output, "pooler_output", None)
+        output = pooled if pooled is not None else output[0]
     return output.float().cpu()

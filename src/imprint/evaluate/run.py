@@ -3,7 +3,6 @@ score both and the real images with one backend, write metrics.json and report.h
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from imprint.errors import ImprintError
 from imprint.evaluate.backends import BACKENDS
 from imprint.evaluate.prompts import load_prompt_file, remove_identifier
 from imprint.evaluate.report import write_report
+from imprint.families import load_pipeline
 from imprint.generate import load_run_pipeline, read_metadata
 from imprint.train.checkpoint import write_json_atomic
 from imprint.train.sampling import sample
@@ -70,8 +70,6 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
     personalised = {p: personalised[run_prompts[p]] for p in prompts}
     class_images = sample(pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt)
     del pipe
-    from imprint.families import load_pipeline
-
     base_pipe = load_pipeline(model or metadata["base_model"])
     # the base model has no subject token: it gets the prompt without it ("a dog on the beach")
     baseline = _generate_all(base_pipe, [text_prompts[p] for p in prompts], images_per_prompt, seed,

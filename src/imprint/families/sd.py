@@ -48,7 +48,7 @@ def _loading(model: str, flag: str = "--model"):
         yield
     except ImprintError:
         raise
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImprintError(
             f"{flag} {model}: could not load the model ({first}); check the path or hub id "

@@ -8,6 +8,7 @@ loads their results for generation.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -20,25 +21,25 @@ def register(cls: type["Method"]) -> type["Method"]:
     return cls
 
 
-class Method:
+class Method(ABC):
     name = "base"
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     # --- training -------------------------------------------------------------------------
+    @abstractmethod
     def trained_parts(self) -> set[str]:
         """Names of the family's parts that receive gradients (the rest stays frozen)."""
-        raise NotImplementedError
 
     def float32_parts(self) -> set[str]:
         """Parts whose own weights are optimised, so they stay float32 under mixed precision.
         Adapter methods return none: their frozen base weights take the compute dtype."""
         return self.trained_parts()
 
+    @abstractmethod
     def prepare(self, family) -> list[torch.nn.Parameter]:
         """Add adapters / tokens to the family's parts; return the parameters to optimise."""
-        raise NotImplementedError
 
     def prompt_token(self) -> str:
         """The text that stands for the subject in training prompts."""
@@ -72,14 +73,14 @@ class Method:
                     params[name].copy_(value.to(params[name].dtype))
 
     # --- result ---------------------------------------------------------------------------
+    @abstractmethod
     def save_result(self, family, folder: Path) -> list[str]:
         """Write the files users keep; return their names (relative to folder)."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
         """Apply a finished run to a diffusers pipeline of its base model."""
-        raise NotImplementedError
 
     @classmethod
     def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:

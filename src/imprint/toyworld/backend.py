@@ -109,9 +109,12 @@ class ToyWorldBackend(MetricBackend):
     def score_real(self, real) -> dict:
         return {"fidelity": mean_interval(leave_one_out(self._read(real)["identity"]).tolist())}
 
-    def subject_and_text(self, images, text, real) -> tuple[float, float]:
+    def subject_reference(self, real) -> torch.Tensor:
+        return self._read(real)["identity"]
+
+    def subject_and_text(self, images, text, reference) -> tuple[float, float]:
         read = self._read(images)
-        fidelity = similarity_to_reference(read["identity"], self._read(real)["identity"]).mean()
+        fidelity = similarity_to_reference(read["identity"], reference).mean()
         named = parse_prompt(text)
         alignment = [self._alignment(read["attributes"], j, named) for j in range(len(images))]
         # alignment in [0, 1] is mapped to [-1, 1] so the reward's (s + 1) / 2 returns it

@@ -14,12 +14,12 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from imprint.data.images import images_to_tensor
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, SHAPES, Scene, render
 
 log = logging.getLogger("imprint")
@@ -58,9 +58,7 @@ class Evaluator(nn.Module):
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    array = np.stack([np.asarray(im.convert("RGB").resize((64, 64), Image.Resampling.BICUBIC),
-                                 dtype=np.float32) for im in images]) / 127.5 - 1
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    return images_to_tensor([im.convert("RGB").resize((64, 64), Image.Resampling.BICUBIC) for im in images])
 
 
 def random_instance(rng: random.Random) -> dict:

@@ -66,16 +66,18 @@ def make_accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
     try:
-        try:
-            return Accelerator(mixed_precision=mixed_precision)
-        except ValueError as e:
-            if "already been initialized" not in str(e):
-                raise
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError as e:
+        if "already been initialized" in str(e):
             # a second run in one process (a notebook, the tests) with another precision:
             # accelerate keeps one global state, so start it afresh
             AcceleratorState._reset_state(reset_partial_state=True)
             return Accelerator(mixed_precision=mixed_precision)
-    except (ValueError, RuntimeError) as e:
+        raise ImprintError(
+            f"--mixed-precision {mixed_precision}: not available on this machine ({e}); "
+            "use bf16 or no"
+        ) from e
+    except RuntimeError as e:
         raise ImprintError(
             f"--mixed-precision {mixed_precision}: not available on this machine ({e}); "
             "use bf16 or no"
@@ -106,8 +108,9 @@ def check_output(cfg: TrainConfig, output: Path) -> None:
             )
 
 
-def prompt_embeddings(family, method, prompts: list[str], cache: bool):
-    """Cached embeddings when the text encoder is frozen; else token ids to encode each step."""
+def batch_conditioning(family, prompts: list[str], cache: bool):
+    """The prompt of every batch row, the same every step: token ids (encoded each step when
+    the text encoder trains) or, when it is frozen, its embeddings, computed once."""
     ids = family.tokenize(prompts)
     if not cache:
         return ids, None
@@ -115,26 +118,26 @@ def prompt_embeddings(family, method, prompts: list[str], cache: bool):
         return ids, family.encode_prompts(ids)
 
 
-def make_selector(cfg: TrainConfig, family, method, subject_images, scorer=None):
-    """The checkpoint selector of --select-best, scoring on the first DreamBench prompts."""
+def make_selector(cfg: TrainConfig, family, pipe_prompt, subject_images, cache_text: bool, scorer=None):
+    """The checkpoint selector of --select-best, scoring on the backend's first prompts."""
     if cfg.select_best is None:
         return None
     if scorer is None:
-        from imprint.evaluate.prompts import dreambench_prompts, remove_identifier
+        from imprint.evaluate.prompts import remove_identifier
         from imprint.evaluate.run import make_backend
-        from imprint.train.selection import dreambench_scorer
+        from imprint.train.selection import backend_scorer
 
         backend = make_backend(cfg.metrics, dino_model=cfg.dino_model, clip_model=cfg.clip_model,
                                device=str(family.unet.device))
-        prompts = dreambench_prompts(cfg.token, cfg.class_name)[:cfg.select_prompts]
-        pipe_prompts = [method.rewrite_prompt(p, {"token": cfg.token, **method.metadata()}) for p in prompts]
+        prompts = backend.default_prompts(cfg.token, cfg.class_name)[:cfg.select_prompts]
+        pipe_prompts = [pipe_prompt(p) for p in prompts]
         embeds = None
-        if family.text_encoder is not None and "text_encoder" not in method.trained_parts():
+        if cache_text:
             with torch.no_grad():
                 embeds = family.encode_for_sampling(pipe_prompts)
-        scorer = dreambench_scorer(backend, subject_images, pipe_prompts,
-                                   [remove_identifier(p, cfg.token) for p in prompts], cfg.resolution,
-                                   cfg.sample_inference_steps, cfg.seed, prompt_embeds=embeds)
+        scorer = backend_scorer(backend, subject_images, pipe_prompts,
+                                [remove_identifier(p, cfg.token) for p in prompts], cfg.resolution,
+                                cfg.sample_inference_steps, cfg.seed, prompt_embeds=embeds)
     return CheckpointSelector(cfg.select_best, scorer)
 
 
@@ -142,6 +145,9 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
     """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
     output = Path(cfg.output)
     check_output(cfg, output)
+    if cfg.resume is not None and (output / "metadata.json").exists():
+        log.info("%s: the run already finished; nothing to resume", output)
+        return output
     subject = load_subject_images(cfg.images, cfg.resolution)
     log.info("%d subject images from %s", len(subject.images), cfg.images)
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -155,9 +161,6 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     if not (output / "config.json").exists():
         ckpt.write_json_atomic(output / "config.json", cfg.to_dict())
-    elif cfg.resume is not None and (output / "metadata.json").exists():
-        log.info("%s: the run already finished; nothing to resume", output)
-        return output
 
     # --- caches: everything the frozen parts compute, once -------------------------------
     instance_mean, instance_std = family.encode_images(images_to_tensor(subject.images))
@@ -176,16 +179,24 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
     token_text = method.prompt_token()
     instance_prompt = cfg.instance_prompt.format(token=token_text, class_name=cfg.class_name)
     cache_text = "text_encoder" not in trained
-    instance_ids, instance_embeds = prompt_embeddings(family, method, [instance_prompt], cache_text)
+    # instance rows first, class rows after them: the loss splits the batch in these halves
+    row_prompts = [instance_prompt] * cfg.batch_size
     if cfg.prior_preservation:
-        class_ids, class_embeds = prompt_embeddings(family, method, [class_prompt], cache_text)
-    sample_prompts = [method.rewrite_prompt(cfg.fill(p), {"token": cfg.token, **method.metadata()})
-                      for p in (cfg.sample_prompt or [cfg.instance_prompt])]
+        row_prompts += [class_prompt] * cfg.batch_size
+    batch_ids, batch_embeds = batch_conditioning(family, row_prompts, cache_text)
+    if batch_embeds is not None:
+        batch_embeds = batch_embeds.to(device, frozen_dtype)
+    prompt_metadata = {"token": cfg.token, **method.metadata()}
+
+    def pipe_prompt(text: str) -> str:
+        return method.rewrite_prompt(text, prompt_metadata)
+
+    sample_prompts = [pipe_prompt(cfg.fill(p)) for p in (cfg.sample_prompt or [cfg.instance_prompt])]
     sample_embeds = None
     if cache_text:
         with torch.no_grad():
             sample_embeds = family.encode_for_sampling(sample_prompts)
-    selector = make_selector(cfg, family, method, subject.images, scorer)
+    selector = make_selector(cfg, family, pipe_prompt, subject.images, cache_text, scorer)
     family.release_encoders(keep_text_encoder=not cache_text)
     if cfg.gradient_checkpointing:
         family.enable_gradient_checkpointing(trained)
@@ -246,25 +257,16 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
         generator = step_generator(cfg.seed, 0, step)
         idx = batch_indices(cfg.seed, 1, step, cfg.batch_size, n_instance)
         latents = family.sample_latents(instance_mean[idx], instance_std[idx], generator)
-        ids = instance_ids.repeat(len(idx), 1)
-        embeds = instance_embeds.repeat(len(idx), 1, 1) if cache_text else None
         if cfg.prior_preservation:
             cidx = batch_indices(cfg.seed, 2, step, cfg.batch_size, class_mean.shape[0])
             latents = torch.cat([latents, family.sample_latents(class_mean[cidx], class_std[cidx], generator)])
-            ids = torch.cat([ids, class_ids.repeat(len(cidx), 1)])
-            if cache_text:
-                embeds = torch.cat([embeds, class_embeds.repeat(len(cidx), 1, 1)])
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = family.sample_timesteps(latents.shape[0], generator)
         noisy, target = family.noisy_input_and_target(latents, noise, timesteps)
 
         with accelerator.autocast():
-            if embeds is None:
-                embeds_step = family.encode_prompts(ids)
-            else:
-                embeds_step = embeds
-            prediction = family.predict(noisy.to(device, frozen_dtype), timesteps.to(device),
-                                        embeds_step.to(device, frozen_dtype))
+            embeds = batch_embeds if cache_text else family.encode_prompts(batch_ids).to(frozen_dtype)
+            prediction = family.predict(noisy.to(device, frozen_dtype), timesteps.to(device), embeds)
         errors = F.mse_loss(prediction.float(), target.to(device).float(), reduction="none")
         errors = errors.mean(dim=list(range(1, errors.ndim)))
         if cfg.prior_preservation:

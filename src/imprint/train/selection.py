@@ -41,11 +41,14 @@ class CheckpointSelector:
                 "scores": {str(k): v for k, v in sorted(self.scores.items())}}
 
 
-def dreambench_scorer(backend, real_images, prompts: list[str], text_prompts: list[str],
+def backend_scorer(backend, real_images, prompts: list[str], text_prompts: list[str],
                       resolution: int, steps: int, seed: int, images_per_prompt: int = 2,
                       prompt_embeds=None):
-    """I: mean DINO similarity to the subject photos; T: mean CLIP-T of the validation prompts."""
+    """I: the backend's similarity to the subject photos (DINO for DreamBench); T: its text
+    alignment (CLIP-T), both averaged over the validation prompts."""
     from imprint.train.sampling import sample
+
+    reference = backend.subject_reference(real_images)  # once, not per prompt and checkpoint
 
     def score(pipe) -> tuple[float, float]:
         image_sims, text_sims = [], []
@@ -53,7 +56,7 @@ def dreambench_scorer(backend, real_images, prompts: list[str], text_prompts: li
             embeds = [prompt_embeds[i]] if prompt_embeds else None
             images = sample(pipe, [prompt], resolution, seed + 1000 * i, steps, images_per_prompt,
                             prompt_embeds=embeds)
-            image_sim, text_sim = backend.subject_and_text(images, text, real_images)
+            image_sim, text_sim = backend.subject_and_text(images, text, reference)
             image_sims.append(image_sim)
             text_sims.append(text_sim)
         return sum(image_sims) / len(image_sims), sum(text_sims) / len(text_sims)
