@@ -1,15 +1,26 @@
 """Toy-world quality bars (issue 4), written to benchmarks/RESULTS.md.
 
-So far: the shipped evaluator's accuracy per attribute on fresh renders (bar: >= 0.95) and how
-well its identity embedding tells the held-out subjects apart. The bars that need the
-pre-trained toy-world base model (alignment, LoRA fidelity, PRES, the method table) come with it.
+  --part evaluator   the shipped evaluator's accuracy per attribute on fresh renders (bar >= 0.95)
+                     and how well its identity embedding tells the held-out subjects apart
+  --part base        the shipped base model's alignment on prompts whose shape/colour pair
+                     pre-training never showed (bar >= 0.8), beside pairs it did show
+  --part methods     personalisation of the held-out subjects: LoRA with prior preservation on
+                     every subject (fidelity from the base model's level to >= 80% of
+                     real-vs-real, alignment within 0.1 of the base model's), LoRA without prior
+                     preservation (PRES higher than with it), full fine-tuning and textual
+                     inversion; a method table with mean and 95% interval over subjects,
+                     trainable parameters and wall time
 
-  python benchmarks/toyworld_quality.py [--renders 2000]
+Runs are kept under benchmarks/_work/toyworld (a second call skips finished runs).
+
+  python benchmarks/toyworld_quality.py --part methods [--subjects 10] [--others 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -19,19 +30,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from results_file import write_section  # noqa: E402
 
-from imprint.evaluate.metrics import cosine_matrix  # noqa: E402
+from imprint.evaluate.metrics import cosine_matrix, mean_interval  # noqa: E402
 from imprint.toyworld.evaluator import WEIGHTS, accuracy_on_fresh_renders, load_evaluator, read_images  # noqa: E402
 from imprint.toyworld.render import render  # noqa: E402
 from imprint.toyworld.subjects import SUBJECTS  # noqa: E402
 
+WORK = Path(__file__).with_name("_work") / "toyworld"
+JSON_OUT: Path | None = None
+GUIDANCE = 3.0
+# every run: 64 px, batch 4, the toy-world prompts; per method its learning rate and steps
+COMMON = dict(resolution=64, batch_size=4, num_class_images=20, class_inference_steps=20,
+              instance_prompt="a {token} {class_name}", class_prompt="a {class_name}",
+              checkpoint_every=0, sample_every=0, final_samples=False, seed=0)
+CONFIGS = {
+    "lora": dict(method="lora", rank=8, lr=1e-3, steps=200, prior_preservation=True),
+    "lora-no-prior": dict(method="lora", rank=8, lr=1e-3, steps=200, prior_preservation=False),
+    "full": dict(method="full", lr=1e-4, steps=200, prior_preservation=True),
+    "textual_inversion": dict(method="textual_inversion", lr=5e-3, steps=200, prior_preservation=False),
+}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--renders", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=777)
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
-    args = parser.parse_args()
 
+def part_evaluator(args) -> str:
     start = time.time()
     model = load_evaluator()
     accuracy = accuracy_on_fresh_renders(model, count=args.renders, seed=args.seed)
@@ -47,7 +66,7 @@ def main() -> None:
     rows = "\n".join(f"| {name} | {value:.3f} | {'yes' if value >= 0.95 else 'no'} |" for name, value in accuracy.items())
     body = f"""{time.strftime('%Y-%m-%d')}; weights `{WEIGHTS.name}` ({WEIGHTS.stat().st_size / 2**20:.2f} MiB);
 {args.renders} fresh renders (seed {args.seed}); {time.time() - start:.0f} s.
-Command: `python benchmarks/toyworld_quality.py --renders {args.renders}`
+Command: `python benchmarks/toyworld_quality.py --part evaluator --renders {args.renders}`
 
 | attribute | accuracy | >= 0.95 |
 | --- | ---: | --- |
@@ -57,7 +76,183 @@ Identity embedding on the 10 held-out subjects' photos (5 each, never seen in tr
 mean cosine between photos of the same subject {sum(same) / len(same):.3f}, to other subjects
 {sum(other) / len(other):.3f} (lowest same-subject {min(same):.3f}, highest other {max(other):.3f}).
 """
-    print(write_section(args.results, "## Toy world: evaluator", body))
+    return write_section(args.results, "## Toy world: evaluator", body)
+
+
+def part_base(args) -> str:
+    from diffusers import StableDiffusionPipeline
+
+    from imprint.toyworld.pretrain import MODEL_DIR
+    from imprint.toyworld.quality import heldout_scenes, prompt_alignment, seen_scenes
+
+    start = time.time()
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+    pipe.set_progress_bar_config(disable=True)
+    evaluator = load_evaluator()
+    results = {}
+    for name, scenes in (("held-out pairs", heldout_scenes(args.scenes, args.seed)),
+                         ("seen pairs", seen_scenes(args.scenes, args.seed))):
+        r = prompt_alignment(pipe, scenes, evaluator, guidance=GUIDANCE, steps=20, seed=args.seed)
+        results[name] = r
+        from imprint.train.sampling import save_grid
+
+        save_grid(r["images"][:32], WORK / f"base-{name.split()[0]}.png", cols=8)
+    info = json.loads((MODEL_DIR / "pretrain.json").read_text())
+    attributes = list(results["seen pairs"]["per_attribute"])
+    head = " | ".join(attributes)
+    rows = "\n".join(
+        f"| {name} | {r['alignment']:.3f} | " + " | ".join(f"{r['per_attribute'][a]:.3f}" for a in attributes) + " |"
+        for name, r in results.items())
+    held = results["held-out pairs"]["alignment"]
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped model ({sum(info['parameters'].values()) / 1e6:.2f}M parameters,
+pre-trained on {info['device']} in {sum(info['seconds'].values()) / 60:.1f} min by `imprint toyworld pretrain`);
+{args.scenes} prompts each, one image per prompt, 20 DPM-Solver steps, guidance {GUIDANCE}; {time.time() - start:.0f} s.
+Alignment: share of the attributes a prompt names that the evaluator reads back (as `--metrics toyworld`).
+Command: `python benchmarks/toyworld_quality.py --part base --scenes {args.scenes}`
+
+| shape/colour pairs | alignment | {head} |
+| --- | ---: | {' | '.join('---:' for _ in attributes)} |
+{rows}
+
+Bar (held-out alignment >= 0.8): {'met' if held >= 0.8 else 'NOT met'} ({held:.3f}).
+"""
+    return write_section(args.results, "## Toy world: base model", body)
+
+
+def run_one(config: str, subject, cache: dict, backend) -> dict:
+    from imprint.config import build_config
+    from imprint.evaluate.run import evaluate_run
+    from imprint.toyworld.pretrain import MODEL_DIR
+    from imprint.toyworld.subjects import write_subject
+    from imprint.train.loop import train
+
+    result_file = WORK / "runs" / config / subject.name / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    photos = write_subject(subject, WORK / "subjects" / subject.name)
+    run = result_file.parent
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    start = time.time()
+    train(build_config({}, dict(COMMON, **CONFIGS[config], model=str(MODEL_DIR), images=str(photos),
+                                class_name=subject.class_name, output=str(run),
+                                class_images=str(WORK / "class" / subject.class_name))))
+    trained = time.time()
+    metrics = evaluate_run(run, metrics="toyworld", images_per_prompt=2, steps=20, guidance_scale=GUIDANCE,
+                           backend=backend, baseline_cache=cache)
+    metadata = json.loads((run / "metadata.json").read_text())
+    out = {"config": config, "subject": subject.name, "train_s": trained - start, "eval_s": time.time() - trained,
+           "trainable_parameters": metadata["trainable_parameters"],
+           "run": {m: metrics["summary"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
+           "base": {m: metrics["summary"]["base"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
+           "real_fidelity": metrics["real_images"]["summary"]["fidelity"]["mean"]}
+    result_file.write_text(json.dumps(out, indent=1))
+    if JSON_OUT:  # every result so far in one file (a device run sends it back)
+        done = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else []
+        JSON_OUT.write_text(json.dumps(done + [out], indent=1))
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()} (fp32)"
+    import os
+
+    return f"{os.cpu_count()} CPU cores (fp32)"
+
+
+def _cell(values: list[float]) -> str:
+    m = mean_interval(values)
+    if m["mean"] is None:
+        return "-"
+    return f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" if len(values) > 1 else f"{m['mean']:.3f}"
+
+
+def part_methods(args) -> str:
+    from imprint.evaluate.run import make_backend
+
+    backend = make_backend("toyworld")
+    cache: dict = {}
+    start = time.time()
+    results = {name: [] for name in CONFIGS}
+    for i, subject in enumerate(SUBJECTS[:args.subjects]):
+        for config in CONFIGS:
+            limit = {"lora": args.subjects, "lora-no-prior": args.no_prior}.get(config, args.others)
+            if i < limit:
+                results[config].append(run_one(config, subject, cache, backend))
+    lora = results["lora"]
+    base_fid = [r["base"]["fidelity"] for r in lora]
+    real = [r["real_fidelity"] for r in lora]
+    fid = [r["run"]["fidelity"] for r in lora]
+    share = [f / r for f, r in zip(fid, real)]
+    align_gap = [r["run"]["alignment"] - r["base"]["alignment"] for r in lora]
+    rows = []
+    for name, runs in results.items():
+        if not runs:
+            continue
+        rows.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r['run'][m] for r in runs]) for m in
+                                                              ("fidelity", "alignment", "pres", "div"))
+                    + f" | {runs[0]['trainable_parameters']:,} | {sum(r['train_s'] for r in runs) / len(runs):.0f} s |")
+    base_row = "| base model (no training) | {} | {} | -  |".format(
+        len(lora), " | ".join(_cell([r["base"][m] for r in lora]) for m in ("fidelity", "alignment", "pres", "div")))
+    paired = [(a, b) for a, b in zip(results["lora"], results["lora-no-prior"])]
+    pres_on = [a["run"]["pres"] for a, _ in paired]
+    pres_off = [b["run"]["pres"] for _, b in paired]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    bars = [
+        f"- LoRA fidelity {mean(fid):.3f} vs the base model's {mean(base_fid):.3f}; real-vs-real {mean(real):.3f}: "
+        f"{mean(share) * 100:.0f}% of it (bar >= 80%: {'met' if mean(share) >= 0.8 else 'NOT met'}).",
+        f"- LoRA alignment minus the base model's: {mean(align_gap):+.3f} (bar within 0.1: "
+        f"{'met' if abs(mean(align_gap)) <= 0.1 else 'NOT met'}).",
+        f"- PRES with prior preservation {mean(pres_on):.3f}, without {mean(pres_off):.3f} on the same "
+        f"{len(paired)} subjects (bar lower with it: {'met' if mean(pres_on) < mean(pres_off) else 'NOT met'}).",
+    ]
+    configs = "\n".join(f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in CONFIGS.items())
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; {time.time() - start:.0f} s for the runs
+this call made. Each run: 64 px, batch 4, 20 class images (prior preservation), then `imprint evaluate
+--metrics toyworld` with the 25 toy prompts, 2 images per prompt, 20 steps, guidance {GUIDANCE}; the
+interval is the 95% normal interval over subjects. Training time: wall time on {_device()}.
+Command: `python benchmarks/toyworld_quality.py --part methods --subjects {args.subjects} --no-prior {args.no_prior} --others {args.others}`
+
+| method | subjects | fidelity | alignment | PRES | DIV | trainable parameters | training time |
+| --- | ---: | --- | --- | --- | --- | ---: | ---: |
+{chr(10).join(rows)}
+{base_row} - |
+
+{chr(10).join(bars)}
+
+Settings:
+{configs}
+"""
+    return write_section(args.results, "## Toy world: personalisation", body)
+
+
+def main() -> None:
+    global WORK, JSON_OUT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["evaluator", "base", "methods"], required=True)
+    parser.add_argument("--renders", type=int, default=2000, help="evaluator: fresh renders")
+    parser.add_argument("--scenes", type=int, default=128, help="base: prompts per group")
+    parser.add_argument("--subjects", type=int, default=10, help="methods: subjects for LoRA")
+    parser.add_argument("--no-prior", type=int, default=5, help="methods: subjects for LoRA without prior")
+    parser.add_argument("--others", type=int, default=3, help="methods: subjects for full and textual inversion")
+    parser.add_argument("--steps", type=int, help="methods: override every method's steps (a smoke run)")
+    parser.add_argument("--work", default=str(WORK), help="folder for the runs")
+    parser.add_argument("--json-out", help="methods: also collect every run's result in this JSON file")
+    parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    WORK = Path(args.work)
+    JSON_OUT = Path(args.json_out) if args.json_out else None
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.steps:
+        for config in CONFIGS.values():
+            config["steps"] = args.steps
+    print({"evaluator": part_evaluator, "base": part_base, "methods": part_methods}[args.part](args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""imprint's commands: train, generate, export, demo. Thin: parse, call, report."""
+"""imprint's commands: train, generate, export, evaluate, compare, toyworld, demo. Thin: parse, call, report."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dino-model", default="facebook/dino-vits16")
     ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32")
     ev.add_argument("--steps", type=int, default=30, help="denoising steps")
+    ev.add_argument("--guidance-scale", type=float, default=7.5,
+                    help="classifier-free guidance (the toy-world model: 3)")
     ev.add_argument("--resolution", type=int, help="default: the training resolution")
 
     cmp = _command(sub, "compare", "one table of several evaluated runs",
@@ -134,18 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     toy = _command(sub, "toyworld", "the toy world: write its held-out subjects as photo folders",
                    "  imprint toyworld subjects --output toy-subjects\n"
                "  imprint train --images toy-subjects/emblem_star --class-name star ...")
-    toy.add_argument("action", choices=["subjects", "train-evaluator"],
+    toy.add_argument("action", choices=["subjects", "train-evaluator", "pretrain"],
                      help="subjects: write the held-out subjects; train-evaluator: retrain the "
-                          "shipped evaluator (seeded, ~20 min on 2 cores)")
+                          "shipped evaluator (seeded, ~20 min on 2 cores); pretrain: train the base "
+                          "model from scratch (seeded, resumable, < 2 h on 2 cores)")
     toy.add_argument("--output", help="subjects: folder for one sub-folder per subject; "
-                                      "train-evaluator: the .safetensors file (default: the shipped one)")
-    toy.add_argument("--steps", type=int, default=1800, help="train-evaluator: optimizer steps")
+                                      "train-evaluator: the .safetensors file (default: the shipped one); "
+                                      "pretrain: the model folder to write (required)")
+    toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
+                                                "pretrain: the denoiser's, 5000)")
     toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--device", help="pretrain: cpu or cuda (default: cuda if there is one)")
+    toy.add_argument("--snapshot", metavar="DIR", help="pretrain: write a loadable model from the newest "
+                                                       "checkpoint of the pre-training in --output, and stop")
 
-    demo = _command(sub, "demo", "the whole job on a small built-in model, offline, in minutes",
+    demo = _command(sub, "demo", "personalise the built-in toy-world model to a toy subject and "
+                                 "evaluate it: the whole job offline, in minutes",
                     "  imprint demo --output demo-output")
-    demo.add_argument("--output", default="demo-output")
-    demo.add_argument("--steps", type=int, default=150)
+    demo.add_argument("--output", default="demo-output", help="folder for the subject, run and eval")
+    demo.add_argument("--steps", type=int, default=200, help="LoRA training steps")
+    demo.add_argument("--subject", default="emblem_star", help="a toy-world subject (imprint toyworld subjects)")
+    demo.add_argument("--images-per-prompt", type=int, default=2, help="evaluation images per prompt")
+    demo.add_argument("--eval-steps", type=int, default=20, help="denoising steps of every generated image")
     return parser
 
 
@@ -192,7 +205,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = evaluate_run(
             args.run, model=args.model, images=args.images, images_per_prompt=args.images_per_prompt,
             seed=args.seed, prompts_file=args.prompts, metrics=args.metrics, steps=args.steps,
-            resolution=args.resolution,
+            resolution=args.resolution, guidance_scale=args.guidance_scale,
             backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model})
         for name, values in (("run", result["summary"]), ("base model", result["baseline"]["summary"]),
                              ("real images", result["real_images"]["summary"])):
@@ -212,17 +225,34 @@ def run_command(args: argparse.Namespace) -> int:
         folders = write_subjects(args.output)
         for subject, folder in zip(SUBJECTS, folders):
             print(f"{folder}  class {subject.class_name}")
+    elif args.command == "toyworld" and args.action == "pretrain":
+        from imprint.toyworld.pretrain import PretrainRecipe, pretrain
+
+        if not args.output:
+            raise ImprintError("toyworld pretrain: --output FOLDER is required")
+        if args.snapshot:
+            from imprint.toyworld.pretrain import snapshot
+
+            print(f"snapshot written to {snapshot(args.output, args.snapshot)}")
+            return 0
+        recipe = PretrainRecipe(seed=args.seed)
+        if args.steps:
+            recipe.unet_steps = args.steps
+        summary = pretrain(args.output, recipe, device=args.device)
+        print(json.dumps(summary["seconds"]))
+        print(f"model written to {args.output}")
     elif args.command == "toyworld":
         from imprint.toyworld.evaluator import (WEIGHTS, accuracy_on_fresh_renders, load_evaluator,
                                                 train_evaluator)
 
         output = Path(args.output) if args.output else WEIGHTS
-        print(train_evaluator(steps=args.steps, seed=args.seed, output=output))
+        print(train_evaluator(steps=args.steps or 1800, seed=args.seed, output=output))
         print("accuracy on fresh renders:", accuracy_on_fresh_renders(load_evaluator(output)))
     elif args.command == "demo":
         from imprint.demo import run_demo
 
-        run_demo(args.output, steps=args.steps)
+        run_demo(args.output, steps=args.steps, subject=args.subject,
+                 images_per_prompt=args.images_per_prompt, eval_steps=args.eval_steps)
     return 0
 
 

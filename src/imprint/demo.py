@@ -1,9 +1,9 @@
-"""`imprint demo`: the whole job offline on a CPU in a few minutes.
+"""`imprint demo`: the whole job offline on a CPU in a few minutes, on the toy world.
 
-Until the toy-world model ships (a pre-trained model in the repo), the demo builds a tiny
-Stable Diffusion model locally, warms its UNet up as a generic denoiser, draws a toy subject,
-personalises the model to it with LoRA and prior preservation, and writes before/after
-grids. The images are coarse: the model is tiny and barely trained; the plumbing is real.
+Personalises the embedded toy-world model (src/imprint/toyworld/model, pre-trained by
+`imprint toyworld pretrain`) to one held-out toy subject with LoRA and prior preservation,
+evaluates the result with the toy-world evaluator (`--metrics toyworld`), writes the report,
+and prints a before / after table of fidelity, alignment, PRES and DIV.
 """
 
 from __future__ import annotations
@@ -12,60 +12,83 @@ import logging
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from imprint.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
-
-def draw_toy_subject(folder: Path, count: int = 5, size: int = 96) -> Path:
-    """A red ball with a yellow star-ish emblem, photographed on varied backgrounds."""
-    folder.mkdir(parents=True, exist_ok=True)
-    backgrounds = [(90, 160, 70), (210, 190, 140), (235, 235, 245), (70, 110, 190), (150, 100, 70)]
-    for i in range(count):
-        image = Image.new("RGB", (size, size), backgrounds[i % len(backgrounds)])
-        draw = ImageDraw.Draw(image)
-        r = size // 4 + 2 * (i % 3)
-        cx, cy = size // 2 + 6 * (i - 2), size // 2 + 4 * ((i * 7) % 3 - 1)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(210, 30, 35))
-        draw.polygon([(cx, cy - r // 2), (cx + r // 3, cy + r // 3), (cx - r // 2, cy - r // 6),
-                      (cx + r // 2, cy - r // 6), (cx - r // 3, cy + r // 3)], fill=(250, 215, 0))
-        image.save(folder / f"{i:02d}.png")
-    return folder
+METRICS = ("fidelity", "alignment", "pres", "div")
+GUIDANCE = 3.0  # the toy-world model's guidance scale (measured best of 2 / 3 / 4.5 / 7.5)
 
 
-def run_demo(output: str | Path, steps: int = 150) -> Path:
+def before_after_table(summary: dict) -> str:
+    lines = [f"{'metric':10s} {'base model':>12s} {'personalised':>13s}"]
+    for name in METRICS:
+        base, run = summary["base"].get(name) or {}, summary.get(name) or {}
+
+        def cell(entry, width):
+            return f"{entry['mean']:{width}.3f}" if entry.get("mean") is not None else f"{'-':>{width}s}"
+        lines.append(f"{name:10s} {cell(base, 12)} {cell(run, 13)}")
+    return "\n".join(lines)
+
+
+def save_before_after(result: dict, eval_dir: Path, prompts: int = 8) -> tuple[Path, Path]:
+    """Grids of the first prompts' images: base model (before) and personalised (after)."""
+    from PIL import Image
+
+    from imprint.train.sampling import save_grid
+
+    rows = result["prompts"][:prompts]
+    base = {r["prompt"]: r for r in result["baseline"]["prompts"]}
+    after = [Image.open(eval_dir / p) for r in rows for p in r["images"]]
+    before = [Image.open(eval_dir / p) for r in rows for p in base[r["prompt"]]["images"]]
+    cols = len(rows[0]["images"]) * 2
+    save_grid(before, eval_dir / "before.png", cols=cols)
+    save_grid(after, eval_dir / "after.png", cols=cols)
+    return eval_dir / "before.png", eval_dir / "after.png"
+
+
+def run_demo(output: str | Path, steps: int = 200, subject: str = "emblem_star", images_per_prompt: int = 2,
+             eval_steps: int = 20, model: str | Path | None = None) -> dict:
     from imprint.config import build_config
-    from imprint.families import load_pipeline
-    from imprint.generate import generate
-    from imprint.tiny import save_sd_model
+    from imprint.evaluate.run import evaluate_run
+    from imprint.toyworld.pretrain import MODEL_DIR
+    from imprint.toyworld.subjects import SUBJECTS_BY_NAME, write_subject
     from imprint.train.loop import train
-    from imprint.train.sampling import sample, save_grid
 
+    if subject not in SUBJECTS_BY_NAME:
+        raise ImprintError(f"--subject {subject}: not a toy-world subject; choose one of {', '.join(SUBJECTS_BY_NAME)}")
     start = time.time()
     output = Path(output)
-    model = output / "base-model"
+    model = Path(model or MODEL_DIR)
     if not (model / "model_index.json").is_file():
-        log.info("building a tiny Stable Diffusion model in %s (random weights, warmed up)", model)
-        save_sd_model(model, warm_up_steps=60)
-    subject = draw_toy_subject(output / "subject")
+        raise ImprintError(f"{model}: the toy-world model is missing; reinstall imprint or run "
+                           "`imprint toyworld pretrain --output DIR` and pass --model DIR")
+    toy = SUBJECTS_BY_NAME[subject]
+    photos = write_subject(toy, output / "subject")
     run = output / "run"
     resume = "latest" if (run / "config.json").exists() else None
     cfg = build_config({}, dict(
-        model=str(model), images=str(subject), class_name="ball", method="lora", rank=8,
-        lr=3e-3, steps=steps, batch_size=2, resolution=32, prior_preservation=True,
-        num_class_images=8, class_images=str(output / "class-images"), class_inference_steps=10,
-        checkpoint_every=50, sample_every=50, sample_inference_steps=10, output=str(run),
-        resume=resume, sample_prompt=["a photo of {token} {class_name}"],
+        model=str(model), images=str(photos), class_name=toy.class_name, method="lora", rank=8,
+        lr=1e-3, steps=steps, batch_size=4, resolution=64, prior_preservation=True,
+        num_class_images=20, class_images=str(output / "class-images"), class_inference_steps=eval_steps,
+        instance_prompt="a {token} {class_name}", class_prompt="a {class_name}",
+        checkpoint_every=max(1, steps // 2), sample_every=max(1, steps // 2), sample_inference_steps=eval_steps,
+        sample_prompt=["a {token} {class_name} on the beach", "a {token} {class_name} in the snow, top left"],
+        output=str(run), resume=resume,
     ))
     train(cfg)
-
-    prompts = ["a photo of sks ball", "a sks ball on the beach"]
-    before = sample(load_pipeline(str(model)), prompts, 32, 0, 10, images_per_prompt=4)
-    save_grid(before, output / "before.png", cols=4)
-    generate(run, prompts, output / "after", num_images=4, steps=10)
-    print(f"demo finished in {time.time() - start:.0f} s")
-    print(f"  subject photos: {subject}")
-    print(f"  run folder:     {run}  (pytorch_lora_weights.safetensors, metadata.json)")
-    print(f"  before:         {output / 'before.png'}")
-    print(f"  after:          {output / 'after' / 'grid.png'}")
-    return run
+    trained = time.time()
+    result = evaluate_run(run, metrics="toyworld", images_per_prompt=images_per_prompt, steps=eval_steps,
+                          guidance_scale=GUIDANCE, eval_dir=output / "eval")
+    before, after = save_before_after(result, output / "eval")
+    print(f"demo finished in {time.time() - start:.0f} s (training {trained - start:.0f} s, "
+          f"evaluation {time.time() - trained:.0f} s); subject {subject} ({toy.class_name})")
+    print(before_after_table(result["summary"]))
+    real = result["real_images"]["summary"]["fidelity"]["mean"]
+    print(f"real-vs-real fidelity (the ceiling): {real:.3f}")
+    print(f"  subject photos: {photos}")
+    print(f"  run folder:     {run}")
+    print(f"  before / after: {before}  {after}")
+    print(f"  metrics:        {output / 'eval' / 'metrics.json'}")
+    print(f"report: {output / 'eval' / 'report.html'}")
+    return result

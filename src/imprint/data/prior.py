@@ -71,16 +71,21 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
 
     pipe = make_pipeline()
     files = list(existing)
-    for index in tqdm(range(len(existing), count), desc="class images", unit="img"):
+    per_call = max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))  # small images in batches
+    bar = tqdm(total=count - len(existing), desc="class images", unit="img")
+    for first in range(len(existing), count, per_call):
+        indices = range(first, min(count, first + per_call))
         # one generator per image: image i is the same whether made in one go or topped up
-        generator = torch.Generator("cpu").manual_seed(seed * 100_003 + index)
-        image = pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps,
-                     generator=generator).images[0]
-        name = f"{index:05d}.png"
-        tmp = folder / f".{name}.tmp.png"
-        image.save(tmp)
-        os.replace(tmp, folder / name)
-        files.append(name)
-        if (index + 1) % 10 == 0 or index + 1 == count:
-            write_json_atomic(manifest_path, {**wanted, "count": len(files), "files": files})
+        generators = [torch.Generator("cpu").manual_seed(seed * 100_003 + index) for index in indices]
+        images = pipe([prompt] * len(indices), height=resolution, width=resolution,
+                      num_inference_steps=steps, generator=generators).images
+        for index, image in zip(indices, images):
+            name = f"{index:05d}.png"
+            tmp = folder / f".{name}.tmp.png"
+            image.save(tmp)
+            os.replace(tmp, folder / name)
+            files.append(name)
+        write_json_atomic(manifest_path, {**wanted, "count": len(files), "files": files})
+        bar.update(len(indices))
+    bar.close()
     return [folder / name for name in files[:count]]

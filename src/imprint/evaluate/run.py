@@ -28,10 +28,18 @@ def make_backend(name: str, **options):
     return BACKENDS[name](**options)
 
 
-def _generate_all(pipe, prompts, n, seed, steps, resolution, label):
+def _generate_all(pipe, prompts, n, seed, steps, resolution, label, guidance_scale):
+    """-> {prompt: its n images}; image j of prompt i starts from seed + 1000 * i + j."""
     out = {}
-    for i, prompt in enumerate(tqdm(prompts, desc=f"generate ({label})", unit="prompt")):
-        out[prompt] = sample(pipe, [prompt], resolution, seed + 1000 * i, steps, n)
+    per_bar_step = max(1, 16 // n) if resolution <= 64 else 1  # prompts per progress-bar step
+    bar = tqdm(total=len(prompts), desc=f"generate ({label})", unit="prompt")
+    for start in range(0, len(prompts), per_bar_step):
+        chunk = prompts[start:start + per_bar_step]
+        images = sample(pipe, chunk, resolution, seed + 1000 * start, steps, n, guidance_scale)
+        for k, prompt in enumerate(chunk):
+            out[prompt] = images[k * n:(k + 1) * n]
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 
@@ -50,7 +58,11 @@ def _save_images(generated: dict, folder: Path, eval_dir: Path) -> dict[str, lis
 def evaluate_run(run: str | Path, model: str | None = None, images: str | None = None,
                  images_per_prompt: int = 4, seed: int = 0, prompts_file: str | None = None,
                  metrics: str = "dreambench", steps: int = 30, resolution: int | None = None,
-                 backend_options: dict | None = None, backend=None) -> dict:
+                 backend_options: dict | None = None, backend=None, guidance_scale: float = 7.5,
+                 eval_dir: str | Path | None = None, baseline_cache: dict | None = None) -> dict:
+    """Generate, score and report a run (see the module docstring). `baseline_cache`: a dict
+    shared by several calls in one process (a benchmark) to generate the base model's images
+    once per base model, prompts and settings."""
     run = Path(run)
     metadata = read_metadata(run)
     token, class_name = metadata["token"], metadata["class_name"]
@@ -66,23 +78,32 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
     pipe, method, metadata = load_run_pipeline(run, model)
     run_prompts = {p: method.rewrite_prompt(p, metadata) for p in prompts}
     personalised = _generate_all(pipe, list(run_prompts.values()), images_per_prompt, seed, steps,
-                                 resolution, "run")
+                                 resolution, "run", guidance_scale)
     personalised = {p: personalised[run_prompts[p]] for p in prompts}
-    class_images = sample(pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt)
+    class_images = sample(pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt,
+                          guidance_scale)
     del pipe
-    base_pipe = load_pipeline(model or metadata["base_model"])
-    # the base model has no subject token: it gets the prompt without it ("a dog on the beach")
-    baseline = _generate_all(base_pipe, [text_prompts[p] for p in prompts], images_per_prompt, seed,
-                             steps, resolution, "base model")
-    baseline = {p: baseline[text_prompts[p]] for p in prompts}
-    base_class = sample(base_pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt)
-    del base_pipe
+    key = (str(model or metadata["base_model"]), tuple(prompts), images_per_prompt, seed, steps, resolution,
+           guidance_scale, class_prompt)
+    if baseline_cache is not None and key in baseline_cache:
+        baseline, base_class = baseline_cache[key]
+    else:
+        base_pipe = load_pipeline(model or metadata["base_model"])
+        # the base model has no subject token: it gets the prompt without it ("a dog on the beach")
+        baseline = _generate_all(base_pipe, [text_prompts[p] for p in prompts], images_per_prompt, seed,
+                                 steps, resolution, "base model", guidance_scale)
+        baseline = {p: baseline[text_prompts[p]] for p in prompts}
+        base_class = sample(base_pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt,
+                            guidance_scale)
+        del base_pipe
+        if baseline_cache is not None:
+            baseline_cache[key] = (baseline, base_class)
 
     scores = backend.score(personalised, text_prompts, real, class_images)
     base_scores = backend.score(baseline, text_prompts, real, base_class)
     real_scores = backend.score_real(real)
 
-    eval_dir = run / "eval"
+    eval_dir = Path(eval_dir) if eval_dir else run / "eval"
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     run_paths = _save_images(personalised, eval_dir / "images" / "run", eval_dir)
@@ -107,9 +128,11 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
         "run": str(run), "method": metadata["method"], "base_model": metadata["base_model"],
         "backend": backend.name, "protocol": backend.protocol,
         "settings": {"images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
+                     "guidance_scale": guidance_scale,
                      "resolution": resolution, "prompts": len(prompts), "class_prompt": class_prompt},
         "metrics": list(backend.metrics),
-        "summary": scores.summary,
+        # the run's metrics, and the base model's beside them under "base" (before / after)
+        "summary": {**scores.summary, "base": base_scores.summary},
         "baseline": {"summary": base_scores.summary, "prompts": list(base_rows.values())},
         "real_images": {"summary": real_scores, "images": real_paths},
         "prompts": scores.prompts,

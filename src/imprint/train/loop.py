@@ -335,6 +335,7 @@ def train(cfg: TrainConfig, scorer=None) -> Path:
         "hyperparameters": {**cfg.to_dict(), "alpha": cfg.resolved_alpha()},
         "result_step": selection["best_step"] if selection else cfg.steps,
         "selection": selection,
+        "trainable_parameters": sum(t.numel() for t in method.trainable_state_dict(family).values()),
         **method.metadata(),
     }
     ckpt.write_json_atomic(output / "metadata.json", metadata)

@@ -24,15 +24,21 @@ def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
            images_per_prompt: int = 1, guidance_scale: float = 7.5,
            prompt_embeds: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[Image.Image]:
     """Deterministic for a given seed: image j of prompt i always starts from the same noise.
-    With `prompt_embeds` ((prompt, negative) per prompt) the pipeline needs no text encoder."""
+    With `prompt_embeds` ((prompt, negative) per prompt) the pipeline needs no text encoder.
+    Small images go through the pipeline several at a time (each with its own generator)."""
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(images_per_prompt)]
+    per_call = max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
     images = []
-    for i, prompt in enumerate(prompts):
-        text = {"prompt": prompt} if prompt_embeds is None else {
-            "prompt_embeds": prompt_embeds[i][0], "negative_prompt_embeds": prompt_embeds[i][1]}
-        for j in range(images_per_prompt):
-            generator = torch.Generator("cpu").manual_seed(seed + 1000 * i + j)
-            images += pipe(**text, height=resolution, width=resolution, num_inference_steps=steps,
-                           guidance_scale=guidance_scale, generator=generator).images
+    for start in range(0, len(jobs), per_call):
+        chunk = jobs[start:start + per_call]
+        generators = [torch.Generator("cpu").manual_seed(seed + 1000 * i + j) for i, j in chunk]
+        if prompt_embeds is None:
+            text = {"prompt": [prompts[i] for i, _ in chunk]}
+        else:
+            text = {"prompt_embeds": torch.cat([prompt_embeds[i][0] for i, _ in chunk]),
+                    "negative_prompt_embeds": torch.cat([prompt_embeds[i][1] for i, _ in chunk])}
+        images += pipe(**text, height=resolution, width=resolution, num_inference_steps=steps,
+                       guidance_scale=guidance_scale, generator=generators).images
     return images
 
 

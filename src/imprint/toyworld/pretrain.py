@@ -1,0 +1,458 @@
+"""`imprint toyworld pretrain`: the toy world's base model, trained from scratch.
+
+The result is an ordinary Stable Diffusion folder (vae/, text_encoder/, tokenizer/, unet/,
+scheduler/, model_index.json) that `StableDiffusionPipeline.from_pretrained` and imprint load
+unchanged. Written here because no pre-trained model of this world exists; the parts are
+diffusers' and transformers' own classes, only small.
+
+Three stages, each seeded and resumable:
+1. render a dataset of scenes (no emblems: identity detail is what personalisation adds, and
+   the shape/colour pairs of HELD_OUT never appear, to measure compositional generalisation);
+2. train the VAE (64 px -> 16x16x16 latents) on random crops of other renders, half of them
+   with random three-colour emblems: the VAE is the world's image codec and must carry small
+   detail (a first VAE trained without emblems blurred them away, and with them any subject's
+   identity), while the denoiser still never sees one; then cache the dataset's latents;
+3. train the text encoder and UNet jointly on captions with attributes randomly left out
+   (so partial prompts like "a star on the grass" work) and 10% empty captions (for
+   classifier-free guidance), min-SNR weighted, with an EMA of the UNet that is what ships.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from imprint.errors import ImprintError
+from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, SHAPES, Scene, render
+
+log = logging.getLogger("imprint")
+
+MODEL_DIR = Path(__file__).with_name("model")
+# shape/colour pairs pre-training never shows (one per shape, each colour once)
+HELD_OUT = frozenset((shape, list(COLOURS)[(3 * i + 1) % len(COLOURS)]) for i, shape in enumerate(SHAPES))
+TOKEN = "sks"  # in the vocabulary, never in a caption: the rare identifier of personalisation
+
+
+@dataclass
+class PretrainRecipe:
+    seed: int = 0
+    dataset_size: int = 40_000
+    vae_steps: int = 2_000
+    vae_dataset_size: int = 10_000
+    vae_emblems: float = 0.5
+    latent_channels: int = 16
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_crop: int = 32
+    unet_steps: int = 4_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    empty_caption: float = 0.1
+    checkpoint_every: int = 500
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    text_hidden: int = 64
+    text_layers: int = 2
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+
+
+# a changed recipe that keeps these reuses a work folder's trained VAE
+VAE_FIELDS = ("seed", "vae_steps", "vae_dataset_size", "vae_emblems", "vae_batch_size", "vae_lr", "vae_crop",
+              "latent_channels", "vae_channels")
+
+
+def vocabulary() -> list[str]:
+    words = {"a", "an", "photo", "of", ",", TOKEN}
+    words |= set(SHAPES) | set(COLOURS) | set(PATTERNS)
+    for phrase, _, _ in BACKGROUNDS.values():
+        words |= set(phrase.split())
+    for position in POSITIONS:
+        words |= set(position.split())
+    return sorted(words)
+
+
+def caption(scene: Scene, rng: random.Random) -> str:
+    """A prompt for the scene with some attributes left out (the shape is always named)."""
+    if rng.random() < 0.1:
+        return ""
+    words = []
+    if rng.random() < 0.85:
+        words.append(scene.colour)
+    if scene.pattern != "plain" and rng.random() < 0.85:
+        words.append(scene.pattern)
+    words.append(scene.shape)
+    article = "an" if words[0][0] in "aeiou" else "a"
+    text = f"{article} {' '.join(words)}"
+    if rng.random() < 0.15:
+        text = f"a photo of {text}"
+    if rng.random() < 0.8:
+        text += " " + BACKGROUNDS[scene.background][0]
+    if rng.random() < 0.8:
+        text += f", {scene.position}"
+    return text
+
+
+def pretraining_scene(rng: random.Random) -> Scene:
+    while True:
+        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+        if (shape, colour) not in HELD_OUT:
+            break
+    return Scene(shape, colour, rng.choice(PATTERNS), rng.choice(list(BACKGROUNDS)),
+                 rng.choice(list(POSITIONS)), rng.choice(list(SCALES)))
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(rank.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        best, i = min(pairs)
+        if best == math.inf:
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
+
+
+def build_tokenizer(folder: Path, max_length: int = 32):
+    """CLIP BPE with the toy world's words as single tokens (merges spell each word left to
+    right); anything else falls back to bytes, as with the tiny models."""
+    from transformers import CLIPTokenizer
+
+    from imprint.tiny import _bytes_to_unicode
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges: list[tuple[str, str]] = []
+    for word in vocabulary():
+        # run BPE with the merges so far, then add the merges that finish this word; later
+        # merges rank after every earlier word's, so they never change an earlier word
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                         model_max_length=max_length, pad_token="<|endoftext|>")
+
+
+def build_pipeline(recipe: PretrainRecipe, work: Path):
+    from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(recipe.seed)
+    build_tokenizer(work / "tokenizer-src").save_pretrained(work / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    special = tokenizer.convert_tokens_to_ids
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.text_hidden, intermediate_size=2 * recipe.text_hidden,
+        num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=32,
+        bos_token_id=special("<|startoftext|>"), eos_token_id=special("<|endoftext|>"),
+        pad_token_id=special("<|endoftext|>"), projection_dim=recipe.text_hidden))
+    c = recipe.unet_channels
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=recipe.latent_channels, out_channels=recipe.latent_channels,
+        block_out_channels=c, layers_per_block=1,
+        # attention at 8x8 and 4x4 only: at 16x16 it costs a third more per step on a CPU
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(c) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(c) - 1) + ("UpBlock2D",),
+        # diffusers' SD UNet reads attention_head_dim as the number of heads
+        cross_attention_dim=recipe.text_hidden, attention_head_dim=4, norm_num_groups=32)
+    v = recipe.vae_channels
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=recipe.latent_channels, block_out_channels=v, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(v), up_block_types=("UpDecoderBlock2D",) * len(v),
+        norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        steps_offset=1, prediction_type="epsilon")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def render_dataset(recipe: PretrainRecipe, for_vae: bool = False) -> tuple[list[Scene], torch.Tensor]:
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    rng = random.Random(f"imprint-pretrain-{recipe.seed}-{'vae' if for_vae else 'denoiser'}")
+    count = recipe.vae_dataset_size if for_vae else recipe.dataset_size
+    scenes, pixels = [], np.empty((count, 64, 64, 3), np.uint8)
+    for i in tqdm(range(count), desc="rendering", unit="scene", mininterval=5):
+        scene = pretraining_scene(rng)
+        if for_vae and rng.random() < recipe.vae_emblems:
+            scene = replace(scene, emblem=tuple(rng.choice(list(COLOURS)) for _ in range(3)))
+        scenes.append(scene)
+        pixels[i] = np.asarray(render(scene, rng.randrange(2**31)))
+    return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit(pixels_u8: torch.Tensor) -> torch.Tensor:
+    return pixels_u8.float() / 127.5 - 1
+
+
+def _generator(seed: int, stream: int, step: int) -> torch.Generator:
+    from imprint.train.loop import step_generator
+
+    return step_generator(seed, stream, step)
+
+
+def _lr(step: int, recipe_steps: int, warmup: int, lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, recipe_steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(vae, pixels: torch.Tensor, recipe: PretrainRecipe, device: torch.device) -> list[float]:
+    from tqdm.auto import tqdm
+
+    vae.to(device).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    losses, n, crop = [], pixels.shape[0], recipe.vae_crop
+    bar = tqdm(range(recipe.vae_steps), desc="vae", unit="step", mininterval=5)
+    for step in bar:
+        g = _generator(recipe.seed, 1, step)
+        index = torch.randint(0, n, (recipe.vae_batch_size,), generator=g)
+        x0, y0 = torch.randint(0, 64 - crop + 1, (2,), generator=g).tolist()
+        batch = to_unit(pixels[index, :, y0:y0 + crop, x0:x0 + crop]).to(device)
+        posterior = vae.encode(batch).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch) + 1e-4 * kl
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, recipe.vae_steps, 100, recipe.vae_lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_dataset(vae, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for chunk in pixels.split(256):
+        dist = vae.encode(to_unit(chunk).to(device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    mean, std = torch.cat(means), torch.cat(stds)
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    return mean, std
+
+
+@torch.no_grad()
+def vae_subject_fidelity(vae, device) -> float:
+    """Mean identity cosine (the fidelity metric's embedding) between each held-out subject
+    photo and its VAE reconstruction: the ceiling of fidelity any method can reach."""
+    from imprint.toyworld.evaluator import load_evaluator, read_images
+    from imprint.toyworld.subjects import SUBJECTS
+
+    photos = [render(scene, seed) for subject in SUBJECTS for scene, seed in subject.photo_scenes()]
+    pixels = torch.stack([to_unit(torch.from_numpy(np.array(p)).permute(2, 0, 1)) for p in photos])
+    recon = vae.decode(vae.encode(pixels.to(device)).latent_dist.mean).sample.clamp(-1, 1).cpu()
+    images = [Image.fromarray(((r + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for r in recon]
+    evaluator = load_evaluator()
+    a, b = read_images(evaluator, photos)["identity"], read_images(evaluator, images)["identity"]
+    return float((a * b).sum(-1).mean())
+
+
+def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr  # min-SNR-gamma for epsilon prediction
+
+
+def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Tensor,
+                   recipe: PretrainRecipe, device: torch.device, work: Path) -> list[float]:
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from imprint.train.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+    from imprint.train.loop import _test_kill
+
+    unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    scale = pipe.vae.config.scaling_factor
+    start, losses = 0, []
+    checkpoint = find_resume_checkpoint(work, "latest")
+    if checkpoint is not None:
+        state, tensors, opt_state = load_checkpoint(checkpoint)
+        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        text_encoder.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("te.")})
+        ema = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        optimizer.load_state_dict(opt_state)
+        start, losses = state["step"], state["losses"]
+        log.info("resuming the denoiser from %s", checkpoint)
+    bar = tqdm(range(start, recipe.unet_steps), desc="denoiser", unit="step", mininterval=5,
+               initial=start, total=recipe.unet_steps)
+    for step in bar:
+        _test_kill("pretrain", step)
+        g = _generator(recipe.seed, 2, step)
+        index = torch.randint(0, len(scenes), (recipe.batch_size,), generator=g)
+        rng = random.Random(f"{recipe.seed}-{step}")
+        texts = [caption(scenes[i], rng) for i in index.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)) * scale
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=g)
+        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        prediction = unet(noisy, t, text_encoder(ids)[0]).sample
+        per_item = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_item * _snr_weights(noise_scheduler, t, recipe.min_snr_gamma)).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, recipe.unet_steps, recipe.warmup_steps, recipe.lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].lerp_(v, 1 - decay)
+        losses.append(round(loss.item(), 5))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.unet_steps:
+            tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+            tensors |= {f"te.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}
+            tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.items()}
+            save_checkpoint(work, step + 1, tensors, optimizer.state_dict(), {}, {"losses": losses}, keep=1)
+    unet.load_state_dict(ema)
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: str | None = None) -> dict:
+    """Train the toy-world base model into `output` (a diffusers folder); -> a summary."""
+    from diffusers import AutoencoderKL
+
+    recipe = recipe or PretrainRecipe()
+    output = Path(output)
+    if (output / "model_index.json").exists():
+        raise ImprintError(f"--output {output}: a model is already there; choose another folder or delete it")
+    work = output.with_name(output.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    recipe_file = work / "recipe.json"
+    wanted = json.loads(json.dumps(asdict(recipe)))
+    if recipe_file.exists() and json.loads(recipe_file.read_text()) != wanted:
+        before = json.loads(recipe_file.read_text())
+        if any(before.get(k) != wanted[k] for k in VAE_FIELDS) or not (work / "vae" / "config.json").exists():
+            raise ImprintError(f"{work}: holds a pre-training with another recipe; delete it or use another --output")
+        log.warning("%s: the denoiser's recipe changed; keeping the trained VAE, restarting the denoiser", work)
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    times = {}
+    t0 = time.time()
+    pipe = build_pipeline(recipe, work)
+    scenes, pixels = render_dataset(recipe)
+    times["render_s"] = time.time() - t0
+
+    t0 = time.time()
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").exists():
+        pipe.vae = AutoencoderKL.from_pretrained(vae_dir).to(device)
+        vae_losses = json.loads((work / "vae_losses.json").read_text())
+    else:
+        vae_losses = train_vae(pipe.vae, render_dataset(recipe, for_vae=True)[1], recipe, device)
+        pipe.vae.save_pretrained(work / "vae-tmp")
+        (work / "vae_losses.json").write_text(json.dumps(vae_losses))
+        shutil.rmtree(vae_dir, ignore_errors=True)
+        (work / "vae-tmp").rename(vae_dir)
+    pipe.vae.to(device)
+    mean, std = encode_dataset(pipe.vae, pixels, device)
+    (work / "scaling.json").write_text(json.dumps({"scaling_factor": pipe.vae.config.scaling_factor}))
+    with torch.no_grad():
+        check = to_unit(pixels[:256]).to(device)
+        recon_mse = F.mse_loss(pipe.vae.decode(pipe.vae.encode(check).latent_dist.mean).sample, check).item()
+    subject_fidelity = vae_subject_fidelity(pipe.vae, device)
+    log.info("VAE: reconstruction MSE %.4f; identity cosine of reconstructed subject photos %.3f",
+             recon_mse, subject_fidelity)
+    times["vae_s"] = time.time() - t0
+
+    t0 = time.time()
+    losses = train_denoiser(pipe, scenes, mean, std, recipe, device, work)
+    times["denoiser_s"] = time.time() - t0
+
+    pipe.to("cpu")
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    summary = {"recipe": asdict(recipe), "device": str(device), "torch": torch.__version__,
+               "seconds": times, "vae_reconstruction_mse": recon_mse,
+               "vae_subject_fidelity": subject_fidelity,
+               "vae_loss_last100": sum(vae_losses[-100:]) / len(vae_losses[-100:]),
+               "denoiser_loss_first100": sum(losses[:100]) / 100,
+               "denoiser_loss_last500": sum(losses[-500:]) / len(losses[-500:]),
+               "held_out": sorted(map(list, HELD_OUT)),
+               "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                              for name in ("unet", "text_encoder", "vae")}}
+    (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    tmp.rename(output)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def snapshot(output: str | Path, folder: str | Path) -> Path:
+    """A loadable model from the newest checkpoint of a running or interrupted pre-training
+    (the EMA UNet at that step): to look at, or try personalising, before it ends."""
+    from diffusers import AutoencoderKL
+
+    from imprint.train.checkpoint import list_checkpoints, load_checkpoint
+
+    output, folder = Path(output), Path(folder)
+    work = output.with_name(output.name + ".work")
+    checkpoints = list_checkpoints(work)
+    if not checkpoints or not (work / "vae" / "config.json").is_file():
+        raise ImprintError(f"--snapshot: {work} holds no denoiser checkpoint yet; wait for the first one")
+    recipe = PretrainRecipe(**json.loads((work / "recipe.json").read_text()))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = build_pipeline(recipe, Path(tmp))
+    pipe.vae = AutoencoderKL.from_pretrained(work / "vae")
+    if (work / "scaling.json").is_file():
+        scaling = json.loads((work / "scaling.json").read_text())["scaling_factor"]
+    else:  # a run that did not record it: the first renders of its dataset give it within ~1%
+        sample = render_dataset(PretrainRecipe(**{**asdict(recipe), "dataset_size": 4000}))[1]
+        encode_dataset(pipe.vae, sample, torch.device("cpu"))
+        scaling = pipe.vae.config.scaling_factor
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    state, tensors, _ = load_checkpoint(checkpoints[-1])
+    pipe.unet.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    pipe.text_encoder.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("te.")})
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "pretrain.json").write_text(json.dumps({"snapshot_of_step": state["step"], "recipe": asdict(recipe)}))
+    return folder

@@ -1,0 +1,109 @@
+"""The toy world's base model: pre-training (tiny recipe), the shipped model, the demo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from imprint.errors import ImprintError
+from imprint.toyworld.pretrain import (HELD_OUT, MODEL_DIR, TOKEN, PretrainRecipe, build_tokenizer, caption,
+                                       pretrain, pretraining_scene, vocabulary)
+
+TINY = dict(dataset_size=48, vae_dataset_size=16, vae_steps=3, vae_batch_size=4, unet_steps=4, batch_size=4,
+            warmup_steps=1, checkpoint_every=2, unet_channels=(32, 32), text_hidden=32, vae_channels=(8, 8))
+
+
+def test_every_word_of_the_world_is_one_token(tmp_path):
+    tokenizer = build_tokenizer(tmp_path)
+    for word in vocabulary():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert len(tokenizer("an orange checkered sks diamond on a brick street, bottom right").input_ids) == 14
+    assert len(tokenizer("zebra", add_special_tokens=False).input_ids) > 1  # other words: bytes
+
+
+def test_captions_name_the_shape_and_never_held_out_pairs():
+    import random
+
+    rng = random.Random(0)
+    scenes = [pretraining_scene(rng) for _ in range(2000)]
+    assert not {(s.shape, s.colour) for s in scenes} & HELD_OUT
+    texts = [caption(s, rng) for s in scenes]
+    assert all(s.shape in t for s, t in zip(scenes, texts) if t)
+    assert 0.05 < sum(t == "" for t in texts) / len(texts) < 0.15  # empty captions for guidance
+    assert not any(TOKEN in t.split() for t in texts)
+
+
+def _state(folder):
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_pretrain_is_seeded_and_resumable(tmp_path):
+    a = pretrain(tmp_path / "a", PretrainRecipe(**TINY), device="cpu")
+    assert a["parameters"]["unet"] > 0 and (tmp_path / "a" / "pretrain.json").is_file()
+    assert not (tmp_path / "a.work").exists()
+    pretrain(tmp_path / "b", PretrainRecipe(**TINY), device="cpu")
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = pretrain(tmp_path / "c", PretrainRecipe(**{**TINY, "seed": 1}), device="cpu")
+    assert c["recipe"]["seed"] == 1
+    sc = _state(tmp_path / "c")
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    # killed after its checkpoint at step 2, a run resumes to the same weights as an unbroken one
+    code = (f"from imprint.toyworld.pretrain import *; "
+            f"pretrain({str(tmp_path / 'd')!r}, PretrainRecipe(**{TINY!r}), device='cpu')")
+    env = {**os.environ, "IMPRINT_TEST_KILL": "pretrain:3"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "d.work" / "vae" / "config.json").is_file()
+    assert (tmp_path / "d.work" / "checkpoints" / "checkpoint-2").is_dir()
+    with pytest.raises(ImprintError, match="another recipe"):  # the VAE's recipe changed
+        pretrain(tmp_path / "d", PretrainRecipe(**{**TINY, "vae_lr": 0.5}), device="cpu")
+    pretrain(tmp_path / "d", PretrainRecipe(**TINY), device="cpu")
+    sd = _state(tmp_path / "d")
+    assert all(torch.equal(sa[k], sd[k]) for k in sa)
+
+
+def test_pretrain_refuses_an_existing_model(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text("{}")
+    assert run_cli("toyworld", "pretrain", "--output", tmp_path / "m") == 2
+
+
+def test_shipped_model_loads_through_diffusers_and_imprint():
+    from diffusers import StableDiffusionPipeline
+
+    from imprint.families.sd import StableDiffusionFamily
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red star on the grass", height=64, width=64, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64) and np.asarray(image).std() > 1
+    family = StableDiffusionFamily(str(MODEL_DIR))
+    assert family.unet.config.sample_size * 4 == 64
+    size = sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+    shipped = json.loads((MODEL_DIR / "pretrain.json").read_text())
+    assert shipped["recipe"] == json.loads(json.dumps(asdict(PretrainRecipe())))  # made by today's recipe
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--output", out, "--steps", "4", "--images-per-prompt", "1", "--eval-steps", "2") == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    for name in ("fidelity", "alignment", "pres", "div"):
+        assert name in metrics["summary"] and name in metrics["summary"]["base"]
+        assert name in printed
+    assert metrics["summary"]["fidelity"]["mean"] is not None
+    assert (out / "eval" / "report.html").is_file() and (out / "eval" / "before.png").is_file()
+    assert str(out / "eval" / "report.html") in printed
+    assert (out / "run" / "pytorch_lora_weights.safetensors").is_file()
