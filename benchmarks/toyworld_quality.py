@@ -43,8 +43,8 @@ COMMON = dict(resolution=64, batch_size=4, num_class_images=20, class_inference_
               instance_prompt="a {token} {class_name}", class_prompt="a {class_name}",
               checkpoint_every=0, sample_every=0, final_samples=False, seed=0)
 CONFIGS = {
-    "lora": dict(method="lora", rank=8, lr=1e-3, steps=200, prior_preservation=True),
-    "lora-no-prior": dict(method="lora", rank=8, lr=1e-3, steps=200, prior_preservation=False),
+    "lora": dict(method="lora", rank=8, lr=3e-3, steps=200, prior_preservation=True),
+    "lora-no-prior": dict(method="lora", rank=8, lr=3e-3, steps=200, prior_preservation=False),
     "full": dict(method="full", lr=1e-4, steps=200, prior_preservation=True),
     "textual_inversion": dict(method="textual_inversion", lr=5e-3, steps=200, prior_preservation=False),
 }
@@ -143,7 +143,7 @@ def run_one(config: str, subject, cache: dict, backend) -> dict:
     metrics = evaluate_run(run, metrics="toyworld", images_per_prompt=2, steps=20, guidance_scale=GUIDANCE,
                            backend=backend, baseline_cache=cache)
     metadata = json.loads((run / "metadata.json").read_text())
-    out = {"config": config, "subject": subject.name, "train_s": trained - start, "eval_s": time.time() - trained,
+    out = {"config": config, "subject": subject.name, "device": _device(), "train_s": trained - start, "eval_s": time.time() - trained,
            "trainable_parameters": metadata["trainable_parameters"],
            "run": {m: metrics["summary"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
            "base": {m: metrics["summary"]["base"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
@@ -174,14 +174,16 @@ def _cell(values: list[float]) -> str:
 def part_methods(args) -> str:
     from imprint.evaluate.run import make_backend
 
-    backend = make_backend("toyworld")
-    cache: dict = {}
-    start = time.time()
     results = {name: [] for name in CONFIGS}
-    for i, subject in enumerate(SUBJECTS[:args.subjects]):
-        for config in CONFIGS:
+    if args.from_json:  # results collected elsewhere (a device run): only the table
+        for r in json.loads(Path(args.from_json).read_text()):
+            results[r["config"]].append(r)
+    else:
+        backend = make_backend("toyworld")
+        cache: dict = {}
+        for config in CONFIGS:  # LoRA on every subject first: the bars need it most
             limit = {"lora": args.subjects, "lora-no-prior": args.no_prior}.get(config, args.others)
-            if i < limit:
+            for subject in SUBJECTS[:limit]:
                 results[config].append(run_one(config, subject, cache, backend))
     lora = results["lora"]
     base_fid = [r["base"]["fidelity"] for r in lora]
@@ -195,10 +197,12 @@ def part_methods(args) -> str:
             continue
         rows.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r['run'][m] for r in runs]) for m in
                                                               ("fidelity", "alignment", "pres", "div"))
-                    + f" | {runs[0]['trainable_parameters']:,} | {sum(r['train_s'] for r in runs) / len(runs):.0f} s |")
+                    + f" | {runs[0]['trainable_parameters']:,} | {sum(r['train_s'] for r in runs) / len(runs):.0f} s"
+                    f" ({', '.join(sorted({r['device'] for r in runs}))}) |")
     base_row = "| base model (no training) | {} | {} | -  |".format(
         len(lora), " | ".join(_cell([r["base"][m] for r in lora]) for m in ("fidelity", "alignment", "pres", "div")))
-    paired = [(a, b) for a, b in zip(results["lora"], results["lora-no-prior"])]
+    no_prior = {r["subject"]: r for r in results["lora-no-prior"]}
+    paired = [(a, no_prior[a["subject"]]) for a in lora if a["subject"] in no_prior]
     pres_on = [a["run"]["pres"] for a, _ in paired]
     pres_off = [b["run"]["pres"] for _, b in paired]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -211,10 +215,10 @@ def part_methods(args) -> str:
         f"{len(paired)} subjects (bar lower with it: {'met' if mean(pres_on) < mean(pres_off) else 'NOT met'}).",
     ]
     configs = "\n".join(f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in CONFIGS.items())
-    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; {time.time() - start:.0f} s for the runs
-this call made. Each run: 64 px, batch 4, 20 class images (prior preservation), then `imprint evaluate
+    devices = sorted({r.get("device", "?") for runs in results.values() for r in runs})
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices)}. Each run: 64 px, batch 4, 20 class images (prior preservation), then `imprint evaluate
 --metrics toyworld` with the 25 toy prompts, 2 images per prompt, 20 steps, guidance {GUIDANCE}; the
-interval is the 95% normal interval over subjects. Training time: wall time on {_device()}.
+interval is the 95% normal interval over subjects. Training time: wall time, class images included.
 Command: `python benchmarks/toyworld_quality.py --part methods --subjects {args.subjects} --no-prior {args.no_prior} --others {args.others}`
 
 | method | subjects | fidelity | alignment | PRES | DIV | trainable parameters | training time |
@@ -242,6 +246,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="methods: override every method's steps (a smoke run)")
     parser.add_argument("--work", default=str(WORK), help="folder for the runs")
     parser.add_argument("--json-out", help="methods: also collect every run's result in this JSON file")
+    parser.add_argument("--from-json", help="methods: write the table from results collected in this file")
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()

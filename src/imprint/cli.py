@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
                                                 "pretrain: the denoiser's, 5000)")
     toy.add_argument("--seed", type=int, default=0)
-    toy.add_argument("--device", help="pretrain: cpu or cuda (default: cuda if there is one)")
+    toy.add_argument("--device", help="pretrain, train-evaluator: cpu or cuda (default: cuda if there is one)")
     toy.add_argument("--snapshot", metavar="DIR", help="pretrain: write a loadable model from the newest "
                                                        "checkpoint of the pre-training in --output, and stop")
 
@@ -246,7 +246,7 @@ def run_command(args: argparse.Namespace) -> int:
                                                 train_evaluator)
 
         output = Path(args.output) if args.output else WEIGHTS
-        print(train_evaluator(steps=args.steps or 1800, seed=args.seed, output=output))
+        print(train_evaluator(steps=args.steps or 1800, seed=args.seed, output=output, device=args.device))
         print("accuracy on fresh renders:", accuracy_on_fresh_renders(load_evaluator(output)))
     elif args.command == "demo":
         from imprint.demo import run_demo

@@ -81,30 +81,76 @@ def training_batch(rng: random.Random, instances: int) -> tuple[torch.Tensor, di
     return to_tensor(images), {k: torch.tensor(v) for k, v in labels.items()}
 
 
+def degrade(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What a generative model does to a render: blur, noise, a small colour shift, each at
+    random per image. Training on it makes the identity embedding and the heads read a
+    generated image as they read a render (without it, a VAE round trip of a subject photo
+    scored an identity cosine of 0.34 to the photo, against 0.88 between two photos)."""
+    n = pixels.shape[0]
+
+    def draw(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    out = pixels.clone()
+    sigma = draw(0.3, 1.6) * (torch.rand(n, generator=generator) < 0.7)
+    radius = torch.arange(-3, 4, dtype=torch.float32)
+    for i in range(n):
+        if sigma[i] > 0:
+            k = torch.exp(-radius ** 2 / (2 * sigma[i] ** 2))
+            k = (k / k.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
+            x = F.conv2d(F.pad(out[i:i + 1], (3, 3, 0, 0), mode="replicate"), k, groups=3)
+            out[i:i + 1] = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.transpose(2, 3), groups=3)
+    noise = draw(0.0, 0.08) * (torch.rand(n, generator=generator) < 0.5)
+    out = out + noise.view(-1, 1, 1, 1) * torch.randn(out.shape, generator=generator)
+    gain, shift = draw(0.9, 1.1), draw(-0.06, 0.06)
+    jitter = torch.rand(n, generator=generator) < 0.5
+    out = torch.where(jitter.view(-1, 1, 1, 1), out * gain.view(-1, 1, 1, 1) + shift.view(-1, 1, 1, 1), out)
+    return out.clamp(-1, 1)
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Step i's batch from its own seed: the same data with any number of loader workers."""
+
+    def __init__(self, seed: int, steps: int, instances: int):
+        self.seed, self.steps, self.instances = seed, steps, instances
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers, index = (info.num_workers, info.id) if info else (1, 0)
+        for step in range(index, self.steps, workers):
+            pixels, labels = training_batch(random.Random(f"{self.seed}-{step}"), self.instances)
+            yield step, degrade(pixels, torch.Generator().manual_seed(self.seed * 100_003 + step)), labels
+
+
 def contrastive_loss(embeddings: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """InfoNCE over the batch: rows 2i and 2i+1 are two views of one instance."""
     sims = embeddings @ embeddings.T / temperature
     sims.fill_diagonal_(float("-inf"))
-    target = torch.arange(embeddings.shape[0]) ^ 1  # 0<->1, 2<->3, ...
+    target = torch.arange(embeddings.shape[0], device=embeddings.device) ^ 1  # 0<->1, 2<->3, ...
     return F.cross_entropy(sims, target)
 
 
-def train_evaluator(steps: int = 3000, instances: int = 48, seed: int = 0, lr: float = 2e-3,
-                    output: Path = WEIGHTS) -> dict:
+def train_evaluator(steps: int = 1800, instances: int = 48, seed: int = 0, lr: float = 2e-3,
+                    output: Path = WEIGHTS, device: str | None = None) -> dict:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model = Evaluator()
+    model = Evaluator().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     start = time.time()
-    for step in tqdm(range(steps), desc="evaluator", unit="step"):
-        pixels, labels = training_batch(rng, instances)
-        out = model(pixels)
-        loss = sum(F.cross_entropy(out[name], labels[name]) for name in ATTRIBUTES)
+    import os
+
+    # rendering is the slow part: on a machine with spare cores, loader workers render ahead
+    workers = 0 if device.type == "cpu" else min(12, max(0, (os.cpu_count() or 1) - 2))
+    batches = torch.utils.data.DataLoader(_Batches(seed, steps, instances), batch_size=None, num_workers=workers,
+                                          prefetch_factor=4 if workers else None)
+    for step, pixels, labels in tqdm(batches, total=steps, desc="evaluator", unit="step"):
+        out = model(pixels.to(device))
+        loss = sum(F.cross_entropy(out[name], labels[name].to(device)) for name in ATTRIBUTES)
         loss = loss + contrastive_loss(out["identity"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,12 +158,12 @@ def train_evaluator(steps: int = 3000, instances: int = 48, seed: int = 0, lr: f
         schedule.step()
         if (step + 1) % 250 == 0:
             log.info("evaluator step %d: loss %.3f (%.0f s)", step + 1, loss.item(), time.time() - start)
-    model.eval()
+    model.eval().cpu()
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
              if v.dtype.is_floating_point}
     state.update({k: v for k, v in model.state_dict().items() if not v.dtype.is_floating_point})
-    save_file(state, str(output), metadata={"steps": str(steps), "seed": str(seed)})
-    return {"steps": steps, "seconds": time.time() - start}
+    save_file(state, str(output), metadata={"steps": str(steps), "seed": str(seed), "augmented": "degrade"})
+    return {"steps": steps, "seconds": time.time() - start, "device": str(device)}
 
 
 def load_evaluator(path: str | Path = WEIGHTS) -> Evaluator:

@@ -264,7 +264,7 @@ def encode_dataset(vae, pixels: torch.Tensor, device: torch.device) -> tuple[tor
 
 
 @torch.no_grad()
-def vae_subject_fidelity(vae, device) -> float:
+def vae_subject_fidelity(vae, device, evaluator: str | Path | None = None) -> float:
     """Mean identity cosine (the fidelity metric's embedding) between each held-out subject
     photo and its VAE reconstruction: the ceiling of fidelity any method can reach."""
     from imprint.toyworld.evaluator import load_evaluator, read_images
@@ -274,7 +274,7 @@ def vae_subject_fidelity(vae, device) -> float:
     pixels = torch.stack([to_unit(torch.from_numpy(np.array(p)).permute(2, 0, 1)) for p in photos])
     recon = vae.decode(vae.encode(pixels.to(device)).latent_dist.mean).sample.clamp(-1, 1).cpu()
     images = [Image.fromarray(((r + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for r in recon]
-    evaluator = load_evaluator()
+    evaluator = load_evaluator(evaluator) if evaluator else load_evaluator()
     a, b = read_images(evaluator, photos)["identity"], read_images(evaluator, images)["identity"]
     return float((a * b).sum(-1).mean())
 
