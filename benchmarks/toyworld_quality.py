@@ -37,7 +37,7 @@ from imprint.toyworld.subjects import SUBJECTS  # noqa: E402
 
 WORK = Path(__file__).with_name("_work") / "toyworld"
 JSON_OUT: Path | None = None
-GUIDANCE = 3.0
+GUIDANCE = 6.0
 # every run: 64 px, batch 4, the toy-world prompts; per method its learning rate and steps
 COMMON = dict(resolution=64, batch_size=4, num_class_images=20, class_inference_steps=20,
               instance_prompt="a {token} {class_name}", class_prompt="a {class_name}",

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32")
     ev.add_argument("--steps", type=int, default=30, help="denoising steps")
     ev.add_argument("--guidance-scale", type=float, default=7.5,
-                    help="classifier-free guidance (the toy-world model: 3)")
+                    help="classifier-free guidance (the toy-world model: 6)")
     ev.add_argument("--resolution", type=int, help="default: the training resolution")
 
     cmp = _command(sub, "compare", "one table of several evaluated runs",
