@@ -4,7 +4,7 @@ from imprint.data.prior import ensure_class_images
 
 
 class CountingPipeline:
-    """Stands in for the base model: counts calls, makes a plain image per call."""
+    """Stands in for the base model: counts the images it makes (a plain one per generator)."""
 
     def __init__(self):
         self.calls = 0
@@ -12,11 +12,11 @@ class CountingPipeline:
     def __call__(self, prompt, height, width, num_inference_steps, generator):
         from PIL import Image
 
-        self.calls += 1
-        value = int(generator.initial_seed() % 255)
+        assert len(prompt) == len(generator)  # a batch: one generator per image
+        self.calls += len(generator)
 
         class Out:
-            images = [Image.new("RGB", (width, height), (value, value, value))]
+            images = [Image.new("RGB", (width, height), (int(g.initial_seed() % 255),) * 3) for g in generator]
 
         return Out()
 
