@@ -8,6 +8,7 @@ CLIP BPE vocabulary with no merges, so it needs no download and tokenizes any te
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -28,19 +29,39 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def build_tokenizer(folder: Path, max_length: int = 77):
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none applies."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        best, i = min((rank.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
+        if best == math.inf:
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
+
+
+def build_tokenizer(folder: Path, max_length: int = 77, words: list[str] = ()):
+    """Byte-level CLIP BPE; each of `words` becomes one token (merges spell it left to right)."""
     from transformers import CLIPTokenizer
 
     symbols = list(_bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        # run BPE with the merges so far, then add the merges that finish this word; later
+        # merges rank after every earlier word's, so they never change an earlier word
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                              model_max_length=max_length, pad_token="<|endoftext|>")
-    return tokenizer
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                         model_max_length=max_length, pad_token="<|endoftext|>")
 
 
 SIZES = {

@@ -71,7 +71,9 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
 
     pipe = make_pipeline()
     files = list(existing)
-    per_call = max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))  # small images in batches
+    from imprint.train.sampling import images_per_call
+
+    per_call = images_per_call(resolution)
     bar = tqdm(total=count - len(existing), desc="class images", unit="img")
     for first in range(len(existing), count, per_call):
         indices = range(first, min(count, first + per_call))

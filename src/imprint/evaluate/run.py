@@ -17,7 +17,7 @@ from imprint.evaluate.report import write_report
 from imprint.families import load_pipeline
 from imprint.generate import load_run_pipeline, read_metadata
 from imprint.train.checkpoint import write_json_atomic
-from imprint.train.sampling import sample
+from imprint.train.sampling import images_per_call, sample
 
 log = logging.getLogger("imprint")
 
@@ -31,7 +31,7 @@ def make_backend(name: str, **options):
 def _generate_all(pipe, prompts, n, seed, steps, resolution, label, guidance_scale):
     """-> {prompt: its n images}; image j of prompt i starts from seed + 1000 * i + j."""
     out = {}
-    per_bar_step = max(1, 16 // n) if resolution <= 64 else 1  # prompts per progress-bar step
+    per_bar_step = max(1, images_per_call(resolution) // n)  # prompts per progress-bar step
     bar = tqdm(total=len(prompts), desc=f"generate ({label})", unit="prompt")
     for start in range(0, len(prompts), per_bar_step):
         chunk = prompts[start:start + per_bar_step]

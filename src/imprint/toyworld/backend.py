@@ -38,6 +38,13 @@ def parse_prompt(text: str) -> dict[str, str]:
     return named
 
 
+def alignment(attributes: dict[str, list[str]], index: int, named: dict[str, str]) -> float:
+    """The share of the prompt's named attributes that image `index` was read as."""
+    if not named:
+        return float("nan")
+    return sum(attributes[k][index] == v for k, v in named.items()) / len(named)
+
+
 def toyworld_prompts(token: str, class_name: str) -> list[str]:
     """25 prompts, DreamBench's shape: 16 recontextualisations, 9 property changes."""
     positions = list(POSITIONS)
@@ -78,12 +85,6 @@ class ToyWorldBackend(MetricBackend):
 
         return read_images(self.model, images)
 
-    @staticmethod
-    def _alignment(attributes: dict[str, list[str]], index: int, named: dict[str, str]) -> float:
-        if not named:
-            return float("nan")
-        return sum(attributes[k][index] == v for k, v in named.items()) / len(named)
-
     def score(self, generated, text_prompts, real, class_images) -> Scores:
         real_id = self._read(real)["identity"]
         rows, records = [], []
@@ -91,14 +92,14 @@ class ToyWorldBackend(MetricBackend):
             read = self._read(images)
             named = parse_prompt(text_prompts[prompt])
             fidelity = similarity_to_reference(read["identity"], real_id)
-            alignment = [self._alignment(read["attributes"], j, named) for j in range(len(images))]
+            shares = [alignment(read["attributes"], j, named) for j in range(len(images))]
             for j in range(len(images)):
                 records.append({"prompt": prompt, "index": j, "fidelity": float(fidelity[j]),
-                                "alignment": alignment[j],
+                                "alignment": shares[j],
                                 "read": {k: v[j] for k, v in read["attributes"].items()}})
             rows.append({"prompt": prompt, "text_prompt": text_prompts[prompt],
                          "fidelity": float(fidelity.mean()),
-                         "alignment": float(torch.tensor(alignment).nanmean()),
+                         "alignment": float(torch.tensor(shares).nanmean()),
                          "div": diversity(read["identity"])})
         pres = (similarity_to_reference(self._read(class_images)["identity"], real_id).tolist()
                 if class_images else [])
@@ -116,6 +117,6 @@ class ToyWorldBackend(MetricBackend):
         read = self._read(images)
         fidelity = similarity_to_reference(read["identity"], reference).mean()
         named = parse_prompt(text)
-        alignment = [self._alignment(read["attributes"], j, named) for j in range(len(images))]
+        shares = [alignment(read["attributes"], j, named) for j in range(len(images))]
         # alignment in [0, 1] is mapped to [-1, 1] so the reward's (s + 1) / 2 returns it
-        return float(fidelity), 2 * float(torch.tensor(alignment).nanmean()) - 1
+        return float(fidelity), 2 * float(torch.tensor(shares).nanmean()) - 1

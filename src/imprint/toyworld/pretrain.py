@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from imprint.errors import ImprintError
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, SHAPES, Scene, render
@@ -114,42 +113,11 @@ def pretraining_scene(rng: random.Random) -> Scene:
                  rng.choice(list(POSITIONS)), rng.choice(list(SCALES)))
 
 
-def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
-    rank = {pair: i for i, pair in enumerate(merges)}
-    while len(pieces) > 1:
-        pairs = [(rank.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
-        best, i = min(pairs)
-        if best == math.inf:
-            break
-        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
-    return pieces
-
-
 def build_tokenizer(folder: Path, max_length: int = 32):
-    """CLIP BPE with the toy world's words as single tokens (merges spell each word left to
-    right); anything else falls back to bytes, as with the tiny models."""
-    from transformers import CLIPTokenizer
+    """CLIP BPE with the toy world's words as single tokens; other text falls back to bytes."""
+    from imprint.tiny import build_tokenizer as byte_level_tokenizer
 
-    from imprint.tiny import _bytes_to_unicode
-
-    symbols = list(_bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    merges: list[tuple[str, str]] = []
-    for word in vocabulary():
-        # run BPE with the merges so far, then add the merges that finish this word; later
-        # merges rank after every earlier word's, so they never change an earlier word
-        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], merges)
-        while len(pieces) > 1:
-            merges.append((pieces[0], pieces[1]))
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                         model_max_length=max_length, pad_token="<|endoftext|>")
+    return byte_level_tokenizer(folder, max_length, vocabulary())
 
 
 def build_pipeline(recipe: PretrainRecipe, work: Path):
@@ -209,12 +177,6 @@ def to_unit(pixels_u8: torch.Tensor) -> torch.Tensor:
     return pixels_u8.float() / 127.5 - 1
 
 
-def _generator(seed: int, stream: int, step: int) -> torch.Generator:
-    from imprint.train.loop import step_generator
-
-    return step_generator(seed, stream, step)
-
-
 def _lr(step: int, recipe_steps: int, warmup: int, lr: float) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -225,12 +187,14 @@ def _lr(step: int, recipe_steps: int, warmup: int, lr: float) -> float:
 def train_vae(vae, pixels: torch.Tensor, recipe: PretrainRecipe, device: torch.device) -> list[float]:
     from tqdm.auto import tqdm
 
+    from imprint.train.loop import step_generator
+
     vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     losses, n, crop = [], pixels.shape[0], recipe.vae_crop
     bar = tqdm(range(recipe.vae_steps), desc="vae", unit="step", mininterval=5)
     for step in bar:
-        g = _generator(recipe.seed, 1, step)
+        g = step_generator(recipe.seed, 1, step)
         index = torch.randint(0, n, (recipe.vae_batch_size,), generator=g)
         x0, y0 = torch.randint(0, 64 - crop + 1, (2,), generator=g).tolist()
         batch = to_unit(pixels[index, :, y0:y0 + crop, x0:x0 + crop]).to(device)
@@ -267,16 +231,23 @@ def encode_dataset(vae, pixels: torch.Tensor, device: torch.device) -> tuple[tor
 def vae_subject_fidelity(vae, device, evaluator: str | Path | None = None) -> float:
     """Mean identity cosine (the fidelity metric's embedding) between each held-out subject
     photo and its VAE reconstruction: the ceiling of fidelity any method can reach."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from imprint.data.images import images_to_tensor
     from imprint.toyworld.evaluator import load_evaluator, read_images
     from imprint.toyworld.subjects import SUBJECTS
 
     photos = [render(scene, seed) for subject in SUBJECTS for scene, seed in subject.photo_scenes()]
-    pixels = torch.stack([to_unit(torch.from_numpy(np.array(p)).permute(2, 0, 1)) for p in photos])
-    recon = vae.decode(vae.encode(pixels.to(device)).latent_dist.mean).sample.clamp(-1, 1).cpu()
-    images = [Image.fromarray(((r + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for r in recon]
+    recon = vae.decode(vae.encode(images_to_tensor(photos).to(device)).latent_dist.mean).sample.cpu()
+    images = VaeImageProcessor().postprocess(recon, output_type="pil")
     evaluator = load_evaluator(evaluator) if evaluator else load_evaluator()
     a, b = read_images(evaluator, photos)["identity"], read_images(evaluator, images)["identity"]
     return float((a * b).sum(-1).mean())
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """One part's state dict out of a denoiser checkpoint ("unet.", "te.", "ema." keys)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -291,7 +262,7 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
     from tqdm.auto import tqdm
 
     from imprint.train.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
-    from imprint.train.loop import _test_kill
+    from imprint.train.loop import _test_kill, step_generator
 
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -305,17 +276,20 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
     checkpoint = find_resume_checkpoint(work, "latest")
     if checkpoint is not None:
         state, tensors, opt_state = load_checkpoint(checkpoint)
-        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
-        text_encoder.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("te.")})
-        ema = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        unet.load_state_dict(_part(tensors, "unet."))
+        text_encoder.load_state_dict(_part(tensors, "te."))
+        ema = {k: v.to(device) for k, v in _part(tensors, "ema.").items()}
         optimizer.load_state_dict(opt_state)
         start, losses = state["step"], state["losses"]
         log.info("resuming the denoiser from %s", checkpoint)
+    # state_dict() tensors share the parameters' storage: list them (and their EMA) once
+    live = {k: v for k, v in unet.state_dict().items() if v.dtype.is_floating_point}
+    live_list, ema_list = list(live.values()), [ema[k] for k in live]
     bar = tqdm(range(start, recipe.unet_steps), desc="denoiser", unit="step", mininterval=5,
                initial=start, total=recipe.unet_steps)
     for step in bar:
         _test_kill("pretrain", step)
-        g = _generator(recipe.seed, 2, step)
+        g = step_generator(recipe.seed, 2, step)
         index = torch.randint(0, len(scenes), (recipe.batch_size,), generator=g)
         rng = random.Random(f"{recipe.seed}-{step}")
         texts = [caption(scenes[i], rng) for i in index.tolist()]
@@ -337,9 +311,7 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
         optimizer.step()
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in unet.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].lerp_(v, 1 - decay)
+            torch._foreach_lerp_(ema_list, live_list, 1 - decay)
         losses.append(round(loss.item(), 5))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -443,16 +415,11 @@ def snapshot(output: str | Path, folder: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(recipe, Path(tmp))
     pipe.vae = AutoencoderKL.from_pretrained(work / "vae")
-    if (work / "scaling.json").is_file():
-        scaling = json.loads((work / "scaling.json").read_text())["scaling_factor"]
-    else:  # a run that did not record it: the first renders of its dataset give it within ~1%
-        sample = render_dataset(PretrainRecipe(**{**asdict(recipe), "dataset_size": 4000}))[1]
-        encode_dataset(pipe.vae, sample, torch.device("cpu"))
-        scaling = pipe.vae.config.scaling_factor
+    scaling = json.loads((work / "scaling.json").read_text())["scaling_factor"]  # written before any checkpoint
     pipe.vae.register_to_config(scaling_factor=scaling)
     state, tensors, _ = load_checkpoint(checkpoints[-1])
-    pipe.unet.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    pipe.text_encoder.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("te.")})
+    pipe.unet.load_state_dict(_part(tensors, "ema."))
+    pipe.text_encoder.load_state_dict(_part(tensors, "te."))
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "pretrain.json").write_text(json.dumps({"snapshot_of_step": state["step"], "recipe": asdict(recipe)}))
     return folder

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import random
 
-import torch
-
-from imprint.toyworld.backend import parse_prompt
+from imprint.toyworld.backend import alignment, parse_prompt
 from imprint.toyworld.evaluator import ATTRIBUTES, load_evaluator, read_images
 from imprint.toyworld.pretrain import HELD_OUT
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, Scene
+from imprint.train.sampling import sample
 
 
 def _scenes(count: int, seed: int, held_out: bool) -> list[Scene]:
@@ -36,23 +35,11 @@ def seen_scenes(count: int = 64, seed: int = 0) -> list[Scene]:
     return _scenes(count, seed, False)
 
 
-@torch.no_grad()
-def generate_scenes(pipe, scenes: list[Scene], steps: int = 20, guidance: float = 4.0, seed: int = 0,
-                    batch_size: int = 32) -> list:
-    images = []
-    for start in range(0, len(scenes), batch_size):
-        chunk = scenes[start:start + batch_size]
-        generator = torch.Generator("cpu").manual_seed(seed + start)
-        out = pipe([s.prompt() for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   height=64, width=64, generator=generator, output_type="pil")
-        images += out.images
-    return images
-
-
-def prompt_alignment(pipe, scenes: list[Scene], evaluator=None, **generation) -> dict:
-    """-> {"alignment": mean share of attributes read back, "per_attribute": {...}}."""
+def prompt_alignment(pipe, scenes: list[Scene], evaluator=None, steps: int = 20, guidance: float = 6.0,
+                     seed: int = 0) -> dict:
+    """-> {"alignment": mean share of attributes read back, "per_attribute": {...}, "images"}."""
     evaluator = evaluator or load_evaluator()
-    images = generate_scenes(pipe, scenes, **generation)
+    images = sample(pipe, [s.prompt() for s in scenes], 64, seed, steps, 1, guidance)
     read = read_images(evaluator, images)["attributes"]
     hits = {name: [] for name in ATTRIBUTES}
     shares = []
@@ -60,6 +47,6 @@ def prompt_alignment(pipe, scenes: list[Scene], evaluator=None, **generation) ->
         named = parse_prompt(scene.prompt())
         for name, value in named.items():
             hits[name].append(read[name][i] == value)
-        shares.append(sum(read[k][i] == v for k, v in named.items()) / len(named))
+        shares.append(alignment(read, i, named))
     return {"alignment": sum(shares) / len(shares),
             "per_attribute": {k: sum(v) / len(v) for k, v in hits.items() if v}, "images": images}

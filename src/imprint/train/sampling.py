@@ -19,6 +19,12 @@ def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image
     return grid
 
 
+def images_per_call(resolution: int) -> int:
+    """How many images go through a pipeline at once: small images in batches (up to 16 at
+    64 px), 256 px and up one at a time."""
+    return max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
+
+
 @torch.no_grad()
 def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
            images_per_prompt: int = 1, guidance_scale: float = 7.5,
@@ -27,7 +33,7 @@ def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
     With `prompt_embeds` ((prompt, negative) per prompt) the pipeline needs no text encoder.
     Small images go through the pipeline several at a time (each with its own generator)."""
     jobs = [(i, j) for i in range(len(prompts)) for j in range(images_per_prompt)]
-    per_call = max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
+    per_call = images_per_call(resolution)
     images = []
     for start in range(0, len(jobs), per_call):
         chunk = jobs[start:start + per_call]
