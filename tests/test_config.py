@@ -38,6 +38,7 @@ def test_instance_prompt_filled():
     (["--rank", "0"], "--rank"),
     (["--resolution", "33"], "multiple of 8"),
     (["--mixed-precision", "fp8"], "--mixed-precision"),
+    (["--lora-targets", "conv"], "--lora-targets"),
     (["--instance-prompt", "a {subject}"], "--instance-prompt"),
 ])
 def test_invalid_values(argv, needle):

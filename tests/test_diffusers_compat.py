@@ -59,8 +59,8 @@ def merged_by_hand(model, run, part):
         path = key[len(part) + 1:].split(".lora_A.")[0]
         b = state[key.replace(".lora_A.", ".lora_B.")]
         layer = module_root.get_submodule(path)
-        with torch.no_grad():
-            layer.weight += scale * (b @ a)
+        with torch.no_grad():  # a conv adapter: A is (rank, in, k, k), B (out, rank, 1, 1)
+            layer.weight += scale * (b.flatten(1) @ a.flatten(1)).reshape(layer.weight.shape)
     return pipe
 
 
@@ -75,6 +75,28 @@ def test_load_lora_weights_equals_merged_weights(tiny_model, lora_run):
     torch.testing.assert_close(loaded_unet, unet_output(merged.unet), atol=1e-5, rtol=1e-4)
     merged = merged_by_hand(tiny_model, lora_run, "text_encoder")
     torch.testing.assert_close(loaded_text, text_output(merged), atol=1e-5, rtol=1e-4)
+
+
+def test_conv_lora_loads_in_diffusers_and_exports(tiny_model, subject_dir, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", subject_dir, "--class-name", "toy",
+                   "--lora-targets", "attention+conv", "--rank", "2", "--alpha", "4", "--lr", "1e-2",
+                   "--steps", "3", "--checkpoint-every", "0", "--output", run, *FAST) == 0
+    state = load_file(run / "pytorch_lora_weights.safetensors")
+    conv = [k for k in state if ".resnets." in k and k.endswith("conv1.lora_A.weight")]
+    assert conv and all(state[k].dim() == 4 for k in conv)
+    assert any(k.endswith("to_q.lora_A.weight") for k in state)
+    pipe = fresh_pipeline(tiny_model)
+    base = unet_output(pipe.unet)
+    pipe.load_lora_weights(str(run))
+    loaded = unet_output(pipe.unet)
+    assert (loaded - base).abs().max() > 1e-4
+    torch.testing.assert_close(loaded, unet_output(merged_by_hand(tiny_model, run, "unet").unet), atol=1e-5, rtol=1e-4)
+    out = tmp_path / "kohya.safetensors"
+    assert run_cli("export", run, "--format", "kohya", "--output", out) == 0
+    kohya = fresh_pipeline(tiny_model)
+    kohya.load_lora_weights(str(out))
+    torch.testing.assert_close(unet_output(kohya.unet), loaded, atol=1e-5, rtol=1e-4)
 
 
 def test_kohya_export_gives_same_outputs(tiny_model, lora_run, tmp_path):

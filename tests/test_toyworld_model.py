@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from imprint.errors import ImprintError
 from imprint.toyworld.pretrain import (HELD_OUT, MODEL_DIR, TOKEN, PretrainRecipe, build_tokenizer, caption,
-                                       pretrain, pretraining_scene, vocabulary)
+                                       encode_dataset, pretrain, pretraining_scene, vocabulary)
 
 TINY = dict(dataset_size=48, vae_dataset_size=16, vae_steps=3, vae_batch_size=4, unet_steps=4, batch_size=4,
             warmup_steps=1, checkpoint_every=2, unet_channels=(32, 32), text_hidden=32, vae_channels=(8, 8))
@@ -41,8 +41,8 @@ def test_captions_name_the_shape_and_never_held_out_pairs():
     assert not any(TOKEN in t.split() for t in texts)
 
 
-def _state(folder):
-    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+def _state(folder, part="unet"):
+    return load_file(str(folder / part / "diffusion_pytorch_model.safetensors"))
 
 
 def test_pretrain_is_seeded_and_resumable(tmp_path):
@@ -69,6 +69,58 @@ def test_pretrain_is_seeded_and_resumable(tmp_path):
     pretrain(tmp_path / "d", PretrainRecipe(**TINY), device="cpu")
     sd = _state(tmp_path / "d")
     assert all(torch.equal(sa[k], sd[k]) for k in sa)
+
+
+def test_v_prediction_recipe_and_snapshot_of_a_killed_run(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from imprint.toyworld.pretrain import snapshot
+
+    recipe = {**TINY, "prediction_type": "v_prediction", "zero_terminal_snr": True, "standardise_latents": True}
+    with pytest.raises(ImprintError, match="no denoiser checkpoint"):
+        snapshot(tmp_path / "m", tmp_path / "snap")
+    code = (f"from imprint.toyworld.pretrain import *; "
+            f"pretrain({str(tmp_path / 'm')!r}, PretrainRecipe(**{recipe!r}), device='cpu')")
+    env = {**os.environ, "IMPRINT_TEST_KILL": "pretrain:3"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert run_cli("toyworld", "pretrain", "--output", tmp_path / "m", "--snapshot", tmp_path / "snap") == 0
+    assert json.loads((tmp_path / "snap" / "pretrain.json").read_text())["snapshot_of_step"] == 2
+    pretrain(tmp_path / "m", PretrainRecipe(**recipe), device="cpu")
+    for folder in ("snap", "m"):
+        pipe = StableDiffusionPipeline.from_pretrained(tmp_path / folder)
+        pipe.set_progress_bar_config(disable=True)
+        config = pipe.scheduler.config
+        assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+        assert config.timestep_spacing == "trailing" and pipe.vae.config.scaling_factor == 1.0
+        image = pipe("a red star", height=64, width=64, num_inference_steps=2, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).images
+        assert np.isfinite(image).all()
+    # the snapshot folds the same standardisation into the VAE as the finished run
+    snap, final = _state(tmp_path / "snap", "vae"), _state(tmp_path / "m", "vae")
+    assert all(torch.equal(snap[k], final[k]) for k in final)
+
+
+def test_latent_standardisation_is_folded_into_the_vae_exactly():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(8,), norm_num_groups=8, sample_size=16,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
+    with torch.no_grad():  # a VAE whose channels are far from zero mean and unit spread
+        vae.quant_conv.bias[:4] = torch.tensor([3.0, -2.0, 0.5, 1.0])
+        vae.quant_conv.weight[:4] *= torch.tensor([4.0, 0.2, 1.0, 2.0])[:, None, None, None]
+    pixels = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    x = pixels.float() / 127.5 - 1
+    with torch.no_grad():
+        before = vae.decode(vae.encode(x).latent_dist.mean).sample
+        mean, std, folded = encode_dataset(vae, pixels, torch.device("cpu"))
+        dist = vae.encode(x).latent_dist
+        after = vae.decode(dist.mean).sample
+    assert torch.allclose(before, after, atol=1e-4)  # the codec is unchanged
+    assert torch.allclose(dist.mean, mean, atol=1e-4) and torch.allclose(dist.std, std, atol=1e-5)
+    assert torch.allclose(mean.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(mean.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4)
+    assert max(folded["scale"]) / min(folded["scale"]) > 3 and vae.config.scaling_factor == 1.0
 
 
 def test_pretrain_refuses_an_existing_model(tmp_path):

@@ -31,6 +31,8 @@ HELP = {
     "method": "lora | full | textual_inversion",
     "rank": "LoRA rank (default 4)",
     "alpha": "LoRA alpha (default: the rank)",
+    "lora_targets": "attention (the UNet's attention projections, as diffusers' example) | attention+conv "
+                    "(also its ResNet convolutions, as LyCORIS' LoCon: reaches levels without attention)",
     "num_vectors": "textual inversion: embedding vectors for the token",
     "train_text_encoder": "also train the text encoder (lora, full)",
     "steps": "optimizer steps",
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "train-evaluator: the .safetensors file (default: the shipped one); "
                                       "pretrain: the model folder to write (required)")
     toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
-                                                "pretrain: the denoiser's, 5000)")
+                                                "pretrain: the denoiser's, 4000)")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--device", help="pretrain, train-evaluator: cpu or cuda (default: cuda if there is one)")
     toy.add_argument("--snapshot", metavar="DIR", help="pretrain: write a loadable model from the newest "

@@ -34,6 +34,7 @@ class TrainConfig:
     method: str = "lora"
     rank: int = 4
     alpha: float | None = None  # None: alpha = rank, as the diffusers example does
+    lora_targets: str = "attention"  # or "attention+conv": also the UNet's ResNet convolutions
     num_vectors: int = 1  # textual inversion: embedding vectors per token
     train_text_encoder: bool = False
     steps: int = 500
@@ -81,6 +82,7 @@ CHOICES = {
     "method": None,  # checked against the method registry, which owns the names
     "mixed_precision": ("no", "fp16", "bf16"),
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
+    "lora_targets": ("attention", "attention+conv"),
 }
 
 

@@ -90,6 +90,8 @@ class StableDiffusionFamily:
         "unet": ["to_q", "to_k", "to_v", "to_out.0"],
         "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
     }
+    # added with --lora-targets attention+conv: the ResNet blocks' 3x3 convolutions
+    lora_conv_targets = {"unet": ["conv1", "conv2"]}
 
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -1,6 +1,8 @@
 """LoRA (Hu et al. 2021, arXiv 2106.09685) as used for DreamBooth: low-rank updates
 W + (alpha / rank) B A on the attention projections of the UNet, and of the text encoder
-when asked. The layers are PEFT's; the result is diffusers' own LoRA file."""
+when asked; with `--lora-targets attention+conv` also on the UNet's ResNet convolutions (as
+LyCORIS' LoCon), which reach the resolution levels that have no attention. The layers are
+PEFT's; the result is diffusers' own LoRA file."""
 
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ class LoRA(Method):
     def adapter_config(self, part: str, family):
         from peft import LoraConfig
 
+        targets = list(family.lora_targets[part])
+        if self.cfg.lora_targets == "attention+conv":
+            targets += family.lora_conv_targets.get(part, [])
         return LoraConfig(
             r=self.cfg.rank, lora_alpha=self.cfg.resolved_alpha(), init_lora_weights="gaussian",
-            target_modules=family.lora_targets[part],
+            target_modules=targets,
         )
 
     def prepare(self, family) -> list[torch.nn.Parameter]:

@@ -11,10 +11,12 @@ Three stages, each seeded and resumable:
 2. train the VAE (64 px -> 16x16x16 latents) on random crops of other renders, half of them
    with random three-colour emblems: the VAE is the world's image codec and must carry small
    detail (a first VAE trained without emblems blurred them away, and with them any subject's
-   identity), while the denoiser still never sees one; then cache the dataset's latents;
+   identity), while the denoiser still never sees one; then scale its latents (one factor, or
+   per channel folded into the VAE's weights) and cache the dataset's latents;
 3. train the text encoder and UNet jointly on captions with attributes randomly left out
    (so partial prompts like "a star on the grass" work) and 10% empty captions (for
-   classifier-free guidance), min-SNR weighted, with an EMA of the UNet that is what ships.
+   classifier-free guidance), min-SNR weighted (epsilon or, with a zero-terminal-SNR
+   schedule, v-prediction), with an EMA of the UNet that is what ships.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class PretrainRecipe:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # The shipped model: epsilon prediction on SD's schedule, one global latent scale. Its
+    # backgrounds come out washed out: the schedule's last step still leaks the image's mean
+    # colour, which the model learns to read in training and never gets at sampling. The fix of
+    # Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed"):
+    # v-prediction on a zero-terminal-SNR schedule, here with per-channel standardised latents.
+    # Measured (benchmarks/RESULTS.md): backgrounds right 0.95 of the time instead of 0.2, but
+    # shapes drawn as blobs after the same 4000 steps, so overall alignment did not rise.
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    zero_terminal_snr: bool = False
+    standardise_latents: bool = False  # per latent channel, folded into the VAE (see standardise_latents)
     empty_caption: float = 0.1
     checkpoint_every: int = 500
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -150,7 +162,9 @@ def build_pipeline(recipe: PretrainRecipe, work: Path):
         norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, prediction_type="epsilon")
+        steps_offset=1, prediction_type=recipe.prediction_type, rescale_betas_zero_snr=recipe.zero_terminal_snr,
+        # with a zero-SNR schedule, sampling must start at the last (pure-noise) timestep
+        timestep_spacing="trailing" if recipe.zero_terminal_snr else "linspace")
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -216,15 +230,52 @@ def train_vae(vae, pixels: torch.Tensor, recipe: PretrainRecipe, device: torch.d
 
 
 @torch.no_grad()
-def encode_dataset(vae, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def standardise_latents(vae, shift: torch.Tensor, scale: torch.Tensor) -> None:
+    """Fold a per-channel standardisation z' = (z - shift) / scale into the VAE's 1x1 quant convs,
+    so its latents have zero mean and unit variance per channel and every pipeline that only knows
+    `scaling_factor` (StableDiffusionPipeline ignores `shift_factor`) gets them. The trained VAE's
+    channels differ up to 4x in spread and are far from zero mean; one global factor leaves some
+    channels noised away early and the others late. Exact: decode(encode(x)) is unchanged."""
+    c = shift.numel()
+    shift, scale = shift.to(vae.quant_conv.weight), scale.to(vae.quant_conv.weight)
+    q, p = vae.quant_conv, vae.post_quant_conv  # q: (mean, logvar) of 2c channels; p: c -> c
+    q.weight[:c] /= scale[:, None, None, None]
+    q.bias[:c] = (q.bias[:c] - shift) / scale
+    q.bias[c:] -= 2 * scale.log()
+    p.bias += p.weight[:, :, 0, 0] @ shift
+    p.weight *= scale[None, :, None, None]
+    vae.register_to_config(scaling_factor=1.0)
+
+
+@torch.no_grad()
+def encode_dataset(vae, pixels: torch.Tensor, device: torch.device,
+                   standardise: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The dataset's latent posteriors, after standardising the VAE's channels on them (see
+    `standardise_latents`) or, without `standardise`, setting the one global `scaling_factor`
+    that gives them unit spread; -> (mean, std, what `scale_latents` applies again)."""
     means, stds = [], []
     for chunk in pixels.split(256):
         dist = vae.encode(to_unit(chunk).to(device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
-    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
-    return mean, std
+    mean, std = torch.cat(means).double(), torch.cat(stds).double()
+    if not standardise:
+        scaling = {"scaling_factor": float(1.0 / mean.std())}
+        scale_latents(vae, scaling)
+        return mean.float(), std.float(), scaling
+    shift, scale = mean.mean(dim=(0, 2, 3)), mean.std(dim=(0, 2, 3))
+    standardise_latents(vae, shift, scale)
+    mean = (mean - shift[None, :, None, None]) / scale[None, :, None, None]
+    std = std / scale[None, :, None, None]
+    return mean.float(), std.float(), {"shift": shift.tolist(), "scale": scale.tolist()}
+
+
+def scale_latents(vae, scaling: dict) -> None:
+    """Apply `encode_dataset`'s result to a freshly loaded trained VAE."""
+    if "scaling_factor" in scaling:
+        vae.register_to_config(scaling_factor=scaling["scaling_factor"])
+    else:
+        standardise_latents(vae, torch.tensor(scaling["shift"]), torch.tensor(scaling["scale"]))
 
 
 @torch.no_grad()
@@ -250,10 +301,13 @@ def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), as factors on the epsilon or v loss."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr  # min-SNR-gamma for epsilon prediction
+    if v_prediction:  # the v loss weighs x0's error by snr + 1: cap that, so the pure-noise step keeps weight 1
+        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Tensor,
@@ -272,6 +326,7 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     scale = pipe.vae.config.scaling_factor
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
     start, losses = 0, []
     checkpoint = find_resume_checkpoint(work, "latest")
     if checkpoint is not None:
@@ -300,9 +355,10 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=g)
         latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
+        target = noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
-        per_item = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_item * _snr_weights(noise_scheduler, t, recipe.min_snr_gamma)).mean()
+        per_item = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_item * _snr_weights(noise_scheduler, t, recipe.min_snr_gamma, v_prediction)).mean()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, recipe.unet_steps, recipe.warmup_steps, recipe.lr)
         optimizer.zero_grad(set_to_none=True)
@@ -364,8 +420,8 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
         shutil.rmtree(vae_dir, ignore_errors=True)
         (work / "vae-tmp").rename(vae_dir)
     pipe.vae.to(device)
-    mean, std = encode_dataset(pipe.vae, pixels, device)
-    (work / "scaling.json").write_text(json.dumps({"scaling_factor": pipe.vae.config.scaling_factor}))
+    mean, std, scaling = encode_dataset(pipe.vae, pixels, device, recipe.standardise_latents)
+    (work / "scaling.json").write_text(json.dumps(scaling))
     with torch.no_grad():
         check = to_unit(pixels[:256]).to(device)
         recon_mse = F.mse_loss(pipe.vae.decode(pipe.vae.encode(check).latent_dist.mean).sample, check).item()
@@ -415,8 +471,7 @@ def snapshot(output: str | Path, folder: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(recipe, Path(tmp))
     pipe.vae = AutoencoderKL.from_pretrained(work / "vae")
-    scaling = json.loads((work / "scaling.json").read_text())["scaling_factor"]  # written before any checkpoint
-    pipe.vae.register_to_config(scaling_factor=scaling)
+    scale_latents(pipe.vae, json.loads((work / "scaling.json").read_text()))  # written before any checkpoint
     state, tensors, _ = load_checkpoint(checkpoints[-1])
     pipe.unet.load_state_dict(_part(tensors, "ema."))
     pipe.text_encoder.load_state_dict(_part(tensors, "te."))
