@@ -70,3 +70,19 @@ def test_output_with_a_run_needs_resume(tiny_model, subject_dir, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
     assert "Traceback" not in again.stderr
     assert (out / "checkpoints" / "checkpoint-2").is_dir()  # nothing lost
+
+
+def test_resume_of_a_run_from_before_a_new_setting(tiny_model, subject_dir, tmp_path):
+    """A run started before a config key existed resumes (the key had its default); a changed
+    setting is still refused."""
+    import json
+
+    out = tmp_path / "run"
+    assert train(tiny_model, subject_dir, out, CASES["textual_inversion"], kill="step:3").returncode == -9
+    saved = json.loads((out / "config.json").read_text())
+    del saved["lora_targets"]
+    (out / "config.json").write_text(json.dumps(saved))
+    changed = train(tiny_model, subject_dir, out, [*CASES["textual_inversion"], "--lora-targets", "attention+conv"],
+                    resume=True)
+    assert changed.returncode == 2 and "lora_targets" in changed.stderr
+    assert train(tiny_model, subject_dir, out, CASES["textual_inversion"], resume=True).returncode == 0

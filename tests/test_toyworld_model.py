@@ -113,7 +113,7 @@ def test_latent_standardisation_is_folded_into_the_vae_exactly():
     x = pixels.float() / 127.5 - 1
     with torch.no_grad():
         before = vae.decode(vae.encode(x).latent_dist.mean).sample
-        mean, std, folded = encode_dataset(vae, pixels, torch.device("cpu"))
+        mean, std, folded = encode_dataset(vae, pixels, torch.device("cpu"), standardise=True)
         dist = vae.encode(x).latent_dist
         after = vae.decode(dist.mean).sample
     assert torch.allclose(before, after, atol=1e-4)  # the codec is unchanged
@@ -124,6 +124,9 @@ def test_latent_standardisation_is_folded_into_the_vae_exactly():
 
 
 def test_pretrain_refuses_an_existing_model(tmp_path):
+    with pytest.raises(ImprintError, match="zero_terminal_snr"):
+        pretrain(tmp_path / "z", PretrainRecipe(**TINY, zero_terminal_snr=True), device="cpu")
+    assert not (tmp_path / "z.work").exists()
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model_index.json").write_text("{}")
     assert run_cli("toyworld", "pretrain", "--output", tmp_path / "m") == 2

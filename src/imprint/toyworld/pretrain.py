@@ -249,7 +249,7 @@ def standardise_latents(vae, shift: torch.Tensor, scale: torch.Tensor) -> None:
 
 @torch.no_grad()
 def encode_dataset(vae, pixels: torch.Tensor, device: torch.device,
-                   standardise: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                   standardise: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The dataset's latent posteriors, after standardising the VAE's channels on them (see
     `standardise_latents`) or, without `standardise`, setting the one global `scaling_factor`
     that gives them unit spread; -> (mean, std, what `scale_latents` applies again)."""
@@ -258,11 +258,12 @@ def encode_dataset(vae, pixels: torch.Tensor, device: torch.device,
         dist = vae.encode(to_unit(chunk).to(device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
-    mean, std = torch.cat(means).double(), torch.cat(stds).double()
+    mean, std = torch.cat(means), torch.cat(stds)
     if not standardise:
         scaling = {"scaling_factor": float(1.0 / mean.std())}
         scale_latents(vae, scaling)
-        return mean.float(), std.float(), scaling
+        return mean, std, scaling
+    mean, std = mean.double(), std.double()
     shift, scale = mean.mean(dim=(0, 2, 3)), mean.std(dim=(0, 2, 3))
     standardise_latents(vae, shift, scale)
     mean = (mean - shift[None, :, None, None]) / scale[None, :, None, None]
@@ -387,6 +388,11 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
     from diffusers import AutoencoderKL
 
     recipe = recipe or PretrainRecipe()
+    if recipe.prediction_type not in ("epsilon", "v_prediction"):
+        raise ImprintError(f"recipe prediction_type {recipe.prediction_type!r}: choose epsilon or v_prediction")
+    if recipe.zero_terminal_snr and recipe.prediction_type == "epsilon":
+        raise ImprintError("recipe zero_terminal_snr: noise cannot be predicted from pure noise; "
+                           "use it with prediction_type v_prediction")
     output = Path(output)
     if (output / "model_index.json").exists():
         raise ImprintError(f"--output {output}: a model is already there; choose another folder or delete it")

@@ -100,7 +100,8 @@ def check_output(cfg: TrainConfig, output: Path) -> None:
         with open(saved) as f:
             before = json.load(f)
         now = cfg.to_dict()
-        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        defaults = TrainConfig().to_dict()  # a key added since the run started had its default
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k, defaults[k]) != now[k])
         if changed:
             raise ImprintError(
                 f"--resume: this run was started with other settings ({', '.join(changed)}); "
