@@ -174,26 +174,24 @@ def _cell(values: list[float]) -> str:
     return f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" if len(values) > 1 else f"{m['mean']:.3f}"
 
 
-@torch.no_grad()
-def codec_ceiling(subject) -> float:
-    """The fidelity a perfect generator could reach through the shipped model's VAE: each photo
-    round-tripped through it, scored against the subject's other photos (leave-one-out, as the
-    real-vs-real row)."""
+def codec_ceilings(names: list[str]) -> list[float]:
+    """Per subject, the fidelity a perfect generator could reach through the shipped model's VAE:
+    each photo round-tripped through it, scored against the subject's other photos
+    (leave-one-out, as the real-vs-real row)."""
     from diffusers import AutoencoderKL
-    from diffusers.image_processor import VaeImageProcessor
 
-    from imprint.data.images import images_to_tensor
-    from imprint.toyworld.pretrain import MODEL_DIR
+    from imprint.toyworld.pretrain import MODEL_DIR, vae_round_trip
+    from imprint.toyworld.subjects import SUBJECTS_BY_NAME
 
-    vae = AutoencoderKL.from_pretrained(MODEL_DIR / "vae")
-    photos = [render(scene, seed) for scene, seed in subject.photo_scenes()]
-    recon = vae.decode(vae.encode(images_to_tensor(photos)).latent_dist.mean).sample
-    evaluator = load_evaluator()
-    a = read_images(evaluator, VaeImageProcessor().postprocess(recon, output_type="pil"))["identity"]
-    b = read_images(evaluator, photos)["identity"]
-    sims = cosine_matrix(a, b)
-    n = len(photos)
-    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+    vae, evaluator = AutoencoderKL.from_pretrained(MODEL_DIR / "vae"), load_evaluator()
+    ceilings = []
+    for name in names:
+        photos = [render(scene, seed) for scene, seed in SUBJECTS_BY_NAME[name].photo_scenes()]
+        sims = cosine_matrix(read_images(evaluator, vae_round_trip(vae, photos))["identity"],
+                             read_images(evaluator, photos)["identity"])
+        n = len(photos)
+        ceilings.append(float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1))))
+    return ceilings
 
 
 def part_methods(args) -> str:
@@ -215,7 +213,7 @@ def part_methods(args) -> str:
     real = [r["real_fidelity"] for r in lora]
     fid = [r["run"]["fidelity"] for r in lora]
     share = [f / r for f, r in zip(fid, real)]
-    ceiling = [codec_ceiling(next(x for x in SUBJECTS if x.name == r["subject"])) for r in lora]
+    ceiling = codec_ceilings([r["subject"] for r in lora])
     align_gap = [r["run"]["alignment"] - r["base"]["alignment"] for r in lora]
     rows = []
     for name, runs in results.items():

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from imprint.data.images import list_image_files
 from imprint.train.checkpoint import write_json_atomic
+from imprint.train.sampling import images_per_call
 
 log = logging.getLogger("imprint")
 
@@ -71,8 +72,6 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
 
     pipe = make_pipeline()
     files = list(existing)
-    from imprint.train.sampling import images_per_call
-
     per_call = images_per_call(resolution)
     bar = tqdm(total=count - len(existing), desc="class images", unit="img")
     for first in range(len(existing), count, per_call):

@@ -10,6 +10,7 @@ world; trained by `imprint toyworld train-evaluator`, shipped as safetensors.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -142,8 +143,6 @@ def train_evaluator(steps: int = 1800, instances: int = 48, seed: int = 0, lr: f
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     start = time.time()
-    import os
-
     # rendering is the slow part: on a machine with spare cores, loader workers render ahead
     workers = 0 if device.type == "cpu" else min(12, max(0, (os.cpu_count() or 1) - 2))
     batches = torch.utils.data.DataLoader(_Batches(seed, steps, instances), batch_size=None, num_workers=workers,

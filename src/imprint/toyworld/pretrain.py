@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -280,18 +281,25 @@ def scale_latents(vae, scaling: dict) -> None:
 
 
 @torch.no_grad()
-def vae_subject_fidelity(vae, device, evaluator: str | Path | None = None) -> float:
-    """Mean identity cosine (the fidelity metric's embedding) between each held-out subject
-    photo and its VAE reconstruction: the ceiling of fidelity any method can reach."""
+def vae_round_trip(vae, photos: list, device="cpu") -> list:
+    """PIL images -> the same images encoded and decoded by the VAE (posterior means)."""
     from diffusers.image_processor import VaeImageProcessor
 
     from imprint.data.images import images_to_tensor
+
+    recon = vae.decode(vae.encode(images_to_tensor(photos).to(device)).latent_dist.mean).sample.cpu()
+    return VaeImageProcessor().postprocess(recon, output_type="pil")
+
+
+@torch.no_grad()
+def vae_subject_fidelity(vae, device, evaluator: str | Path | None = None) -> float:
+    """Mean identity cosine (the fidelity metric's embedding) between each held-out subject
+    photo and its VAE reconstruction: how much identity detail the codec keeps."""
     from imprint.toyworld.evaluator import load_evaluator, read_images
     from imprint.toyworld.subjects import SUBJECTS
 
     photos = [render(scene, seed) for subject in SUBJECTS for scene, seed in subject.photo_scenes()]
-    recon = vae.decode(vae.encode(images_to_tensor(photos).to(device)).latent_dist.mean).sample.cpu()
-    images = VaeImageProcessor().postprocess(recon, output_type="pil")
+    images = vae_round_trip(vae, photos, device)
     evaluator = load_evaluator(evaluator) if evaluator else load_evaluator()
     a, b = read_images(evaluator, photos)["identity"], read_images(evaluator, images)["identity"]
     return float((a * b).sum(-1).mean())
@@ -472,8 +480,6 @@ def snapshot(output: str | Path, folder: str | Path) -> Path:
     if not checkpoints or not (work / "vae" / "config.json").is_file():
         raise ImprintError(f"--snapshot: {work} holds no denoiser checkpoint yet; wait for the first one")
     recipe = PretrainRecipe(**json.loads((work / "recipe.json").read_text()))
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(recipe, Path(tmp))
     pipe.vae = AutoencoderKL.from_pretrained(work / "vae")
