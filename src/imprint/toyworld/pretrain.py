@@ -73,6 +73,13 @@ class PretrainRecipe:
     prediction_type: str = "epsilon"  # or "v_prediction"
     zero_terminal_snr: bool = False
     standardise_latents: bool = False  # per latent channel, folded into the VAE (see standardise_latents)
+    # min-SNR on the v loss: "snr_plus_one" caps the x0 weight snr + 1 at gamma, so the pure-noise
+    # step keeps weight 1; "snr" is the paper's min(snr, gamma) / (snr + 1), 0 at pure noise
+    v_loss_weight: str = "snr_plus_one"
+    # offset noise (Guttenberg 2023): a per-channel constant added to the training noise, so an
+    # epsilon model learns to move an image's mean colour (the washed-out background's other fix)
+    offset_noise: float = 0.0
+    top_attention: bool = False  # cross-attention at the 16x16 level too (where positions are drawn)
     empty_caption: float = 0.1
     checkpoint_every: int = 500
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -152,8 +159,10 @@ def build_pipeline(recipe: PretrainRecipe, work: Path):
         sample_size=16, in_channels=recipe.latent_channels, out_channels=recipe.latent_channels,
         block_out_channels=c, layers_per_block=1,
         # attention at 8x8 and 4x4 only: at 16x16 it costs a third more per step on a CPU
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(c) - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (len(c) - 1) + ("UpBlock2D",),
+        down_block_types=("CrossAttnDownBlock2D" if recipe.top_attention else "DownBlock2D",)
+        + ("CrossAttnDownBlock2D",) * (len(c) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(c) - 1)
+        + ("CrossAttnUpBlock2D" if recipe.top_attention else "UpBlock2D",),
         # diffusers' SD UNet reads attention_head_dim as the number of heads
         cross_attention_dim=recipe.text_hidden, attention_head_dim=4, norm_num_groups=32)
     v = recipe.vae_channels
@@ -310,12 +319,15 @@ def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), as factors on the epsilon or v loss."""
+def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_loss_weight: str | None) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), as factors on the epsilon loss (with
+    `v_loss_weight` None) or the v loss (see PretrainRecipe.v_loss_weight)."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    if v_prediction:  # the v loss weighs x0's error by snr + 1: cap that, so the pure-noise step keeps weight 1
+    if v_loss_weight == "snr_plus_one":  # the v loss weighs x0's error by snr + 1: cap that instead
         return torch.clamp(snr + 1, max=gamma) / (snr + 1)
+    if v_loss_weight == "snr":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -361,13 +373,16 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
                         truncation=True, return_tensors="pt").input_ids.to(device)
         latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)) * scale
         noise = torch.randn(latents.shape, generator=g)
+        if recipe.offset_noise:
+            noise += recipe.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=g)
         latents, noise, t = latents.to(device), noise.to(device), t.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         target = noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
         per_item = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_item * _snr_weights(noise_scheduler, t, recipe.min_snr_gamma, v_prediction)).mean()
+        weights = _snr_weights(noise_scheduler, t, recipe.min_snr_gamma, recipe.v_loss_weight if v_prediction else None)
+        loss = (per_item * weights).mean()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, recipe.unet_steps, recipe.warmup_steps, recipe.lr)
         optimizer.zero_grad(set_to_none=True)
@@ -391,13 +406,18 @@ def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Ten
     return losses
 
 
-def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: str | None = None) -> dict:
-    """Train the toy-world base model into `output` (a diffusers folder); -> a summary."""
+def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: str | None = None,
+             reuse_vae: str | Path | None = None) -> dict:
+    """Train the toy-world base model into `output` (a diffusers folder); -> a summary.
+    `reuse_vae`: a VAE folder trained by this recipe's VAE fields (a shipped model's vae/), to
+    try denoiser recipes without training the VAE again."""
     from diffusers import AutoencoderKL
 
     recipe = recipe or PretrainRecipe()
     if recipe.prediction_type not in ("epsilon", "v_prediction"):
         raise ImprintError(f"recipe prediction_type {recipe.prediction_type!r}: choose epsilon or v_prediction")
+    if recipe.v_loss_weight not in ("snr_plus_one", "snr"):
+        raise ImprintError(f"recipe v_loss_weight {recipe.v_loss_weight!r}: choose snr_plus_one or snr")
     if recipe.zero_terminal_snr and recipe.prediction_type == "epsilon":
         raise ImprintError("recipe zero_terminal_snr: noise cannot be predicted from pure noise; "
                            "use it with prediction_type v_prediction")
@@ -424,6 +444,11 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
 
     t0 = time.time()
     vae_dir = work / "vae"
+    if reuse_vae and not (vae_dir / "config.json").exists():
+        if not (Path(reuse_vae) / "config.json").is_file():
+            raise ImprintError(f"reuse_vae {reuse_vae}: no VAE there (config.json missing)")
+        shutil.copytree(reuse_vae, vae_dir)
+        (work / "vae_losses.json").write_text("[]")
     if (vae_dir / "config.json").exists():
         pipe.vae = AutoencoderKL.from_pretrained(vae_dir).to(device)
         vae_losses = json.loads((work / "vae_losses.json").read_text())
@@ -455,7 +480,7 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
     summary = {"recipe": asdict(recipe), "device": str(device), "torch": torch.__version__,
                "seconds": times, "vae_reconstruction_mse": recon_mse,
                "vae_subject_fidelity": subject_fidelity,
-               "vae_loss_last100": sum(vae_losses[-100:]) / len(vae_losses[-100:]),
+               "vae_loss_last100": sum(vae_losses[-100:]) / len(vae_losses[-100:]) if vae_losses else None,
                "denoiser_loss_first100": sum(losses[:100]) / 100,
                "denoiser_loss_last500": sum(losses[-500:]) / len(losses[-500:]),
                "held_out": sorted(map(list, HELD_OUT)),
