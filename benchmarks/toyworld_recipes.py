@@ -104,12 +104,17 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8, help="variants trained at once")
     parser.add_argument("--deadline", type=float, default=0, help="seconds; stop variants still running then")
     parser.add_argument("--results", help="write the table as a section of this RESULTS.md")
+    parser.add_argument("--heading", default="## Toy world: pre-training recipes", help="the RESULTS.md section")
+    parser.add_argument("--from-json", help="write the table of results collected in this recipes.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: run this variant
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.one:
         run_one(args.one, out, args.device, args.steps, args.dataset_size, args.scenes, args.seed)
+        return
+    if args.from_json:  # results collected elsewhere (a GPU machine): write their table
+        write_table(json.loads(Path(args.from_json).read_text()), args)
         return
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -139,17 +144,22 @@ def main() -> None:
     (out / "recipes.json").write_text(json.dumps(results, indent=2))
     if not results:
         sys.exit("no variant finished")
+    write_table(results, args)
+
+
+def write_table(results: list[dict], args) -> None:
     text = table(results)
     print(text)
     if args.results:
+        names = ",".join(r["variant"] for r in results)
         body = f"""{time.strftime('%Y-%m-%d')}; each variant: `imprint toyworld pretrain`'s recipe with the changes shown, the
 shipped model's VAE reused (only the denoiser trained); alignment as `--part base` ({args.scenes} prompts per group,
 20 DPM-Solver steps, guidance {GUIDANCE}).
-Command: `python benchmarks/toyworld_recipes.py --variants {','.join(names)}{' --steps ' + str(args.steps) if args.steps else ''}`
+Command: `python benchmarks/toyworld_recipes.py --variants {names}{' --steps ' + str(args.steps) if args.steps else ''}`
 
 {text}
 """
-        write_section(args.results, "## Toy world: pre-training recipes", body)
+        write_section(args.results, args.heading, body)
 
 
 if __name__ == "__main__":

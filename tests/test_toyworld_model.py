@@ -100,6 +100,38 @@ def test_v_prediction_recipe_and_snapshot_of_a_killed_run(tmp_path):
     assert all(torch.equal(snap[k], final[k]) for k in final)
 
 
+def test_recipe_options_and_a_reused_vae(tmp_path):
+    from diffusers import DDPMScheduler
+
+    from imprint.toyworld.pretrain import _snr_weights
+
+    base = {**TINY, "prediction_type": "epsilon", "zero_terminal_snr": False, "standardise_latents": False}
+    pretrain(tmp_path / "a", PretrainRecipe(**base), device="cpu")
+    options = {**base, "prediction_type": "v_prediction", "zero_terminal_snr": True, "v_loss_weight": "snr",
+               "top_attention": True}
+    b = pretrain(tmp_path / "b", PretrainRecipe(**options, offset_noise=0.1), device="cpu",
+                 reuse_vae=tmp_path / "a" / "vae")
+    assert b["vae_loss_last100"] is None  # the VAE was not trained here
+    va, vb = _state(tmp_path / "a", "vae"), _state(tmp_path / "b", "vae")
+    assert all(torch.equal(va[k], vb[k]) for k in va)
+    unet = json.loads((tmp_path / "b" / "unet" / "config.json").read_text())
+    assert unet["down_block_types"][0] == "CrossAttnDownBlock2D" and unet["up_block_types"][-1] == "CrossAttnUpBlock2D"
+    pretrain(tmp_path / "c", PretrainRecipe(**options), device="cpu", reuse_vae=tmp_path / "a" / "vae")
+    ub, uc = _state(tmp_path / "b"), _state(tmp_path / "c")
+    assert any(not torch.equal(ub[k], uc[k]) for k in ub)  # offset noise changed the training
+    with pytest.raises(ImprintError, match="reuse_vae"):
+        pretrain(tmp_path / "d", PretrainRecipe(**base), device="cpu", reuse_vae=tmp_path / "nowhere")
+    with pytest.raises(ImprintError, match="v_loss_weight"):
+        pretrain(tmp_path / "e", PretrainRecipe(**{**options, "v_loss_weight": "snr2"}), device="cpu")
+    # min-SNR on the v loss: the paper's weight is 0 at pure noise and min(snr, 5) / (snr + 1) elsewhere
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              rescale_betas_zero_snr=True)
+    t = torch.tensor([0, 500, 999])
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    assert torch.allclose(_snr_weights(scheduler, t, 5.0, "snr"), torch.clamp(snr, max=5) / (snr + 1))
+    assert _snr_weights(scheduler, t, 5.0, "snr")[2] == 0 and _snr_weights(scheduler, t, 5.0, "snr_plus_one")[2] == 1
+
+
 def test_latent_standardisation_is_folded_into_the_vae_exactly():
     from diffusers import AutoencoderKL
 
