@@ -157,7 +157,7 @@ def test_latent_standardisation_is_folded_into_the_vae_exactly():
 
 def test_pretrain_refuses_an_existing_model(tmp_path):
     with pytest.raises(ImprintError, match="zero_terminal_snr"):
-        pretrain(tmp_path / "z", PretrainRecipe(**TINY, zero_terminal_snr=True), device="cpu")
+        pretrain(tmp_path / "z", PretrainRecipe(**{**TINY, "prediction_type": "epsilon"}), device="cpu")
     assert not (tmp_path / "z.work").exists()
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model_index.json").write_text("{}")

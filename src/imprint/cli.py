@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "train-evaluator: the .safetensors file (default: the shipped one); "
                                       "pretrain: the model folder to write (required)")
     toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
-                                                "pretrain: the denoiser's, 4000)")
+                                                "pretrain: the denoiser's, 5000)")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--device", help="pretrain, train-evaluator: cpu or cuda (default: cuda if there is one)")
     toy.add_argument("--snapshot", metavar="DIR", help="pretrain: write a loadable model from the newest "

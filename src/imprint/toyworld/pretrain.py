@@ -57,25 +57,25 @@ class PretrainRecipe:
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_crop: int = 32
-    unet_steps: int = 4_000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    # The shipped model: epsilon prediction on SD's schedule, one global latent scale. Its
-    # backgrounds come out washed out: the schedule's last step still leaks the image's mean
-    # colour, which the model learns to read in training and never gets at sampling. The fix of
-    # Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed"):
-    # v-prediction on a zero-terminal-SNR schedule, here with per-channel standardised latents.
-    # Measured (benchmarks/RESULTS.md): backgrounds right 0.95 of the time instead of 0.2, but
-    # shapes drawn as blobs after the same 4000 steps, so overall alignment did not rise.
-    prediction_type: str = "epsilon"  # or "v_prediction"
-    zero_terminal_snr: bool = False
-    standardise_latents: bool = False  # per latent channel, folded into the VAE (see standardise_latents)
-    # min-SNR on the v loss: "snr_plus_one" caps the x0 weight snr + 1 at gamma, so the pure-noise
-    # step keeps weight 1; "snr" is the paper's min(snr, gamma) / (snr + 1), 0 at pure noise
-    v_loss_weight: str = "snr_plus_one"
+    # Sampling must draw what training saw. With epsilon prediction on SD's schedule (the first
+    # shipped model) the last step still leaks the image's mean colour, which the model learns to
+    # read in training and never gets at sampling: backgrounds came out washed out (read back 0.2
+    # of the time). The fix of Lin et al. 2024 ("Common diffusion noise schedules and sample steps
+    # are flawed"): v-prediction on a zero-terminal-SNR schedule, here with per-channel
+    # standardised latents and the min-SNR paper's weight on the v loss (benchmarks/RESULTS.md:
+    # alignment twice the epsilon recipe's at equal steps; capping snr + 1 instead lost the shapes).
+    unet_steps: int = 5_000
+    prediction_type: str = "v_prediction"  # or "epsilon"
+    zero_terminal_snr: bool = True
+    standardise_latents: bool = True  # per latent channel, folded into the VAE (see standardise_latents)
+    # min-SNR on the v loss: "snr" is the paper's min(snr, gamma) / (snr + 1), 0 at pure noise;
+    # "snr_plus_one" caps the x0 weight snr + 1 at gamma instead, so the pure-noise step keeps weight 1
+    v_loss_weight: str = "snr"
     # offset noise (Guttenberg 2023): a per-channel constant added to the training noise, so an
     # epsilon model learns to move an image's mean colour (the washed-out background's other fix)
     offset_noise: float = 0.0
