@@ -28,16 +28,17 @@ from results_file import write_section  # noqa: E402
 from imprint.toyworld.pretrain import MODEL_DIR, PretrainRecipe  # noqa: E402
 
 GUIDANCE = 6.0
-V_PRED = dict(prediction_type="v_prediction", zero_terminal_snr=True, standardise_latents=True)
+# overrides of PretrainRecipe's defaults, which are the shipped (v-prediction) recipe
+EPS = dict(prediction_type="epsilon", zero_terminal_snr=False, standardise_latents=False)  # the first shipped recipe's
 VARIANTS = {
-    "eps": {},  # the shipped recipe
-    "eps-offset": dict(offset_noise=0.1),
-    "eps-attn16": dict(top_attention=True),
-    "v-snr": dict(V_PRED, v_loss_weight="snr"),
-    "v-snr1": dict(V_PRED),  # the recipe measured in RESULTS.md's "second pre-training recipe"
-    "eps-b128": dict(batch_size=128),
-    "v-snr-b128": dict(V_PRED, v_loss_weight="snr", batch_size=128),
-    "eps-offset-attn16": dict(offset_noise=0.1, top_attention=True),
+    "eps": EPS,
+    "eps-offset": dict(EPS, offset_noise=0.1),
+    "eps-attn16": dict(EPS, top_attention=True),
+    "v-snr": {},  # the shipped recipe
+    "v-snr1": dict(v_loss_weight="snr_plus_one"),  # RESULTS.md's "second pre-training recipe"
+    "eps-b128": dict(EPS, batch_size=128),
+    "v-snr-b128": dict(batch_size=128),
+    "eps-offset-attn16": dict(EPS, offset_noise=0.1, top_attention=True),
 }
 
 
@@ -65,7 +66,7 @@ def run_one(name: str, out: Path, device: str, steps: int | None, dataset_size: 
     pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
     pipe.set_progress_bar_config(disable=True)
     evaluator = load_evaluator()
-    result = {"variant": name, "overrides": overrides, "device": summary["device"], "seconds": summary["seconds"],
+    result = {"variant": name, "overrides": overrides, "recipe": asdict(recipe), "device": summary["device"], "seconds": summary["seconds"],
               "denoiser_loss_last500": summary["denoiser_loss_last500"], "parameters": summary["parameters"]}
     for group, chosen in (("held-out", heldout_scenes(scenes, seed)), ("seen", seen_scenes(scenes, seed))):
         r = prompt_alignment(pipe, chosen, evaluator, guidance=GUIDANCE, steps=20, seed=seed)
@@ -82,8 +83,10 @@ def table(results: list[dict]) -> str:
     lines = [f"| variant | recipe changes | denoiser steps x batch | pairs | alignment | {' | '.join(attributes)} | denoiser time |",
              "| --- | --- | --- | --- | ---: | " + " | ".join("---:" for _ in attributes) + " | ---: |"]
     for r in results:
-        recipe = {**asdict(PretrainRecipe()), **r["overrides"]}
-        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k not in ("unet_steps", "batch_size", "dataset_size")) or "shipped recipe"
+        # results written before "recipe" was recorded: their overrides were of the first, epsilon defaults
+        recipe = r.get("recipe") or {**asdict(PretrainRecipe()), "unet_steps": 4000, **r["overrides"]}
+        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()
+                            if k not in ("unet_steps", "batch_size", "dataset_size")) or "the defaults of its day"
         for group in ("held-out", "seen"):
             g = r[group]
             lines.append(f"| {r['variant']} | {changes} | {recipe['unet_steps']} x {recipe['batch_size']} | {group} | "

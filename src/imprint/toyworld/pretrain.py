@@ -158,7 +158,8 @@ def build_pipeline(recipe: PretrainRecipe, work: Path):
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=recipe.latent_channels, out_channels=recipe.latent_channels,
         block_out_channels=c, layers_per_block=1,
-        # attention at 8x8 and 4x4 only: at 16x16 it costs a third more per step on a CPU
+        # attention at 8x8 and 4x4 only: with top_attention also at 16x16, a CPU step took 1.75x as
+        # long and alignment fell (benchmarks/RESULTS.md)
         down_block_types=("CrossAttnDownBlock2D" if recipe.top_attention else "DownBlock2D",)
         + ("CrossAttnDownBlock2D",) * (len(c) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(c) - 1)
