@@ -11,6 +11,8 @@
                      preservation (PRES higher than with it), full fine-tuning and textual
                      inversion; a method table with mean and 95% interval over subjects,
                      trainable parameters and wall time
+  --part lora-sweep  LoRA's fidelity against alignment for a few settings (--sweep) on the first
+                     --subjects subjects
 
 Runs are kept under benchmarks/_work/toyworld (a second call skips finished runs).
 
@@ -127,7 +129,8 @@ def _pretrain_minutes(info: dict) -> float:
     return (sum(info["seconds"].values()) + info.get("seconds_vae_training", 0)) / 60
 
 
-def run_one(config: str, subject, cache: dict, backend) -> dict:
+def run_one(config: str, subject, cache: dict, backend, settings: dict | None = None) -> dict:
+    """Train `config` (a CONFIGS name, or a name for `settings`) on `subject` and evaluate it."""
     from imprint.config import build_config
     from imprint.evaluate.run import evaluate_run
     from imprint.toyworld.pretrain import MODEL_DIR
@@ -144,7 +147,7 @@ def run_one(config: str, subject, cache: dict, backend) -> dict:
 
         shutil.rmtree(run)
     start = time.time()
-    train(build_config({}, dict(COMMON, **CONFIGS[config], model=str(MODEL_DIR), images=str(photos),
+    train(build_config({}, dict(COMMON, **(settings or CONFIGS[config]), model=str(MODEL_DIR), images=str(photos),
                                 class_name=subject.class_name, output=str(run),
                                 class_images=str(WORK / "class" / subject.class_name))))
     trained = time.time()
@@ -272,16 +275,63 @@ Settings:
     return write_section(args.results, "## Toy world: personalisation", body)
 
 
+def parse_sweep(text: str) -> list[dict]:
+    """"lr=3e-3,steps=100;rank=4" -> LoRA settings: CONFIGS["lora"] with each group's changes."""
+    sweep = []
+    for group in filter(None, (g.strip() for g in text.split(";"))):
+        settings = dict(CONFIGS["lora"])
+        for item in group.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in ("lr", "steps", "rank", "prior_loss_weight", "num_class_images") or not value:
+                raise SystemExit(f"--sweep {group!r}: write key=value pairs of lr, steps, rank, prior_loss_weight, "
+                                 "num_class_images, separated by commas; settings separated by ;")
+            settings[key] = float(value) if key in ("lr", "prior_loss_weight") else int(value)
+        sweep.append(settings)
+    return sweep
+
+
+def part_lora_sweep(args) -> str:
+    """LoRA's fidelity / alignment trade-off over a few settings, on the first --subjects subjects."""
+    from imprint.evaluate.run import make_backend
+
+    backend, cache, rows = make_backend("toyworld"), {}, []
+    for settings in [dict(CONFIGS["lora"])] + parse_sweep(args.sweep):
+        changed = {k: v for k, v in settings.items() if CONFIGS["lora"].get(k) != v}
+        name = "lora" if not changed else "lora-" + "-".join(f"{k}{v:g}" for k, v in changed.items())
+        runs = [run_one(name, subject, cache, backend, settings) for subject in SUBJECTS[:args.subjects]]
+        gap = [r["run"]["alignment"] - r["base"]["alignment"] for r in runs]
+        rise = [r["run"]["fidelity"] - r["base"]["fidelity"] for r in runs]
+        rows.append(f"| {', '.join(f'{k} {v:g}' for k, v in settings.items() if k in ('rank', 'lr', 'steps') or k in changed)} | "
+                    f"{_cell([r['run']['fidelity'] for r in runs])} | {_cell(rise)} | "
+                    f"{_cell([r['run']['alignment'] for r in runs])} | {_cell(gap)} | "
+                    f"{_cell([r['run']['pres'] for r in runs])} | {sum(r['train_s'] for r in runs) / len(runs):.0f} s |")
+    base = [r["base"] for r in runs]
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; LoRA with prior preservation as `--part methods`
+(the `lora` row's other settings), on the first {args.subjects} subjects; 2 images per prompt, 20 steps, guidance {GUIDANCE};
+mean and 95% interval over subjects. Base model on these subjects: fidelity {_cell([b['fidelity'] for b in base])},
+alignment {_cell([b['alignment'] for b in base])}.
+Command: `python benchmarks/toyworld_quality.py --part lora-sweep --subjects {args.subjects} --sweep "{args.sweep}"`
+
+| settings | fidelity | fidelity rise | alignment | alignment minus base | PRES | training time |
+| --- | --- | --- | --- | --- | --- | ---: |
+{chr(10).join(rows)}
+"""
+    return write_section(args.results, "## Toy world: LoRA settings, fidelity against alignment", body)
+
+
 def main() -> None:
     global WORK, JSON_OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["evaluator", "base", "methods"], required=True)
+    parser.add_argument("--part", choices=["evaluator", "base", "methods", "lora-sweep"], required=True)
     parser.add_argument("--renders", type=int, default=2000, help="evaluator: fresh renders")
     parser.add_argument("--scenes", type=int, default=128, help="base: prompts per group")
     parser.add_argument("--subjects", type=int, default=10, help="methods: subjects for LoRA")
     parser.add_argument("--conv", type=int, default=10, help="methods: subjects for LoRA on attention and convolutions")
     parser.add_argument("--no-prior", type=int, default=5, help="methods: subjects for LoRA without prior")
     parser.add_argument("--others", type=int, default=3, help="methods: subjects for full and textual inversion")
+    parser.add_argument("--sweep", default="lr=3e-3,steps=100;lr=1e-3,steps=200",
+                        help="lora-sweep: LoRA settings to try beside the `lora` row's, e.g. 'lr=1e-3,steps=200;rank=4'")
     parser.add_argument("--steps", type=int, help="methods: override every method's steps (a smoke run)")
     parser.add_argument("--work", default=str(WORK), help="folder for the runs")
     parser.add_argument("--json-out", help="methods: also collect every run's result in this JSON file")
@@ -296,7 +346,8 @@ def main() -> None:
     if args.steps:
         for config in CONFIGS.values():
             config["steps"] = args.steps
-    print({"evaluator": part_evaluator, "base": part_base, "methods": part_methods}[args.part](args))
+    parts = {"evaluator": part_evaluator, "base": part_base, "methods": part_methods, "lora-sweep": part_lora_sweep}
+    print(parts[args.part](args))
 
 
 if __name__ == "__main__":
