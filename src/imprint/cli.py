@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="folder for the subject, run and eval")
     demo.add_argument("--steps", type=int, default=200, help="LoRA training steps")
     demo.add_argument("--subject", default="striped_circle", help="a toy-world subject (imprint toyworld subjects)")
-    demo.add_argument("--images-per-prompt", type=int, default=2, help="evaluation images per prompt")
+    demo.add_argument("--images-per-prompt", type=int, default=4,
+                      help="evaluation images per prompt (4: the DreamBench protocol)")
     demo.add_argument("--eval-steps", type=int, default=20, help="denoising steps of every generated image")
     return parser
 
