@@ -283,10 +283,14 @@ def parse_sweep(text: str) -> list[dict]:
         for item in group.split(","):
             key, _, value = item.partition("=")
             key = key.strip()
-            if key not in ("lr", "steps", "rank", "prior_loss_weight", "num_class_images") or not value:
+            try:
+                if key not in ("lr", "steps", "rank", "prior_loss_weight", "num_class_images"):
+                    raise ValueError(key)
+                settings[key] = float(value) if key in ("lr", "prior_loss_weight") else int(value)
+            except ValueError:
                 raise SystemExit(f"--sweep {group!r}: write key=value pairs of lr, steps, rank, prior_loss_weight, "
-                                 "num_class_images, separated by commas; settings separated by ;")
-            settings[key] = float(value) if key in ("lr", "prior_loss_weight") else int(value)
+                                 "num_class_images (whole numbers but lr and prior_loss_weight), separated by "
+                                 "commas; settings separated by ;") from None
         sweep.append(settings)
     return sweep
 
@@ -295,8 +299,9 @@ def part_lora_sweep(args) -> str:
     """LoRA's fidelity / alignment trade-off over a few settings, on the first --subjects subjects."""
     from imprint.evaluate.run import make_backend
 
+    sweep = [dict(CONFIGS["lora"])] + parse_sweep(args.sweep)
     backend, cache, rows = make_backend("toyworld"), {}, []
-    for settings in [dict(CONFIGS["lora"])] + parse_sweep(args.sweep):
+    for settings in sweep:
         changed = {k: v for k, v in settings.items() if CONFIGS["lora"].get(k) != v}
         name = "lora" if not changed else "lora-" + "-".join(f"{k}{v:g}" for k, v in changed.items())
         runs = [run_one(name, subject, cache, backend, settings) for subject in SUBJECTS[:args.subjects]]
@@ -330,7 +335,7 @@ def main() -> None:
     parser.add_argument("--conv", type=int, default=10, help="methods: subjects for LoRA on attention and convolutions")
     parser.add_argument("--no-prior", type=int, default=5, help="methods: subjects for LoRA without prior")
     parser.add_argument("--others", type=int, default=3, help="methods: subjects for full and textual inversion")
-    parser.add_argument("--sweep", default="lr=3e-3,steps=100;lr=1e-3,steps=200",
+    parser.add_argument("--sweep", default="lr=3e-3,steps=100;lr=1e-3,steps=200;prior_loss_weight=3;steps=400",
                         help="lora-sweep: LoRA settings to try beside the `lora` row's, e.g. 'lr=1e-3,steps=200;rank=4'")
     parser.add_argument("--steps", type=int, help="methods: override every method's steps (a smoke run)")
     parser.add_argument("--work", default=str(WORK), help="folder for the runs")
