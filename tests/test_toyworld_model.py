@@ -114,6 +114,8 @@ def test_recipe_options_and_a_reused_vae(tmp_path):
     assert b["vae_loss_last100"] is None  # the VAE was not trained here
     va, vb = _state(tmp_path / "a", "vae"), _state(tmp_path / "b", "vae")
     assert all(torch.equal(va[k], vb[k]) for k in va)
+    # the work folder the VAE was loaded from is not written into the model
+    assert "_name_or_path" not in json.loads((tmp_path / "b" / "vae" / "config.json").read_text())
     unet = json.loads((tmp_path / "b" / "unet" / "config.json").read_text())
     assert unet["down_block_types"][0] == "CrossAttnDownBlock2D" and unet["up_block_types"][-1] == "CrossAttnUpBlock2D"
     pretrain(tmp_path / "c", PretrainRecipe(**options), device="cpu", reuse_vae=tmp_path / "a" / "vae")

@@ -412,8 +412,6 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
     """Train the toy-world base model into `output` (a diffusers folder); -> a summary.
     `reuse_vae`: a VAE folder trained by this recipe's VAE fields (a shipped model's vae/), to
     try denoiser recipes without training the VAE again."""
-    from diffusers import AutoencoderKL
-
     recipe = recipe or PretrainRecipe()
     if recipe.prediction_type not in ("epsilon", "v_prediction"):
         raise ImprintError(f"recipe prediction_type {recipe.prediction_type!r}: choose epsilon or v_prediction")
@@ -451,7 +449,7 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
         shutil.copytree(reuse_vae, vae_dir)
         (work / "vae_losses.json").write_text("[]")
     if (vae_dir / "config.json").exists():
-        pipe.vae = AutoencoderKL.from_pretrained(vae_dir).to(device)
+        pipe.vae = load_work_vae(vae_dir).to(device)
         vae_losses = json.loads((work / "vae_losses.json").read_text())
     else:
         vae_losses = train_vae(pipe.vae, render_dataset(recipe, for_vae=True)[1], recipe, device)
@@ -493,11 +491,20 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
     return summary
 
 
+def load_work_vae(folder: Path):
+    """A trained VAE from a work folder. from_pretrained records the folder as the config's
+    `_name_or_path`, which save_pretrained would write into the model we ship: drop it."""
+    from diffusers import AutoencoderKL
+    from diffusers.configuration_utils import FrozenDict
+
+    vae = AutoencoderKL.from_pretrained(folder)
+    vae._internal_dict = FrozenDict({k: v for k, v in vae.config.items() if k != "_name_or_path"})
+    return vae
+
+
 def snapshot(output: str | Path, folder: str | Path) -> Path:
     """A loadable model from the newest checkpoint of a running or interrupted pre-training
     (the EMA UNet at that step): to look at, or try personalising, before it ends."""
-    from diffusers import AutoencoderKL
-
     from imprint.train.checkpoint import list_checkpoints, load_checkpoint
 
     output, folder = Path(output), Path(folder)
@@ -508,7 +515,7 @@ def snapshot(output: str | Path, folder: str | Path) -> Path:
     recipe = PretrainRecipe(**json.loads((work / "recipe.json").read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build_pipeline(recipe, Path(tmp))
-    pipe.vae = AutoencoderKL.from_pretrained(work / "vae")
+    pipe.vae = load_work_vae(work / "vae")
     scale_latents(pipe.vae, json.loads((work / "scaling.json").read_text()))  # written before any checkpoint
     state, tensors, _ = load_checkpoint(checkpoints[-1])
     pipe.unet.load_state_dict(_part(tensors, "ema."))
