@@ -99,7 +99,7 @@ def part_base(args) -> str:
                          ("seen pairs", seen_scenes(args.scenes, args.seed))):
         r = prompt_alignment(pipe, scenes, evaluator, guidance=GUIDANCE, steps=20, seed=args.seed)
         results[name] = r
-        from imprint.train.sampling import save_grid
+        from imprint.image.sampling import save_grid
 
         save_grid(r["images"][:32], WORK / f"base-{name.split()[0]}.png", cols=8)
     info = json.loads((MODEL_DIR / "pretrain.json").read_text())
@@ -131,11 +131,11 @@ def _pretrain_minutes(info: dict) -> float:
 
 def run_one(config: str, subject, cache: dict, backend, settings: dict | None = None) -> dict:
     """Train `config` (a CONFIGS name, or a name for `settings`) on `subject` and evaluate it."""
-    from imprint.config import build_config
-    from imprint.evaluate.run import evaluate_run
+    from imprint.image.settings import build_config
+    from imprint.image.evaluate_run import evaluate_run
     from imprint.toyworld.pretrain import MODEL_DIR
     from imprint.toyworld.subjects import write_subject
-    from imprint.train.loop import train
+    from imprint.image.train import train
 
     result_file = WORK / "runs" / config / subject.name / "result.json"
     if result_file.exists():
@@ -151,7 +151,7 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
                                 class_name=subject.class_name, output=str(run),
                                 class_images=str(WORK / "class" / subject.class_name))))
     trained = time.time()
-    metrics = evaluate_run(run, metrics="toyworld", images_per_prompt=2, steps=20, guidance_scale=GUIDANCE,
+    metrics = evaluate_run(run, metrics="toyworld", images_per_prompt=2, inference_steps=20, guidance_scale=GUIDANCE,
                            backend=backend, baseline_cache=cache)
     metadata = json.loads((run / "metadata.json").read_text())
     out = {"config": config, "subject": subject.name, "device": _device(), "train_s": trained - start, "eval_s": time.time() - trained,
@@ -203,7 +203,7 @@ def codec_ceilings(names: list[str]) -> list[float]:
 
 
 def part_methods(args) -> str:
-    from imprint.evaluate.run import make_backend
+    from imprint.evaluate.backends import make_backend
 
     results = {name: [] for name in CONFIGS}
     if args.from_json:  # results collected elsewhere (a device run): only the table
@@ -297,7 +297,7 @@ def parse_sweep(text: str) -> list[dict]:
 
 def part_lora_sweep(args) -> str:
     """LoRA's fidelity / alignment trade-off over a few settings, on the first --subjects subjects."""
-    from imprint.evaluate.run import make_backend
+    from imprint.evaluate.backends import make_backend
 
     sweep = [dict(CONFIGS["lora"])] + parse_sweep(args.sweep)
     backend, cache, rows = make_backend("toyworld"), {}, []

@@ -50,7 +50,7 @@ def run_one(name: str, out: Path, device: str, steps: int | None, dataset_size: 
     from imprint.toyworld.evaluator import load_evaluator
     from imprint.toyworld.pretrain import pretrain
     from imprint.toyworld.quality import heldout_scenes, prompt_alignment, seen_scenes
-    from imprint.train.sampling import save_grid
+    from imprint.image.sampling import save_grid
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

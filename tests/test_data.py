@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import DREAMBENCH
-from imprint.data.images import images_to_tensor, load_image_file, load_subject_images
-from imprint.errors import ImprintError
+from imprint.image.data import images_to_tensor, load_image_file, load_subject_images
+from imprint.util.errors import ImprintError
 
 SUBJECTS = ["dog", "cat", "backpack", "teapot", "bear_plushie"]
 

@@ -190,8 +190,8 @@ def test_compare(evaluated, tmp_path, capsys):
 
 # --- best-checkpoint selection ---------------------------------------------------------------
 def test_selection_picks_highest_reward(tiny_model, subject_dir, tmp_path):
-    from imprint.config import build_config
-    from imprint.train.loop import train
+    from imprint.image.settings import build_config
+    from imprint.image.train import train
 
     # a deterministic scorer: subject similarity peaks at the 2nd of 4 scorings
     calls = []

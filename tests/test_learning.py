@@ -6,9 +6,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import FAST, draw_subject, run_cli
-from imprint.data.images import images_to_tensor, load_image_file
+from imprint.image.data import images_to_tensor, load_image_file
 from imprint.families import load_pipeline
-from imprint.generate import load_run_pipeline
+from imprint.image.generate import load_run_pipeline
 
 # Measured on seeds 0-2 (tiny warmed-up model, 60 steps): trained image 0.934-0.947 of the
 # base loss, another image 0.99-1.004. The bars leave room on both sides.

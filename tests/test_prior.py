@@ -1,6 +1,6 @@
 import json
 
-from imprint.data.prior import ensure_class_images
+from imprint.image.prior import ensure_class_images
 
 
 class CountingPipeline:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from imprint.data.images import load_subject_images
+from imprint.image.data import load_subject_images
 from imprint.toyworld.render import (BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, Scene,
                                       random_scene, render)
 from imprint.toyworld.subjects import SUBJECTS

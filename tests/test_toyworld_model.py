@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 from imprint.toyworld.pretrain import (HELD_OUT, MODEL_DIR, TOKEN, PretrainRecipe, build_tokenizer, caption,
                                        encode_dataset, pretrain, pretraining_scene, vocabulary)
 
@@ -59,7 +59,7 @@ def test_pretrain_is_seeded_and_resumable(tmp_path):
     # killed after its checkpoint at step 2, a run resumes to the same weights as an unbroken one
     code = (f"from imprint.toyworld.pretrain import *; "
             f"pretrain({str(tmp_path / 'd')!r}, PretrainRecipe(**{TINY!r}), device='cpu')")
-    env = {**os.environ, "IMPRINT_TEST_KILL": "pretrain:3"}
+    env = {**os.environ, "IMPRINT_TEST_KILL": "step:3"}
     killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "d.work" / "vae" / "config.json").is_file()
@@ -81,7 +81,7 @@ def test_v_prediction_recipe_and_snapshot_of_a_killed_run(tmp_path):
         snapshot(tmp_path / "m", tmp_path / "snap")
     code = (f"from imprint.toyworld.pretrain import *; "
             f"pretrain({str(tmp_path / 'm')!r}, PretrainRecipe(**{recipe!r}), device='cpu')")
-    env = {**os.environ, "IMPRINT_TEST_KILL": "pretrain:3"}
+    env = {**os.environ, "IMPRINT_TEST_KILL": "step:3"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == -signal.SIGKILL
     assert run_cli("toyworld", "pretrain", "--output", tmp_path / "m", "--snapshot", tmp_path / "snap") == 0
     assert json.loads((tmp_path / "snap" / "pretrain.json").read_text())["snapshot_of_step"] == 2
@@ -103,7 +103,7 @@ def test_v_prediction_recipe_and_snapshot_of_a_killed_run(tmp_path):
 def test_recipe_options_and_a_reused_vae(tmp_path):
     from diffusers import DDPMScheduler
 
-    from imprint.toyworld.pretrain import _snr_weights
+    from imprint.objectives.snr import min_snr_weight
 
     base = {**TINY, "prediction_type": "epsilon", "zero_terminal_snr": False, "standardise_latents": False}
     pretrain(tmp_path / "a", PretrainRecipe(**base), device="cpu")
@@ -130,8 +130,9 @@ def test_recipe_options_and_a_reused_vae(tmp_path):
                               rescale_betas_zero_snr=True)
     t = torch.tensor([0, 500, 999])
     snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
-    assert torch.allclose(_snr_weights(scheduler, t, 5.0, "snr"), torch.clamp(snr, max=5) / (snr + 1))
-    assert _snr_weights(scheduler, t, 5.0, "snr")[2] == 0 and _snr_weights(scheduler, t, 5.0, "snr_plus_one")[2] == 1
+    weight = min_snr_weight(snr, 5.0, "v_prediction")
+    assert torch.allclose(weight, torch.clamp(snr, max=5) / (snr + 1))
+    assert weight[2] == 0 and min_snr_weight(snr, 5.0, "v_prediction", "snr_plus_one")[2] == 1
 
 
 def test_latent_standardisation_is_folded_into_the_vae_exactly():

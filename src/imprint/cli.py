@@ -1,4 +1,5 @@
-"""imprint's commands: train, generate, export, evaluate, compare, toyworld, demo. Thin: parse, call, report."""
+"""imprint's commands: train, generate, export, evaluate, compare, toyworld, demo, methods.
+Thin: parse, call, report. The train flags are generated from the settings dataclasses."""
 
 from __future__ import annotations
 
@@ -10,89 +11,78 @@ import sys
 import warnings
 from pathlib import Path
 
-from imprint.errors import ImprintError
+import imprint
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
 TRAIN_EXAMPLE = """  imprint train --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
       --images photos/dog --class-name dog --method lora --prior-preservation \\
       --steps 800 --output runs/dog
-  imprint train --config run.toml --steps 1000      # flags win over the file's keys
-  imprint train --config run.toml --resume           # continue after a crash or kill
-"""
+  imprint train --config examples/sd15-dog-lora.toml --steps 1000   # flags win over the file's keys
+  imprint train --config examples/sd15-dog-lora.toml --resume       # continue after a crash or kill
 
-HELP = {
-    "model": "hub id or local diffusers folder of the base model",
-    "images": "folder of subject photos (jpg/png/webp)",
-    "class_name": "the subject's class noun, e.g. dog",
-    "token": "rare identifier for the subject (default sks)",
-    "instance_prompt": "training caption; {token} and {class_name} are filled in",
-    "class_prompt": "prompt of the prior-preservation class images",
-    "method": "lora | full | textual_inversion",
-    "rank": "LoRA rank (default 4)",
-    "alpha": "LoRA alpha (default: the rank)",
-    "lora_targets": "attention (the UNet's attention projections, as diffusers' example) | attention+conv "
-                    "(also its ResNet convolutions, as LyCORIS' LoCon: reaches levels without attention)",
-    "num_vectors": "textual inversion: embedding vectors for the token",
-    "train_text_encoder": "also train the text encoder (lora, full)",
-    "steps": "optimizer steps",
-    "lr": "learning rate (default per method: lora 1e-4, full 5e-6, textual_inversion 5e-4)",
-    "batch_size": "subject images per step (as many class images are added with prior preservation)",
-    "resolution": "training size in pixels (square)",
-    "prior_preservation": "add the DreamBooth prior-preservation loss on class images",
-    "num_class_images": "class images to generate / use",
-    "prior_loss_weight": "weight of the prior-preservation loss",
-    "class_images": "folder of class images (default: a cache generated once per model/prompt/size)",
-    "mixed_precision": "no | fp16 | bf16",
-    "gradient_checkpointing": "trade compute for memory",
-    "checkpoint_every": "write a resumable checkpoint every N steps (0: never)",
-    "keep_checkpoints": "how many checkpoints to keep",
-    "sample_every": "write a sample grid every N steps (0: only at the end)",
-    "sample_prompt": "prompt of the sample grids (repeatable); {token} and {class_name} are filled",
-    "select_best": "score each checkpoint with the lambda-harmonic reward (RPO) and keep the best; "
-                   "the value is lambda, e.g. 0.5",
-    "select_prompts": "validation prompts for --select-best",
-    "metrics": "metric backend for --select-best (dreambench)",
-    "dino_model": "DINO model for the metrics (hub id or folder)",
-    "clip_model": "CLIP model for the metrics (hub id or folder)",
-    "final_samples": "write a sample grid when training ends (--no-final-samples skips it)",
-    "output": "run folder",
-    "resume": "resume the run in --output from its latest checkpoint (or from the folder given)",
-}
+Every flag is also a TOML key (at the top level, or in the table of its section: [prior], [lora], ...).
+`imprint methods` lists the methods and their settings.
+"""
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from imprint.config import FIELDS
+    from imprint.config import add_flags
+    from imprint.image.settings import groups
 
-    parser.add_argument("--config", help="TOML file with the same keys as the flags")
-    for name, field in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        kind = str(field.type)
-        kwargs = {"dest": name, "default": None, "help": HELP.get(name, "")}
-        if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif name == "sample_prompt":
-            parser.add_argument(flag, action="append", metavar="PROMPT", **kwargs)
-        elif name == "resume":
-            parser.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", **kwargs)
-        else:
-            caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-            parser.add_argument(flag, type=caster, **kwargs)
+    parser.add_argument("--config", metavar="TOML", help="TOML run file with the same keys as the flags")
+    add_flags(parser, groups(), special={
+        "sample_prompt": {"metavar": "PROMPT"},
+        "resume": {"nargs": "?", "const": "latest", "metavar": "CHECKPOINT"},
+    })
 
 
-def _command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+def _add_inference_steps(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--inference-steps", type=int, default=None,
+                        help=f"denoising steps of each image (default: {default})")
+    parser.add_argument("--steps", type=int, dest="old_steps", help="old spelling of --inference-steps (deprecated)")
+    parser.set_defaults(inference_steps_default=default)
+
+
+def _inference_steps(args: argparse.Namespace) -> int:
+    if args.old_steps is not None:
+        warnings.warn("--steps in generate / evaluate / demo is now --inference-steps; the old spelling "
+                      "will be removed", UserWarning, stacklevel=1)
+        print("imprint: warning: --steps here means denoising steps: write --inference-steps "
+              "(the old spelling will be removed)", file=sys.stderr)
+        if args.inference_steps is None:
+            return args.old_steps
+    return args.inference_steps if args.inference_steps is not None else args.inference_steps_default
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; each flag's default shown where its help does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, help: str, example: str, formatter=_HelpFormatter) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with an example."""
-    return sub.add_parser(name, help=help, epilog="example:\n" + example,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(name, help=help, description=help, epilog="example:\n" + example,
+                          formatter_class=formatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imprint", description="Teach a text-to-image model a subject from a few photos.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"imprint {imprint.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = _command(sub, "train", "personalise a model on subject photos", TRAIN_EXAMPLE)
+    # the train flags write their own defaults (theirs are None, so that TOML values are not overridden)
+    train = _command(sub, "train", "personalise a model on subject photos", TRAIN_EXAMPLE,
+                     formatter=argparse.RawDescriptionHelpFormatter)
     _add_train_flags(train)
 
     gen = _command(sub, "generate", "generate images with a finished run",
@@ -101,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="+", help="prompts; write the run's token for the subject")
     gen.add_argument("--run", required=True, help="run folder made by imprint train")
     gen.add_argument("--model", help="base model (default: the one the run was trained on)")
-    gen.add_argument("--num-images", type=int, default=4)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=30, help="denoising steps")
-    gen.add_argument("--guidance-scale", type=float, default=7.5)
-    gen.add_argument("--resolution", type=int, help="default: the training resolution")
+    gen.add_argument("--num-images", type=int, default=4, help="images per prompt")
+    gen.add_argument("--seed", type=int, default=0, help="image j of prompt i starts from seed + 1000 i + j")
+    _add_inference_steps(gen, 30)
+    gen.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance")
+    gen.add_argument("--resolution", type=int, help="image size (default: the training resolution)")
     gen.add_argument("--output", required=True, help="folder for the PNGs and grid.png")
 
     export = _command(sub, "export", "write a run in another ecosystem's format",
@@ -120,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder made by imprint train")
     ev.add_argument("--model", help="base model (default: the one the run was trained on)")
     ev.add_argument("--images", help="real subject photos (default: the run's --images)")
-    ev.add_argument("--images-per-prompt", type=int, default=4)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--prompts", help="file of prompts, one per line, with {token} and {class_name}")
-    ev.add_argument("--metrics", default="dreambench", help="metric backend")
-    ev.add_argument("--dino-model", default="facebook/dino-vits16")
-    ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32")
-    ev.add_argument("--steps", type=int, default=30, help="denoising steps")
+    ev.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (DreamBench: 4)")
+    ev.add_argument("--seed", type=int, default=0, help="image j of prompt i starts from seed + 1000 i + j")
+    ev.add_argument("--prompts", help="file of prompts, one per line, with {token} and {class_name} "
+                                      "(default: the backend's, DreamBench's 25)")
+    ev.add_argument("--metrics", default="dreambench", help="metric backend (dreambench, toyworld)")
+    ev.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO model (hub id or folder)")
+    ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP model (hub id or folder)")
+    _add_inference_steps(ev, 30)
     ev.add_argument("--guidance-scale", type=float, default=7.5,
                     help="classifier-free guidance (the toy-world model: 6)")
     ev.add_argument("--resolution", type=int, help="default: the training resolution")
@@ -148,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pretrain: the model folder to write (required)")
     toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
                                                 "pretrain: the denoiser's, 5000)")
-    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--seed", type=int, default=0, help="seed of the renders and the training")
     toy.add_argument("--device", help="pretrain, train-evaluator: cpu or cuda (default: cuda if there is one)")
     toy.add_argument("--snapshot", metavar="DIR", help="pretrain: write a loadable model from the newest "
                                                        "checkpoint of the pre-training in --output, and stop")
@@ -161,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--subject", default="striped_circle", help="a toy-world subject (imprint toyworld subjects)")
     demo.add_argument("--images-per-prompt", type=int, default=4,
                       help="evaluation images per prompt (4: the DreamBench protocol)")
-    demo.add_argument("--eval-steps", type=int, default=20, help="denoising steps of every generated image")
+    demo.add_argument("--inference-steps", "--eval-steps", dest="eval_steps", type=int, default=20,
+                      help="denoising steps of every generated image")
+
+    methods = _command(sub, "methods", "list the training methods and their settings", "  imprint methods")
+    methods.add_argument("--name", help="only this method")
     return parser
 
 
@@ -178,22 +173,55 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_command(args: argparse.Namespace) -> int:
-    if args.command == "train":
-        from imprint.config import FIELDS, build_config, load_toml
-        from imprint.train.loop import train
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            shown = "inference_steps" if name == "inference_steps_value" else name
+            raise ImprintError(f"--{shown.replace('_', '-')} must be > 0, got {value}")
 
-        toml_values = load_toml(args.config) if args.config else {}
-        cfg = build_config(toml_values, {k: getattr(args, k) for k in FIELDS})
+
+def describe_methods(only: str | None = None) -> str:
+    """`imprint methods`: each method, what it trains, its default lr and its settings."""
+    import dataclasses
+
+    from imprint.config import default_text, flag
+    from imprint.methods import METHODS
+
+    if only and only not in METHODS:
+        raise ImprintError(f"--name {only}: unknown method; choose one of {', '.join(sorted(METHODS))}")
+    lines = []
+    for name, cls in sorted(METHODS.items()):
+        if only and name != only:
+            continue
+        lines.append(f"{name}: {cls.summary} (default lr {cls.default_lr:g})")
+        for f in dataclasses.fields(cls.Settings):
+            lines.append(f"  {flag(f.name):22s} {f.metadata.get('help', '')} [default: {default_text(f)}]")
+        if not dataclasses.fields(cls.Settings):
+            lines.append("  (no settings of its own)")
+    return "\n".join(lines) + "\n"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if hasattr(args, "old_steps"):
+        args.inference_steps_value = _inference_steps(args)
+    if args.command == "train":
+        from imprint.config import all_fields, load_toml
+        from imprint.image.settings import build_config, groups
+        from imprint.image.train import train
+
+        toml_values = load_toml(args.config, groups()) if args.config else {}
+        cfg = build_config(toml_values, {k: getattr(args, k) for k in all_fields(groups())})
         out = train(cfg)
         print(f"run written to {out}")
+    elif args.command == "methods":
+        print(describe_methods(args.name), end="")
     elif args.command == "generate":
-        from imprint.generate import generate
+        from imprint.image.generate import generate
 
-        if args.num_images <= 0:
-            raise ImprintError("--num-images must be > 0")
+        _positive(args, "num_images", "inference_steps_value", "resolution")
         paths = generate(args.run, args.prompts, args.output, model=args.model,
-                         num_images=args.num_images, seed=args.seed, steps=args.steps,
+                         num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps_value,
                          guidance_scale=args.guidance_scale, resolution=args.resolution)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "export":
@@ -201,13 +229,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(f"wrote {export_kohya(args.run, args.output)}")
     elif args.command == "evaluate":
-        from imprint.evaluate.run import evaluate_run
+        from imprint.image.evaluate_run import evaluate_run
 
-        if args.images_per_prompt <= 0:
-            raise ImprintError("--images-per-prompt must be > 0")
+        _positive(args, "images_per_prompt", "inference_steps_value", "resolution")
         result = evaluate_run(
             args.run, model=args.model, images=args.images, images_per_prompt=args.images_per_prompt,
-            seed=args.seed, prompts_file=args.prompts, metrics=args.metrics, steps=args.steps,
+            seed=args.seed, prompts_file=args.prompts, metrics=args.metrics,
+            inference_steps=args.inference_steps_value,
             resolution=args.resolution, guidance_scale=args.guidance_scale,
             backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model})
         for name, values in (("run", result["summary"]), ("base model", result["baseline"]["summary"]),

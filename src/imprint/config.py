@@ -1,173 +1,151 @@
-"""The run config: one typed schema, filled from defaults, then a TOML file, then flags.
+"""Run configs made of typed settings sections, filled from defaults, then a TOML file, then flags.
 
-Every field's name is also its TOML key and, with '-' for '_', its CLI flag
-(`prior_loss_weight` / `--prior-loss-weight`).
+A task lists its sections as Groups (a theme, and the settings dataclasses in it). Every field's
+name is its TOML key and, with '-' for '_', its CLI flag (`prior_loss_weight` /
+`--prior-loss-weight`); a TOML file may write keys at the top level or inside a table named after
+their group (`[prior]`, `[lora]`). Help, choices and range checks come from the fields (util/settings).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imprint.errors import ImprintError
-
-# Per-method defaults, from the diffusers examples (REFERENCE.md): a field left unset by the
-# TOML file and the flags takes its method's value here.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"lr": 1e-4},
-    "full": {"lr": 5e-6},
-    "textual_inversion": {"lr": 5e-4},
-}
+from imprint.util.errors import ImprintError
+from imprint.util.settings import fields_of, type_name
 
 
 @dataclass
-class TrainConfig:
-    model: str | None = None
-    images: str | None = None
-    class_name: str | None = None
-    token: str = "sks"
-    instance_prompt: str = "a photo of {token} {class_name}"
-    class_prompt: str = "a photo of {class_name}"
-    method: str = "lora"
-    rank: int = 4
-    alpha: float | None = None  # None: alpha = rank, as the diffusers example does
-    lora_targets: str = "attention"  # or "attention+conv": also the UNet's ResNet convolutions
-    num_vectors: int = 1  # textual inversion: embedding vectors per token
-    train_text_encoder: bool = False
-    steps: int = 500
-    lr: float | None = None  # None: the method's default (METHOD_DEFAULTS)
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    batch_size: int = 1
-    resolution: int = 512
-    prior_preservation: bool = False
-    num_class_images: int = 100
-    prior_loss_weight: float = 1.0
-    class_images: str | None = None  # None: a cache folder keyed by model, prompt, size, seed
-    class_inference_steps: int = 30
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 3
-    sample_every: int = 0  # 0: only at the end
-    final_samples: bool = True
-    sample_prompt: list[str] = field(default_factory=list)
-    sample_inference_steps: int = 25
-    output: str | None = None
-    resume: str | None = None  # "latest" or a checkpoint folder
-    select_best: float | None = None  # lambda of the harmonic reward; None: the last step wins
-    select_prompts: int = 4
-    metrics: str = "dreambench"
-    dino_model: str = "facebook/dino-vits16"
-    clip_model: str = "openai/clip-vit-base-patch32"
+class Group:
+    name: str                 # the TOML table and --help section
+    title: str
+    classes: list[type]       # settings dataclasses whose fields belong to the group
 
-    def resolved_alpha(self) -> float:
-        return float(self.rank if self.alpha is None else self.alpha)
-
-    def fill(self, text: str) -> str:
-        return text.format(token=self.token, class_name=self.class_name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def fields(self) -> dict[str, dataclasses.Field]:
+        out = {}
+        for cls in self.classes:
+            out.update(fields_of(cls))
+        return out
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-CHOICES = {
-    "method": None,  # checked against the method registry, which owns the names
-    "mixed_precision": ("no", "fp16", "bf16"),
-    "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
-    "lora_targets": ("attention", "attention+conv"),
-}
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def load_toml(path: str) -> dict[str, Any]:
+def all_fields(groups: list[Group]) -> dict[str, dataclasses.Field]:
+    out: dict[str, dataclasses.Field] = {}
+    for group in groups:
+        for name, f in group.fields().items():
+            out.setdefault(name, f)  # a field two methods share (train_text_encoder) is one flag
+    return out
+
+
+def load_toml(path: str, groups: list[Group]) -> dict[str, Any]:
+    """A TOML run file -> flat {key: value}; an unknown key or table is a one-line error."""
     p = Path(path)
     if not p.is_file():
         raise ImprintError(f"--config {path}: file not found; pass the path of a TOML run file")
     try:
         with p.open("rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ImprintError(f"--config {path}: not valid TOML ({e}); fix the file") from e
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise ImprintError(
-            f"--config {path}: unknown key(s) {', '.join(unknown)}; "
-            f"see `imprint train --help` for the keys"
-        )
-    return data
+    known, tables = all_fields(groups), {g.name: g for g in groups}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if isinstance(value, dict):
+            if key not in tables:
+                raise ImprintError(f"--config {path}: unknown table [{key}]; tables are "
+                                   f"{', '.join(f'[{t}]' for t in tables)}")
+            inside = tables[key].fields()
+            for inner, inner_value in value.items():
+                inner = inner.replace("-", "_")
+                if inner not in inside:
+                    raise ImprintError(f"--config {path}: [{key}] has no key {inner!r}; "
+                                       f"its keys are {', '.join(inside)}")
+                flat[inner] = inner_value
+        elif key in known:
+            flat[key] = value
+        else:
+            raise ImprintError(f"--config {path}: unknown key {key!r}; see `imprint train --help` for the keys")
+    return flat
 
 
-def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
-    """Defaults < TOML file < flags given on the command line (flags win)."""
-    values: dict[str, Any] = {}
-    values.update(toml_values)
-    values.update({k: v for k, v in flag_values.items() if v is not None})
-    cfg = TrainConfig(**values)
-    if cfg.lr is None:
-        cfg.lr = METHOD_DEFAULTS.get(cfg.method, {}).get("lr", 1e-4)
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: TrainConfig) -> None:
-    from imprint.methods import METHODS  # the registry owns the method names
-
-    for name, f in FIELDS.items():
-        value = getattr(cfg, name)
+def check_values(values: dict[str, Any], fields: dict[str, dataclasses.Field]) -> None:
+    """Types, choices and ranges of the given values, from the fields' declarations."""
+    for name, value in values.items():
+        f = fields[name]
+        kind = type_name(f)
         if value is None:
             continue
-        if f.type in ("int", "float") and isinstance(value, bool):
-            raise ImprintError(f"--{name.replace('_', '-')}: expected a number, got {value!r}")
-        if f.type == "int" and not isinstance(value, int):
-            raise ImprintError(f"--{name.replace('_', '-')}: expected an integer, got {value!r}")
-    if isinstance(cfg.sample_prompt, str):
-        cfg.sample_prompt = [cfg.sample_prompt]
-    if cfg.method not in METHODS:
-        raise ImprintError(
-            f"--method {cfg.method}: unknown method; choose one of {', '.join(sorted(METHODS))}"
-        )
-    for name, allowed in CHOICES.items():
-        if allowed and getattr(cfg, name) not in allowed:
-            raise ImprintError(
-                f"--{name.replace('_', '-')} {getattr(cfg, name)}: choose one of {', '.join(allowed)}"
-            )
-    for name in ("model", "images", "class_name", "output"):
-        if not getattr(cfg, name):
-            raise ImprintError(f"--{name.replace('_', '-')} is required (flag or key in --config)")
-    positive = ("rank", "steps", "batch_size", "resolution", "num_vectors", "keep_checkpoints",
-                "class_inference_steps", "sample_inference_steps")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ImprintError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-    if cfg.resolution % 8:
-        raise ImprintError(f"--resolution {cfg.resolution}: must be a multiple of 8")
-    if cfg.lr <= 0:
-        raise ImprintError(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.prior_preservation and cfg.num_class_images <= 0:
-        raise ImprintError("--num-class-images must be > 0 with --prior-preservation")
-    for name in ("checkpoint_every", "sample_every"):
-        if getattr(cfg, name) < 0:
-            raise ImprintError(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off)")
-    if cfg.select_best is not None:
-        if not 0 <= cfg.select_best <= 1:
-            raise ImprintError(f"--select-best {cfg.select_best}: lambda must be within [0, 1]")
-        if not cfg.checkpoint_every:
-            raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
-        if cfg.select_prompts <= 0:
-            raise ImprintError("--select-prompts must be > 0")
-    for text_name in ("instance_prompt", "class_prompt"):
-        try:
-            cfg.fill(getattr(cfg, text_name))
-        except (KeyError, IndexError, ValueError) as e:
-            raise ImprintError(
-                f"--{text_name.replace('_', '-')}: bad placeholder {e}; "
-                "only {token} and {class_name} are filled in"
-            ) from e
+        if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ImprintError(f"{flag(name)}: expected a number, got {value!r}")
+        if kind == "int" and not isinstance(value, int):
+            raise ImprintError(f"{flag(name)}: expected an integer, got {value!r}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise ImprintError(f"{flag(name)}: expected true or false, got {value!r}")
+        if kind == "str" and not isinstance(value, str):
+            raise ImprintError(f"{flag(name)}: expected a string, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ImprintError(f"{flag(name)} {value}: choose one of {', '.join(map(str, choices))}")
+        if f.metadata.get("positive") and value <= 0:
+            raise ImprintError(f"{flag(name)} must be > 0, got {value}")
+        if f.metadata.get("non_negative") and value < 0:
+            raise ImprintError(f"{flag(name)} must be >= 0 (0 turns it off), got {value}")
+
+
+def instantiate(cls: type, values: dict[str, Any]):
+    names = fields_of(cls)
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def default_text(f: dataclasses.Field) -> str:
+    if f.metadata.get("shown_default"):
+        return f.metadata["shown_default"]
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(value) if value else "none"
+    return str(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, groups: list[Group], special: dict[str, dict] | None = None) -> None:
+    """One argparse group per Group; every flag's help ends with its default. Flags default to
+    None so that a value given in a TOML file is not overridden by a flag left out."""
+    seen = set()
+    for group in groups:
+        arguments = parser.add_argument_group(group.title)
+        for name, f in group.fields().items():
+            if name in seen:
+                continue
+            seen.add(name)
+            kind = type_name(f)
+            text = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices and kind != "bool":
+                text += f" ({' | '.join(map(str, choices))})"
+            kwargs = {"dest": name, "default": None, "help": f"{text} [default: {default_text(f)}]"}
+            kwargs.update((special or {}).get(name, {}))
+            if kind == "bool":
+                arguments.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+            elif kind == "list":
+                arguments.add_argument(flag(name), action="append", **kwargs)
+            elif "nargs" in kwargs:
+                arguments.add_argument(flag(name), **kwargs)
+            else:
+                caster = {"int": int, "float": float}.get(kind, str)
+                arguments.add_argument(flag(name), type=caster, **kwargs)

@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
@@ -37,7 +37,7 @@ def save_before_after(result: dict, eval_dir: Path, prompts: int = 8) -> tuple[P
     """Grids of the first prompts' images: base model (before) and personalised (after)."""
     from PIL import Image
 
-    from imprint.train.sampling import save_grid
+    from imprint.image.sampling import save_grid
 
     rows = result["prompts"][:prompts]
     base = {r["prompt"]: r for r in result["baseline"]["prompts"]}
@@ -54,11 +54,11 @@ def save_before_after(result: dict, eval_dir: Path, prompts: int = 8) -> tuple[P
 # images_per_prompt: 4, the DreamBench protocol's, still in the 5-minute budget on 2 CPU cores
 def run_demo(output: str | Path, steps: int = 200, subject: str = "striped_circle", images_per_prompt: int = 4,
              eval_steps: int = 20, model: str | Path | None = None) -> dict:
-    from imprint.config import build_config
-    from imprint.evaluate.run import evaluate_run
+    from imprint.image.settings import build_config
+    from imprint.image.evaluate_run import evaluate_run
     from imprint.toyworld.pretrain import MODEL_DIR
     from imprint.toyworld.subjects import SUBJECTS_BY_NAME, write_subject
-    from imprint.train.loop import train
+    from imprint.image.train import train
 
     if subject not in SUBJECTS_BY_NAME:
         raise ImprintError(f"--subject {subject}: not a toy-world subject; choose one of {', '.join(SUBJECTS_BY_NAME)}")
@@ -83,7 +83,7 @@ def run_demo(output: str | Path, steps: int = 200, subject: str = "striped_circl
     ))
     train(cfg)
     trained = time.time()
-    result = evaluate_run(run, metrics="toyworld", images_per_prompt=images_per_prompt, steps=eval_steps,
+    result = evaluate_run(run, metrics="toyworld", images_per_prompt=images_per_prompt, inference_steps=eval_steps,
                           guidance_scale=GUIDANCE, eval_dir=output / "eval")
     before, after = save_before_after(result, output / "eval")
     print(f"demo finished in {time.time() - start:.0f} s (training {trained - start:.0f} s, "

@@ -1,7 +1,7 @@
-"""Evaluation: metric backends (DreamBench, ...), the evaluate command, reports, selection."""
+"""Evaluation: metric backends (DreamBench here; others register through the
+`imprint.metric_backends` entry points), metrics, the report and the comparison table."""
 
 from imprint.evaluate import dreambench  # noqa: F401  (registers the backend)
-from imprint.evaluate.backends import BACKENDS, MetricBackend, Scores, register_backend
-from imprint.toyworld import backend as _toyworld  # noqa: F401,E402  (registers "toyworld")
+from imprint.evaluate.backends import BACKENDS, MetricBackend, Scores, available_backends, make_backend, register_backend
 
-__all__ = ["BACKENDS", "MetricBackend", "Scores", "register_backend"]
+__all__ = ["BACKENDS", "MetricBackend", "Scores", "available_backends", "make_backend", "register_backend"]

@@ -9,15 +9,35 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from PIL import Image
 
+from imprint.util.errors import ImprintError
+
 BACKENDS: dict[str, type["MetricBackend"]] = {}
+# backends live where their world lives (the toy world's in toyworld/) and are found through this
+# entry-point group of the installed package, so evaluation imports none of them
+ENTRY_POINTS = "imprint.metric_backends"
 
 
 def register_backend(cls):
     BACKENDS[cls.name] = cls
     return cls
+
+
+def available_backends() -> dict[str, type["MetricBackend"]]:
+    for entry in entry_points(group=ENTRY_POINTS):
+        if entry.name not in BACKENDS:
+            entry.load()  # the module registers its backend
+    return BACKENDS
+
+
+def make_backend(name: str, **options) -> "MetricBackend":
+    backends = available_backends()
+    if name not in backends:
+        raise ImprintError(f"--metrics {name}: unknown backend; choose one of {', '.join(sorted(backends))}")
+    return backends[name](**options)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 from imprint.evaluate.report import NAMES
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 from imprint.evaluate.backends import MetricBackend, Scores, register_backend
 from imprint.evaluate.metrics import (diversity, leave_one_out, mean_interval,
                                       similarity_to_reference)

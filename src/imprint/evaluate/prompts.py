@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 
 _PLACES = [
     "in the jungle", "in the snow", "on the beach", "on a cobblestone street",

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 
 PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
 

@@ -1,12 +1,67 @@
-"""Model families: one file each. Only Stable Diffusion 1.x/2.x so far."""
+"""Model families, one file each, chosen from the model folder's model_index.json."""
 
-from imprint.families.sd import StableDiffusionFamily, load_pipeline, resolve_model
+from __future__ import annotations
 
-FAMILIES = {"sd": StableDiffusionFamily}
+import json
+from pathlib import Path
+
+from imprint.families.base import Family
+from imprint.util.errors import ImprintError
+
+FAMILIES: dict[str, type[Family]] = {}
 
 
-def load_family(model: str, family: str = "sd"):
-    return FAMILIES[family](model)
+def register_family(cls: type[Family]) -> type[Family]:
+    FAMILIES[cls.name] = cls
+    return cls
 
 
-__all__ = ["FAMILIES", "StableDiffusionFamily", "load_family", "load_pipeline", "resolve_model"]
+from imprint.families.sd import StableDiffusionFamily, resolve_model  # noqa: E402
+
+register_family(StableDiffusionFamily)
+
+
+def pipeline_class_name(model: str) -> str:
+    """`_class_name` of a model's model_index.json (a local folder, or a hub id's file)."""
+    resolved = resolve_model(model)
+    path = Path(resolved) / "model_index.json"
+    if not path.is_file():
+        from imprint.families.sd import loading
+
+        with loading(resolved):
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(resolved, "model_index.json"))
+    try:
+        return json.loads(path.read_text())["_class_name"]
+    except (ValueError, KeyError) as e:
+        raise ImprintError(f"--model {model}: {path} has no `_class_name`; not a diffusers pipeline folder") from e
+
+
+def family_class(model: str, name: str | None = None) -> type[Family]:
+    """The family of a model: by name (from a run's metadata) or detected from its folder."""
+    if name is not None:
+        if name not in FAMILIES:
+            raise ImprintError(f"model family {name!r} is not known to this imprint; upgrade imprint")
+        return FAMILIES[name]
+    class_name = pipeline_class_name(model)
+    for family in FAMILIES.values():
+        if class_name in family.pipeline_class_names:
+            return family
+    known = ", ".join(n for f in FAMILIES.values() for n in f.pipeline_class_names)
+    raise ImprintError(f"--model {model}: a {class_name}, which imprint does not train yet; it trains {known}")
+
+
+def load_family(model: str, name: str | None = None) -> Family:
+    return family_class(model, name)(model)
+
+
+def load_pipeline(model: str, dtype=None, name: str | None = None):
+    """The base model as its family's diffusers pipeline."""
+    import torch
+
+    return family_class(model, name).load_pipeline(model, dtype or torch.float32)
+
+
+__all__ = ["FAMILIES", "Family", "StableDiffusionFamily", "family_class", "load_family", "load_pipeline", "register_family",
+           "resolve_model"]

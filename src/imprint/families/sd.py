@@ -13,15 +13,12 @@ from pathlib import Path
 
 import torch
 
-from imprint.errors import ImprintError
+from imprint.families.base import NON_ARCHITECTURE_KEYS, Family
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# config keys that name a file or a version, not the architecture
-_NON_ARCH_KEYS = {"_name_or_path", "_diffusers_version", "_class_name", "transformers_version",
-                  "_commit_hash", "torch_dtype", "dtype", "architectures", "_use_default_values"}
 
 
 def resolve_model(model: str, flag: str = "--model") -> str:
@@ -43,7 +40,8 @@ def resolve_model(model: str, flag: str = "--model") -> str:
 
 
 @contextlib.contextmanager
-def _loading(model: str, flag: str = "--model"):
+def loading(model: str, flag: str = "--model"):
+    """Loading errors of diffusers / transformers as one line naming the model."""
     try:
         yield
     except ImprintError:
@@ -56,49 +54,50 @@ def _loading(model: str, flag: str = "--model"):
         ) from e
 
 
-def load_pipeline(model: str, dtype: torch.dtype = torch.float32):
-    """The base model as a diffusers StableDiffusionPipeline, without the safety checker."""
-    from diffusers import StableDiffusionPipeline
-
-    model = resolve_model(model)
-    with _loading(model):
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
-            use_safetensors=True,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def architecture_fingerprint(unet_config: dict, text_config: dict) -> str:
     """Hash of the UNet and text-encoder architecture: runs are tied to it, not to a path."""
     clean = {
-        "unet": {k: v for k, v in sorted(unet_config.items()) if k not in _NON_ARCH_KEYS},
-        "text_encoder": {k: v for k, v in sorted(text_config.items()) if k not in _NON_ARCH_KEYS
+        "unet": {k: v for k, v in sorted(unet_config.items()) if k not in NON_ARCHITECTURE_KEYS},
+        "text_encoder": {k: v for k, v in sorted(text_config.items()) if k not in NON_ARCHITECTURE_KEYS
                          and not isinstance(v, dict)},
     }
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class StableDiffusionFamily:
+class StableDiffusionFamily(Family):
     """The parts of an SD 1.x/2.x model and the maths of its training objective."""
 
     name = "sd"
+    pipeline_class_names = ("StableDiffusionPipeline",)
     denoiser_name = "unet"
-    # PEFT target modules for LoRA-type methods, per trainable part
     lora_targets = {
         "unet": ["to_q", "to_k", "to_v", "to_out.0"],
         "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
     }
-    # added with --lora-targets attention+conv: the ResNet blocks' 3x3 convolutions
+    # the ResNet blocks' 3x3 convolutions (as LyCORIS' LoCon)
     lora_conv_targets = {"unet": ["conv1", "conv2"]}
+    kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+    @classmethod
+    def from_pipeline(cls, pipe, model: str = "(in memory)") -> "StableDiffusionFamily":
+        """The family over a pipeline's parts as they are (trained from scratch, not loaded)."""
+        from diffusers import DDPMScheduler
+
+        family = cls.__new__(cls)
+        family.model = model
+        family.tokenizer, family.text_encoder, family.vae, family.unet = (
+            pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet)
+        family.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        family.prediction_type = family.noise_scheduler.config.prediction_type
+        family.fingerprint = architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
+        return family
 
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         self.model = resolve_model(model)
-        with _loading(self.model):
+        with loading(self.model):
             self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
             self.text_encoder = CLIPTextModel.from_pretrained(
                 self.model, subfolder="text_encoder", use_safetensors=True)
@@ -110,8 +109,8 @@ class StableDiffusionFamily:
         for part in (self.text_encoder, self.vae, self.unet):
             part.requires_grad_(False)
             part.eval()
-        self.fingerprint = architecture_fingerprint(
-            dict(self.unet.config), self.text_encoder.config.to_dict())
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.fingerprint = architecture_fingerprint(dict(self.unet.config), self.text_encoder.config.to_dict())
 
     # --- parts -------------------------------------------------------------------------
     @property
@@ -119,46 +118,38 @@ class StableDiffusionFamily:
         parts = {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
 
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.unet
-
-    def to(self, device, frozen_dtype: torch.dtype, trained: set[str]) -> None:
-        """Frozen parts in the compute dtype (saves memory), trained parts stay float32."""
-        for name, module in self.modules.items():
-            module.to(device, dtype=torch.float32 if name in trained else frozen_dtype)
-
     def enable_gradient_checkpointing(self, trained: set[str]) -> None:
         if "unet" in trained:
             self.unet.enable_gradient_checkpointing()
         if "text_encoder" in trained:
             self.text_encoder.gradient_checkpointing_enable()
 
-    # --- encoding ----------------------------------------------------------------------
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids
-
-    def encode_prompts(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.to(self.text_encoder.device))[0]
-
-    @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(prompt, empty negative prompt) embeddings, so sampling needs no text encoder."""
-        empty = self.encode_prompts(self.tokenize([""]))
-        return [(self.encode_prompts(self.tokenize([p])), empty) for p in prompts]
-
     def release_encoders(self, keep_text_encoder: bool) -> None:
-        """Free what the caches made redundant: the VAE encoder always (sampling only decodes),
-        the text encoder when it is frozen (its outputs are cached). Saves ~0.6 GB on SD1.5."""
+        """The VAE encoder always (sampling only decodes), the text encoder when it is frozen
+        (its outputs are cached). Saves ~0.6 GB on SD1.5."""
         self.vae.encoder = None
         self.vae.quant_conv = None
         if not keep_text_encoder:
             self.text_encoder = None
         gc.collect()
 
+    # --- conditioning ------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+
+    def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self.text_encoder(tokens.to(self.text_encoder.device))[0]}
+
+    @torch.no_grad()
+    def encode_for_sampling(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(prompt, empty negative prompt) embeddings, so sampling needs no text encoder."""
+        empty = self.encode_prompts(self.tokenize([""]))["prompt_embeds"]
+        return [(self.encode_prompts(self.tokenize([p]))["prompt_embeds"], empty) for p in prompts]
+
+    # --- images and the objective -------------------------------------------------------
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels in [-1, 1] -> the VAE posterior (mean, std), unscaled, float32 on the CPU."""
@@ -174,26 +165,28 @@ class StableDiffusionFamily:
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return (mean + std * eps) * self.vae.config.scaling_factor
 
-    # --- objective ---------------------------------------------------------------------
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,),
                              generator=generator).long()
 
     def noisy_input_and_target(self, latents, noise, timesteps):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
+        if self.prediction_type == "epsilon":
             target = noise
-        elif kind == "v_prediction":
+        elif self.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
-            raise ImprintError(f"scheduler prediction_type {kind!r} is not supported for training")
+            raise ImprintError(f"scheduler prediction_type {self.prediction_type!r} is not supported for training")
         return noisy, target
 
-    def predict(self, noisy, timesteps, prompt_embeds):
-        return self.unet(noisy, timesteps, prompt_embeds, return_dict=False)[0]
+    def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        return alphas / (1 - alphas)
 
-    # --- sampling with the parts being trained -------------------------------------------
+    def predict(self, noisy, timesteps, conditioning):
+        return self.unet(noisy, timesteps, conditioning["prompt_embeds"], return_dict=False)[0]
+
+    # --- sampling, loading, files --------------------------------------------------------
     def pipeline(self):
         from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
@@ -205,9 +198,26 @@ class StableDiffusionFamily:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    # --- the LoRA file diffusers loads ----------------------------------------------------
-    @staticmethod
-    def save_lora(folder: Path, layers: dict[str, dict], adapter_configs: dict[str, dict]) -> None:
+    @classmethod
+    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
+        """The base model as a diffusers StableDiffusionPipeline, without the safety checker."""
+        from diffusers import StableDiffusionPipeline
+
+        model = resolve_model(model)
+        with loading(model):
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                use_safetensors=True,
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def pipeline_fingerprint(cls, pipe) -> str:
+        return architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
+
+    @classmethod
+    def save_lora(cls, folder: Path, layers: dict[str, dict], adapter_configs: dict[str, dict]) -> None:
         from diffusers import StableDiffusionPipeline
 
         StableDiffusionPipeline.save_lora_weights(
@@ -217,3 +227,11 @@ class StableDiffusionFamily:
             unet_lora_adapter_metadata=adapter_configs.get("unet"),
             text_encoder_lora_adapter_metadata=adapter_configs.get("text_encoder"),
         )
+
+    @classmethod
+    def kohya_module_name(cls, part: str, module_path: str) -> str:
+        # kohya names text-encoder modules from CLIPTextModel's tree, which has a `text_model.`
+        # level that transformers 5's LoRA keys leave out; ComfyUI / A1111 look for it
+        if part == "text_encoder" and not module_path.startswith("text_model."):
+            module_path = "text_model." + module_path
+        return super().kohya_module_name(part, module_path)

@@ -1,14 +1,15 @@
-"""What every method is: the parts it trains, its trainable state, its result files.
+"""What every method is: its settings, the parts it trains, its trainable state, its files.
 
-The loop talks to a method only through this class, so a new method is one file that
-subclasses it and registers itself; the same registry creates methods for training and
-loads their results for generation.
+The task talks to a method only through this class, so a new method is one file that
+subclasses it, declares a `Settings` dataclass (its flags and config keys) and registers
+itself; the same registry creates methods for training and loads their results.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +22,32 @@ def register(cls: type["Method"]) -> type["Method"]:
     return cls
 
 
+@dataclass
+class Subject:
+    """Who is being taught: the identifier the user writes and the class noun."""
+
+    token: str
+    class_name: str
+
+
+@dataclass
+class NoSettings:
+    pass
+
+
+def replace_word(prompt: str, word: str, replacement: str) -> str:
+    return re.sub(rf"(?<!\S){re.escape(word)}(?!\S)", replacement, prompt)
+
+
 class Method(ABC):
     name = "base"
+    summary = ""                 # one line for `imprint methods`
+    Settings: type = NoSettings
+    default_lr = 1e-4            # when --lr is not given
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, settings=None):
+        self.settings = settings if settings is not None else self.Settings()
+        self.subject: Subject | None = None
 
     # --- training -------------------------------------------------------------------------
     @abstractmethod
@@ -37,13 +59,17 @@ class Method(ABC):
         Adapter methods return none: their frozen base weights take the compute dtype."""
         return self.trained_parts()
 
-    @abstractmethod
-    def prepare(self, family) -> list[torch.nn.Parameter]:
+    def prepare(self, family, subject: Subject) -> list[torch.nn.Parameter]:
         """Add adapters / tokens to the family's parts; return the parameters to optimise."""
+        self.subject = subject
+        return self.add_trainables(family)
+
+    @abstractmethod
+    def add_trainables(self, family) -> list[torch.nn.Parameter]: ...
 
     def prompt_token(self) -> str:
         """The text that stands for the subject in training prompts."""
-        return self.cfg.token
+        return self.subject.token
 
     def metadata(self) -> dict:
         """What generate needs to load the result, beyond the run config."""
@@ -87,5 +113,5 @@ class Method(ABC):
         """Let users write the run's token; methods whose token differs swap it in."""
         token, prompt_token = metadata.get("token"), metadata.get("prompt_token")
         if token and prompt_token and token != prompt_token:
-            return re.sub(rf"(?<!\S){re.escape(token)}(?!\S)", prompt_token, prompt)
+            return replace_word(prompt, token, prompt_token)
         return prompt

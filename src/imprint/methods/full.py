@@ -3,21 +3,31 @@ text encoder when asked); the result is diffusers model folders that replace the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from imprint.methods.base import Method, register
+from imprint.util.settings import setting
+
+
+@dataclass
+class FullSettings:
+    train_text_encoder: bool = setting(False, "also train the text encoder")
 
 
 @register
 class Full(Method):
     name = "full"
+    summary = "every denoiser weight (and the text encoder's); diffusers model folders"
+    Settings = FullSettings
+    default_lr = 5e-6
 
     def trained_parts(self) -> set[str]:
-        return {"unet", "text_encoder"} if self.cfg.train_text_encoder else {"unet"}
+        return {"unet", "text_encoder"} if self.settings.train_text_encoder else {"unet"}
 
-    def prepare(self, family) -> list[torch.nn.Parameter]:
+    def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = []
         for part in sorted(self.trained_parts()):
             module = family.modules[part]
@@ -35,12 +45,10 @@ class Full(Method):
 
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        dtype = pipe.unet.dtype
-        pipe.unet = UNet2DConditionModel.from_pretrained(
-            folder / "unet", torch_dtype=dtype, use_safetensors=True).to(pipe.device)
-        if (folder / "text_encoder").is_dir():
-            pipe.text_encoder = CLIPTextModel.from_pretrained(
-                folder / "text_encoder", torch_dtype=dtype, use_safetensors=True).to(pipe.device)
+        # each part loads with the class the pipeline already holds, whatever the family
+        for part in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+            if (folder / part).is_dir() and getattr(pipe, part, None) is not None:
+                current = getattr(pipe, part)
+                loaded = type(current).from_pretrained(folder / part, torch_dtype=current.dtype,
+                                                       use_safetensors=True).to(pipe.device)
+                setattr(pipe, part, loaded)

@@ -4,26 +4,36 @@ vector(s), initialised from the class name, are the only weights trained."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from imprint.errors import ImprintError
-from imprint.methods.base import Method, register
+from imprint.util.errors import ImprintError
+from imprint.methods.base import Method, register, replace_word
+from imprint.util.settings import setting
 
 log = logging.getLogger("imprint")
 
 WEIGHT_NAME = "learned_embeds.safetensors"
 
 
+@dataclass
+class TextualInversionSettings:
+    num_vectors: int = setting(1, "embedding vectors of the new token", positive=True)
+
+
 @register
 class TextualInversion(Method):
     name = "textual_inversion"
+    summary = "the embedding vectors of a new token only; diffusers learned_embeds file"
+    Settings = TextualInversionSettings
+    default_lr = 5e-4
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.placeholder = cfg.token
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self.placeholder = ""
         self.token_ids: list[int] = []
         self._frozen_rows: torch.Tensor | None = None
 
@@ -31,30 +41,31 @@ class TextualInversion(Method):
         return {"text_encoder"}
 
     def tokens(self) -> list[str]:
-        return [self.placeholder] + [f"{self.placeholder}_{i}" for i in range(1, self.cfg.num_vectors)]
+        return [self.placeholder] + [f"{self.placeholder}_{i}" for i in range(1, self.settings.num_vectors)]
 
     def prompt_token(self) -> str:
         return " ".join(self.tokens())
 
-    def prepare(self, family) -> list[torch.nn.Parameter]:
+    def add_trainables(self, family) -> list[torch.nn.Parameter]:
         tokenizer, text_encoder = family.tokenizer, family.text_encoder
+        self.placeholder = self.subject.token
         if self.placeholder in tokenizer.get_vocab():
             # an existing word cannot get a new embedding: use <token>, as the TI papers do
-            self.placeholder = f"<{self.cfg.token}>"
+            self.placeholder = f"<{self.subject.token}>"
             log.info("token %r is already in the vocabulary; training %r instead",
-                     self.cfg.token, self.placeholder)
+                     self.subject.token, self.placeholder)
         if tokenizer.add_tokens(self.tokens()) != len(self.tokens()):
             raise ImprintError(
-                f"--token {self.cfg.token}: {self.placeholder!r} already exists in the tokenizer; "
+                f"--token {self.subject.token}: {self.placeholder!r} already exists in the tokenizer; "
                 "pick a new token"
             )
         text_encoder.resize_token_embeddings(len(tokenizer))
         self.token_ids = tokenizer.convert_tokens_to_ids(self.tokens())
 
         embeddings = text_encoder.get_input_embeddings().weight
-        class_ids = tokenizer(self.cfg.class_name, add_special_tokens=False).input_ids
+        class_ids = tokenizer(self.subject.class_name, add_special_tokens=False).input_ids
         if not class_ids:
-            raise ImprintError(f"--class-name {self.cfg.class_name!r}: tokenizes to nothing")
+            raise ImprintError(f"--class-name {self.subject.class_name!r}: tokenizes to nothing")
         with torch.no_grad():
             init = embeddings[class_ids].mean(0)  # a multi-word class starts at its mean
             embeddings[self.token_ids] = init
@@ -99,4 +110,5 @@ class TextualInversion(Method):
     @classmethod
     def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:
         # diffusers expands a multi-vector placeholder itself; the prompt needs the placeholder
-        return Method.rewrite_prompt(prompt, {**metadata, "prompt_token": metadata["placeholder"]})
+        token, placeholder = metadata.get("token"), metadata["placeholder"]
+        return replace_word(prompt, token, placeholder) if token and token != placeholder else prompt

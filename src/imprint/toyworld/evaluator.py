@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from imprint.data.images import images_to_tensor
+from imprint.image.data import images_to_tensor
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, SHAPES, Scene, render
 
 log = logging.getLogger("imprint")

@@ -35,7 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imprint.errors import ImprintError
+from imprint.core.loop import Task, fit
+from imprint.core.precision import make_accelerator
+from imprint.core.rng import step_generator
+from imprint.core.run_folder import RunFolder
+from imprint.core.settings import TrainerSettings
+from imprint.objectives import Batch, Objective
+from imprint.objectives.base import INSTANCE
+from imprint.objectives.denoise import Denoise
+from imprint.objectives.snr import MinSNR, SNRSettings
+from imprint.util.errors import ImprintError
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, SHAPES, Scene, render
 
 log = logging.getLogger("imprint")
@@ -212,8 +221,6 @@ def _lr(step: int, recipe_steps: int, warmup: int, lr: float) -> float:
 def train_vae(vae, pixels: torch.Tensor, recipe: PretrainRecipe, device: torch.device) -> list[float]:
     from tqdm.auto import tqdm
 
-    from imprint.train.loop import step_generator
-
     vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     losses, n, crop = [], pixels.shape[0], recipe.vae_crop
@@ -295,7 +302,7 @@ def vae_round_trip(vae, photos: list, device="cpu") -> list:
     """PIL images -> the same images encoded and decoded by the VAE (posterior means)."""
     from diffusers.image_processor import VaeImageProcessor
 
-    from imprint.data.images import images_to_tensor
+    from imprint.image.data import images_to_tensor
 
     recon = vae.decode(vae.encode(images_to_tensor(photos).to(device)).latent_dist.mean).sample.cpu()
     return VaeImageProcessor().postprocess(recon, output_type="pil")
@@ -320,91 +327,80 @@ def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_loss_weight: str | None) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), as factors on the epsilon loss (with
-    `v_loss_weight` None) or the v loss (see PretrainRecipe.v_loss_weight)."""
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    if v_loss_weight == "snr_plus_one":  # the v loss weighs x0's error by snr + 1: cap that instead
-        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
-    if v_loss_weight == "snr":
-        return torch.clamp(snr, max=gamma) / (snr + 1)
-    return torch.clamp(snr, max=gamma) / snr
+class DenoiserPretraining(Task):
+    """Stage 3 on the trainer core: the text encoder and UNet trained jointly on captions of
+    the rendered scenes (cached latents), min-SNR weighted, with offset noise if the recipe asks."""
+
+    name = "pretrain"
+
+    def __init__(self, pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Tensor,
+                 recipe: PretrainRecipe, device: torch.device):
+        from imprint.families.sd import StableDiffusionFamily
+
+        self.family = StableDiffusionFamily.from_pipeline(pipe)
+        self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
+        self.scenes, self.mean, self.std, self.recipe, self.device = scenes, mean, std, recipe, device
+        self.unet.to(device).train()
+        self.text_encoder.to(device).train()
+        self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        v_loss_weight = recipe.v_loss_weight if self.family.prediction_type == "v_prediction" else "min_snr"
+        self.objective = Objective([Denoise(), MinSNR(SNRSettings(
+            snr_gamma=recipe.min_snr_gamma, snr_weighting="min_snr" if v_loss_weight == "snr" else v_loss_weight))])
+
+    def settings(self) -> TrainerSettings:
+        r = self.recipe
+        return TrainerSettings(steps=r.unet_steps, lr=r.lr, weight_decay=1e-2, max_grad_norm=1.0,
+                               ema_decay=r.ema_decay, seed=r.seed, checkpoint_every=r.checkpoint_every,
+                               keep_checkpoints=1)
+
+    def make_scheduler(self, optimizer, settings):
+        r = self.recipe
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr(step, r.unet_steps, r.warmup_steps, 1.0))
+
+    def parameters(self):
+        return self.params
+
+    def loss(self, step: int, micro: int):
+        r, family = self.recipe, self.family
+        g = step_generator(r.seed, 2, step)
+        index = torch.randint(0, len(self.scenes), (r.batch_size,), generator=g)
+        rng = random.Random(f"{r.seed}-{step}")
+        ids = family.tokenize([caption(self.scenes[i], rng) for i in index.tolist()]).to(self.device)
+        latents = family.sample_latents(self.mean[index], self.std[index], g)
+        noise = torch.randn(latents.shape, generator=g)
+        if r.offset_noise:
+            noise += r.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        t = family.sample_timesteps(r.batch_size, g)
+        latents, noise, t = latents.to(self.device), noise.to(self.device), t.to(self.device)
+        noisy, target = family.noisy_input_and_target(latents, noise, t)
+        conditioning = family.encode_prompts(ids)
+        batch = Batch(latents, noise, t, noisy, target, conditioning, roles=[INSTANCE] * r.batch_size)
+        return self.objective(batch, family, family.predict(noisy, t, conditioning))
+
+    def trainable_state(self):
+        tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
+        return tensors | {f"te.{k}": v.detach().cpu().contiguous() for k, v in self.text_encoder.state_dict().items()}
+
+    def load_trainable_state(self, state):
+        self.unet.load_state_dict(_part(state, "unet."))
+        self.text_encoder.load_state_dict(_part(state, "te."))
+
+    def ema_tensors(self):
+        # state_dict() tensors share the parameters' storage; the EMA is of the UNet only
+        return {k: v for k, v in self.unet.state_dict().items() if v.dtype.is_floating_point}
 
 
 def train_denoiser(pipe, scenes: list[Scene], mean: torch.Tensor, std: torch.Tensor,
                    recipe: PretrainRecipe, device: torch.device, work: Path) -> list[float]:
-    from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
-
-    from imprint.train.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
-    from imprint.train.loop import _test_kill, step_generator
-
-    unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet.to(device).train()
-    text_encoder.to(device).train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    scale = pipe.vae.config.scaling_factor
-    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
-    start, losses = 0, []
-    checkpoint = find_resume_checkpoint(work, "latest")
-    if checkpoint is not None:
-        state, tensors, opt_state = load_checkpoint(checkpoint)
-        unet.load_state_dict(_part(tensors, "unet."))
-        text_encoder.load_state_dict(_part(tensors, "te."))
-        ema = {k: v.to(device) for k, v in _part(tensors, "ema.").items()}
-        optimizer.load_state_dict(opt_state)
-        start, losses = state["step"], state["losses"]
-        log.info("resuming the denoiser from %s", checkpoint)
-    # state_dict() tensors share the parameters' storage: list them (and their EMA) once
-    live = {k: v for k, v in unet.state_dict().items() if v.dtype.is_floating_point}
-    live_list, ema_list = list(live.values()), [ema[k] for k in live]
-    bar = tqdm(range(start, recipe.unet_steps), desc="denoiser", unit="step", mininterval=5,
-               initial=start, total=recipe.unet_steps)
-    for step in bar:
-        _test_kill("pretrain", step)
-        g = step_generator(recipe.seed, 2, step)
-        index = torch.randint(0, len(scenes), (recipe.batch_size,), generator=g)
-        rng = random.Random(f"{recipe.seed}-{step}")
-        texts = [caption(scenes[i], rng) for i in index.tolist()]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
-        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)) * scale
-        noise = torch.randn(latents.shape, generator=g)
-        if recipe.offset_noise:
-            noise += recipe.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=g)
-        latents, noise, t = latents.to(device), noise.to(device), t.to(device)
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        target = noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
-        prediction = unet(noisy, t, text_encoder(ids)[0]).sample
-        per_item = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
-        weights = _snr_weights(noise_scheduler, t, recipe.min_snr_gamma, recipe.v_loss_weight if v_prediction else None)
-        loss = (per_item * weights).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, recipe.unet_steps, recipe.warmup_steps, recipe.lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_list, live_list, 1 - decay)
-        losses.append(round(loss.item(), 5))
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.unet_steps:
-            tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-            tensors |= {f"te.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}
-            tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.items()}
-            save_checkpoint(work, step + 1, tensors, optimizer.state_dict(), {}, {"losses": losses}, keep=1)
-    unet.load_state_dict(ema)
-    unet.eval()
-    text_encoder.eval()
-    return losses
+    """-> the loss of every step (the EMA UNet is left in pipe.unet)."""
+    task = DenoiserPretraining(pipe, scenes, mean, std, recipe, device)
+    run = RunFolder(work)
+    ema = fit(task, task.settings(), run, make_accelerator("no", cpu=device.type == "cpu"), resume="latest",
+              desc="denoiser")
+    ema.copy_to_model()
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    return [json.loads(line)["loss"] for line in run.log_path.read_text().splitlines()]
 
 
 def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: str | None = None,
@@ -433,6 +429,7 @@ def pretrain(output: str | Path, recipe: PretrainRecipe | None = None, device: s
             raise ImprintError(f"{work}: holds a pre-training with another recipe; delete it or use another --output")
         log.warning("%s: the denoiser's recipe changed; keeping the trained VAE, restarting the denoiser", work)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        (work / "log.jsonl").unlink(missing_ok=True)
     recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     times = {}
@@ -505,7 +502,7 @@ def load_work_vae(folder: Path):
 def snapshot(output: str | Path, folder: str | Path) -> Path:
     """A loadable model from the newest checkpoint of a running or interrupted pre-training
     (the EMA UNet at that step): to look at, or try personalising, before it ends."""
-    from imprint.train.checkpoint import list_checkpoints, load_checkpoint
+    from imprint.core.checkpoint import list_checkpoints, load_checkpoint, load_more_tensors
 
     output, folder = Path(output), Path(folder)
     work = output.with_name(output.name + ".work")
@@ -518,7 +515,7 @@ def snapshot(output: str | Path, folder: str | Path) -> Path:
     pipe.vae = load_work_vae(work / "vae")
     scale_latents(pipe.vae, json.loads((work / "scaling.json").read_text()))  # written before any checkpoint
     state, tensors, _ = load_checkpoint(checkpoints[-1])
-    pipe.unet.load_state_dict(_part(tensors, "ema."))
+    pipe.unet.load_state_dict(load_more_tensors(checkpoints[-1], "ema"))
     pipe.text_encoder.load_state_dict(_part(tensors, "te."))
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / "pretrain.json").write_text(json.dumps({"snapshot_of_step": state["step"], "recipe": asdict(recipe)}))

@@ -13,7 +13,7 @@ from imprint.toyworld.backend import alignment, parse_prompt
 from imprint.toyworld.evaluator import ATTRIBUTES, load_evaluator, read_images
 from imprint.toyworld.pretrain import HELD_OUT
 from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SHAPES, Scene
-from imprint.train.sampling import sample
+from imprint.image.sampling import sample
 
 
 def _scenes(count: int, seed: int, held_out: bool) -> list[Scene]:

@@ -9,33 +9,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from imprint.data.images import load_subject_images
-from imprint.errors import ImprintError
-from imprint.evaluate.backends import BACKENDS
+from imprint.evaluate.backends import make_backend
 from imprint.evaluate.prompts import load_prompt_file, remove_identifier
 from imprint.evaluate.report import write_report
-from imprint.families import load_pipeline
-from imprint.generate import load_run_pipeline, read_metadata
-from imprint.train.checkpoint import write_json_atomic
-from imprint.train.sampling import images_per_call, sample
+from imprint.image.data import load_subject_images
+from imprint.image.generate import load_base_pipeline, load_run_pipeline, read_metadata
+from imprint.image.sampling import images_per_call, sample
+from imprint.util.files import write_json_atomic
 
 log = logging.getLogger("imprint")
 
 
-def make_backend(name: str, **options):
-    if name not in BACKENDS:
-        raise ImprintError(f"--metrics {name}: unknown backend; choose one of {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](**options)
-
-
-def _generate_all(pipe, prompts, n, seed, steps, resolution, label, guidance_scale):
+def _generate_all(pipe, prompts, n, seed, inference_steps, resolution, label, guidance_scale):
     """-> {prompt: its n images}; image j of prompt i starts from seed + 1000 * i + j."""
     out = {}
     per_bar_step = max(1, images_per_call(resolution) // n)  # prompts per progress-bar step
     bar = tqdm(total=len(prompts), desc=f"generate ({label})", unit="prompt")
     for start in range(0, len(prompts), per_bar_step):
         chunk = prompts[start:start + per_bar_step]
-        images = sample(pipe, chunk, resolution, seed + 1000 * start, steps, n, guidance_scale)
+        images = sample(pipe, chunk, resolution, seed + 1000 * start, inference_steps, n, guidance_scale)
         for k, prompt in enumerate(chunk):
             out[prompt] = images[k * n:(k + 1) * n]
         bar.update(len(chunk))
@@ -57,7 +49,7 @@ def _save_images(generated: dict, folder: Path, eval_dir: Path) -> dict[str, lis
 
 def evaluate_run(run: str | Path, model: str | None = None, images: str | None = None,
                  images_per_prompt: int = 4, seed: int = 0, prompts_file: str | None = None,
-                 metrics: str = "dreambench", steps: int = 30, resolution: int | None = None,
+                 metrics: str = "dreambench", inference_steps: int = 30, resolution: int | None = None,
                  backend_options: dict | None = None, backend=None, guidance_scale: float = 7.5,
                  eval_dir: str | Path | None = None, baseline_cache: dict | None = None) -> dict:
     """Generate, score and report a run (see the module docstring). `baseline_cache`: a dict
@@ -77,23 +69,23 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
 
     pipe, method, metadata = load_run_pipeline(run, model)
     run_prompts = {p: method.rewrite_prompt(p, metadata) for p in prompts}
-    personalised = _generate_all(pipe, list(run_prompts.values()), images_per_prompt, seed, steps,
+    personalised = _generate_all(pipe, list(run_prompts.values()), images_per_prompt, seed, inference_steps,
                                  resolution, "run", guidance_scale)
     personalised = {p: personalised[run_prompts[p]] for p in prompts}
-    class_images = sample(pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt,
+    class_images = sample(pipe, [class_prompt], resolution, seed + 99_991, inference_steps, images_per_prompt,
                           guidance_scale)
     del pipe
-    key = (str(model or metadata["base_model"]), tuple(prompts), images_per_prompt, seed, steps, resolution,
+    key = (str(model or metadata["base_model"]), tuple(prompts), images_per_prompt, seed, inference_steps, resolution,
            guidance_scale, class_prompt)
     if baseline_cache is not None and key in baseline_cache:
         baseline, base_class = baseline_cache[key]
     else:
-        base_pipe = load_pipeline(model or metadata["base_model"])
+        base_pipe, _ = load_base_pipeline(metadata, model)
         # the base model has no subject token: it gets the prompt without it ("a dog on the beach")
         baseline = _generate_all(base_pipe, [text_prompts[p] for p in prompts], images_per_prompt, seed,
-                                 steps, resolution, "base model", guidance_scale)
+                                 inference_steps, resolution, "base model", guidance_scale)
         baseline = {p: baseline[text_prompts[p]] for p in prompts}
-        base_class = sample(base_pipe, [class_prompt], resolution, seed + 99_991, steps, images_per_prompt,
+        base_class = sample(base_pipe, [class_prompt], resolution, seed + 99_991, inference_steps, images_per_prompt,
                             guidance_scale)
         del base_pipe
         if baseline_cache is not None:
@@ -127,7 +119,7 @@ def evaluate_run(run: str | Path, model: str | None = None, images: str | None =
     result = {
         "run": str(run), "method": metadata["method"], "base_model": metadata["base_model"],
         "backend": backend.name, "protocol": backend.protocol,
-        "settings": {"images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
+        "settings": {"images_per_prompt": images_per_prompt, "seed": seed, "inference_steps": inference_steps,
                      "guidance_scale": guidance_scale,
                      "resolution": resolution, "prompts": len(prompts), "class_prompt": class_prompt},
         "metrics": list(backend.metrics),

@@ -46,13 +46,16 @@ def backend_scorer(backend, real_images, prompts: list[str], text_prompts: list[
                       prompt_embeds=None):
     """I: the backend's similarity to the subject photos (DINO for DreamBench); T: its text
     alignment (CLIP-T), both averaged over the validation prompts."""
-    from imprint.train.sampling import sample
+    from imprint.image.sampling import sample
 
     reference = backend.subject_reference(real_images)  # once, not per prompt and checkpoint
 
     def score(pipe) -> tuple[float, float]:
+        from tqdm.auto import tqdm
+
         image_sims, text_sims = [], []
-        for i, (prompt, text) in enumerate(zip(prompts, text_prompts)):
+        for i, (prompt, text) in enumerate(tqdm(list(zip(prompts, text_prompts)), desc="scoring checkpoint",
+                                                unit="prompt", leave=False, disable=None)):
             embeds = [prompt_embeds[i]] if prompt_embeds else None
             images = sample(pipe, [prompt], resolution, seed + 1000 * i, steps, images_per_prompt,
                             prompt_embeds=embeds)

@@ -1,9 +1,10 @@
 """Checkpoints: written atomically (temporary folder, then rename), pickle-free (safetensors
 for tensors, JSON for the rest), the last K kept.
 
-A checkpoint holds the trainable weights, the optimizer state, the LR scheduler state and
-the step. Every random draw of the loop comes from a generator seeded by (seed, step), so
-the step alone restores the RNG streams and the data order.
+A checkpoint holds the trainable weights, the optimizer state, the LR scheduler state, the
+step and, when on, the EMA weights (ema.safetensors). Every random draw of a task comes from
+a generator seeded by (seed, stream, step), so the step alone restores the RNG streams and
+the data order.
 """
 
 from __future__ import annotations
@@ -17,31 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
+from imprint.util.files import fsync_dir as _fsync_dir
 
 PREFIX = "checkpoint-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def optimizer_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -66,7 +46,9 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor],
                     optimizer_state: dict, scheduler_state: dict, extra: dict, keep: int,
-                    before_rename=None, protect: set[int] = frozenset()) -> Path:
+                    before_rename=None, protect: set[int] = frozenset(),
+                    more_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """`more_tensors`: further files of the checkpoint, {name: tensors} -> name.safetensors."""
     root = output / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step}"
@@ -75,6 +57,8 @@ def save_checkpoint(output: Path, step: int, trainable: dict[str, torch.Tensor],
     save_file(trainable, str(tmp / "trainable.safetensors"))
     opt_tensors, opt_rest = optimizer_to_flat(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    for name, tensors in (more_tensors or {}).items():
+        save_file(tensors, str(tmp / f"{name}.safetensors"))
     with open(tmp / "state.json", "w") as f:
         json.dump({"step": step, "optimizer": opt_rest, "lr_scheduler": scheduler_state, **extra},
                   f, indent=2, default=str)
@@ -127,6 +111,12 @@ def find_resume_checkpoint(output: Path, resume: str) -> Path | None:
             f"folder under {output / 'checkpoints'}"
         )
     return path
+
+
+def load_more_tensors(path: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """A further file of a checkpoint (see save_checkpoint), or None where it has none."""
+    file = Path(path) / f"{name}.safetensors"
+    return load_file(str(file)) if file.is_file() else None
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from imprint.data.images import list_image_files
-from imprint.train.checkpoint import write_json_atomic
-from imprint.train.sampling import images_per_call
+from imprint.image.data import list_image_files
+from imprint.image.sampling import images_per_call
+from imprint.util.files import write_json_atomic
 
 log = logging.getLogger("imprint")
 

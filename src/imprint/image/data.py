@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imprint.errors import ImprintError
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 

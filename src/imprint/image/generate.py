@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from imprint.errors import ImprintError
-from imprint.families import load_pipeline, resolve_model
-from imprint.families.sd import architecture_fingerprint
+from imprint.core.run_folder import RunFolder
+from imprint.families import family_class, resolve_model
+from imprint.image.sampling import sample, save_grid
 from imprint.methods import METHODS
-from imprint.train.sampling import sample, save_grid
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
 
 def read_metadata(run: str | Path) -> dict:
-    path = Path(run) / "metadata.json"
-    if not path.is_file():
-        hint = " (training did not finish: resume it with `imprint train ... --resume`)" if (
-            Path(run) / "config.json").is_file() else ""
-        raise ImprintError(f"--run {run}: no metadata.json, so not a finished imprint run{hint}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ImprintError(f"{path}: unreadable ({e}); the run folder is damaged") from e
+    return RunFolder(run).read_metadata()
+
+
+def load_base_pipeline(run_metadata: dict, model: str | None = None, dtype=torch.float32):
+    """The base model of a run (or `model`) as its family's pipeline."""
+    family = family_class(model or run_metadata["base_model"], run_metadata.get("family", "sd"))
+    return family.load_pipeline(model or run_metadata["base_model"], dtype), family
 
 
 def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.float32):
@@ -38,9 +35,8 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
     if method is None:
         raise ImprintError(f"{run / 'metadata.json'}: unknown method {metadata.get('method')!r}; "
                            "upgrade imprint to load it")
-    pipe = load_pipeline(model or metadata["base_model"], dtype)
-    fingerprint = architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
-    if fingerprint != metadata.get("base_model_fingerprint"):
+    pipe, family = load_base_pipeline(metadata, model, dtype)
+    if family.pipeline_fingerprint(pipe) != metadata.get("base_model_fingerprint"):
         raise ImprintError(
             f"--model {model}: not the base model of run {run} (trained on "
             f"{metadata['base_model']}, another architecture); pass --model {metadata['base_model']}"
@@ -53,17 +49,18 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
 
 
 def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
-             num_images: int = 4, seed: int = 0, steps: int = 30, guidance_scale: float = 7.5,
+             num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float = 7.5,
              resolution: int | None = None) -> list[Path]:
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ImprintError(f"--output {output}: is a file, not a folder; choose a folder for the images")
     pipe, method, metadata = load_run_pipeline(run, model)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
-    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    written = []
-    all_images = []
-    for i, prompt in enumerate(prompts):
+    written, all_images = [], []
+    for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
         text = method.rewrite_prompt(prompt, metadata)
-        images = sample(pipe, [text], resolution, seed + 1000 * i, steps, num_images, guidance_scale)
+        images = sample(pipe, [text], resolution, seed + 1000 * i, inference_steps, num_images, guidance_scale)
         for j, image in enumerate(images):
             path = output / f"{i:02d}-{j:02d}.png"
             image.save(path)

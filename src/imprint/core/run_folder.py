@@ -1,0 +1,99 @@
+"""The run folder, written and read in one place.
+
+  config.json     the settings the run was started with (flat keys; a resume must match them)
+  metadata.json   written last: its presence means the run finished
+  log.jsonl       one line per optimizer step
+  checkpoints/    see core/checkpoint.py
+  samples/        sample grids (image tasks)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imprint.core import checkpoint as ckpt
+from imprint.util.errors import ImprintError
+from imprint.util.files import write_json_atomic, write_text_atomic
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / "metadata.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    def is_finished(self) -> bool:
+        return self.metadata_path.is_file()
+
+    def is_started(self) -> bool:
+        return self.config_path.exists() or bool(ckpt.list_checkpoints(self.path))
+
+    def check_new_output(self, flag: str = "--output") -> None:
+        """Never overwrite a run: a folder with a run in it needs --resume."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ImprintError(f"{flag} {self.path}: is a file, not a folder; choose a folder for the run")
+        if self.is_finished():
+            raise ImprintError(f"{flag} {self.path}: already holds a finished run; choose another folder")
+        if self.is_started():
+            raise ImprintError(f"{flag} {self.path}: holds an unfinished run; pass --resume to continue it "
+                               "or choose another folder")
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise ImprintError(f"--output {self.path}: cannot make the folder (a file is in the way: "
+                               f"{e.filename}); choose another folder") from e
+        except PermissionError as e:
+            raise ImprintError(f"--output {self.path}: permission denied; choose a folder you can write") from e
+
+    # --- config and metadata ---------------------------------------------------------------
+    def read_config(self) -> dict | None:
+        if not self.config_path.exists():
+            return None
+        with open(self.config_path) as f:
+            return json.load(f)
+
+    def write_config(self, config: dict) -> None:
+        if not self.config_path.exists():
+            write_json_atomic(self.config_path, config)
+
+    def write_metadata(self, metadata: dict) -> None:
+        write_json_atomic(self.metadata_path, metadata)
+
+    def read_metadata(self, flag: str = "--run") -> dict:
+        if not self.metadata_path.is_file():
+            hint = (" (training did not finish: resume it with `imprint train ... --resume`)"
+                    if self.config_path.is_file() else "")
+            raise ImprintError(f"{flag} {self.path}: no metadata.json, so not a finished imprint run{hint}")
+        try:
+            with open(self.metadata_path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise ImprintError(f"{self.metadata_path}: unreadable ({e}); the run folder is damaged") from e
+
+    # --- the log --------------------------------------------------------------------------
+    def open_log(self, start_step: int):
+        """The log for appending from `start_step` on: lines of steps past it (written by a run
+        killed after its last checkpoint) are cut, so every step is logged once."""
+        if self.log_path.exists():
+            kept = []
+            for line in self.log_path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= start_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by the kill
+            write_text_atomic(self.log_path, "".join(kept))
+        return open(self.log_path, "a")

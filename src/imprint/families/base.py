@@ -1,0 +1,145 @@
+"""What a model family is, by role. Training, sampling, evaluation and export talk to a
+family only through this interface, so SDXL, SD3 or FLUX is one new file.
+
+Roles: the parts (denoiser, text encoders, VAE) and which of them train; prompt encoding into
+a conditioning dict (SD: prompt embeddings; SDXL will add pooled embeddings and time ids,
+FLUX its guidance); image encoding into latents; the objective's maths (timesteps, noise,
+noisy input and target, SNR for weighting); the frozen reference prediction; the pipeline it
+samples with; LoRA target names per part; the export key maps; the architecture fingerprint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+
+# config keys that name a file or a version, not the architecture
+NON_ARCHITECTURE_KEYS = {"_name_or_path", "_diffusers_version", "_class_name", "transformers_version",
+                         "_commit_hash", "torch_dtype", "dtype", "architectures", "_use_default_values"}
+
+
+class Family(ABC):
+    name = "base"
+    pipeline_class_names: tuple[str, ...] = ()  # model_index.json `_class_name`s this family loads
+    denoiser_name = "unet"
+    lora_targets: dict[str, list[str]] = {}       # PEFT target modules per trainable part
+    lora_conv_targets: dict[str, list[str]] = {}  # added by --lora-targets attention+conv
+    kohya_prefixes: dict[str, str] = {}           # part -> key prefix of the kohya / A1111 layout
+    prediction_type = "epsilon"
+
+    model: str          # resolved path or hub id
+    fingerprint: str    # computed once, when the parts are loaded
+
+    # --- parts ---------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The loaded parts by name (released ones left out)."""
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.modules[self.denoiser_name]
+
+    def to(self, device, frozen_dtype: torch.dtype, float32_parts: set[str]) -> None:
+        """Frozen parts in the compute dtype (saves memory), parts trained in full stay float32."""
+        for name, module in self.modules.items():
+            module.to(device, dtype=torch.float32 if name in float32_parts else frozen_dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def enable_gradient_checkpointing(self, trained: set[str]) -> None: ...
+
+    def release_encoders(self, keep_text_encoder: bool) -> None:
+        """Free what the caches made redundant."""
+
+    # --- conditioning --------------------------------------------------------------------
+    @abstractmethod
+    def tokenize(self, prompts: list[str]):
+        """Prompts -> what encode_prompts takes (token ids; a dict for several encoders)."""
+
+    @abstractmethod
+    def encode_prompts(self, tokens) -> dict[str, torch.Tensor]:
+        """-> the conditioning dict the denoiser takes, batch first."""
+
+    @abstractmethod
+    def encode_for_sampling(self, prompts: list[str]) -> list:
+        """Per prompt, what `sample(prompt_embeds=...)` needs, so sampling needs no text encoder."""
+
+    # --- images and the objective ----------------------------------------------------------
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels in [-1, 1] -> the latent posterior (mean, std), float32 on the CPU."""
+
+    @abstractmethod
+    def sample_latents(self, mean, std, generator: torch.Generator) -> torch.Tensor: ...
+
+    @abstractmethod
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    @abstractmethod
+    def noisy_input_and_target(self, latents, noise, timesteps) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio per timestep (for loss weighting)."""
+
+    @abstractmethod
+    def predict(self, noisy, timesteps, conditioning: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """The base model's behaviour: every PEFT adapter of every part switched off."""
+        switched = []
+        for module in self.modules.values():
+            if getattr(module, "peft_config", None):
+                module.disable_adapters()
+                switched.append(module)
+        try:
+            yield bool(switched)
+        finally:
+            for module in switched:
+                module.enable_adapters()
+
+    def reference_prediction(self, noisy, timesteps, conditioning) -> torch.Tensor:
+        """The frozen model's prediction (adapters off) for the same input."""
+        from imprint.util.errors import ImprintError
+
+        with self.adapters_disabled() as any_adapter:
+            if not any_adapter:
+                raise ImprintError("this loss term needs the frozen model's prediction, which an adapter "
+                                   "method gives (adapters off); use --method lora")
+            return self.predict(noisy, timesteps, conditioning)
+
+    # --- sampling, loading, files ------------------------------------------------------------
+    @abstractmethod
+    def pipeline(self):
+        """A diffusers pipeline over the live parts (sampling with what is being trained)."""
+
+    @classmethod
+    @abstractmethod
+    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
+        """The base model as a diffusers pipeline (generate, evaluate, class images)."""
+
+    @classmethod
+    @abstractmethod
+    def pipeline_fingerprint(cls, pipe) -> str:
+        """The fingerprint of a loaded pipeline's architecture (must equal `fingerprint`)."""
+
+    @classmethod
+    @abstractmethod
+    def save_lora(cls, folder: Path, layers: dict[str, dict], adapter_configs: dict[str, dict]) -> None:
+        """The LoRA file the family's diffusers pipeline loads with load_lora_weights."""
+
+    @classmethod
+    def kohya_module_name(cls, part: str, module_path: str) -> str:
+        """A module's name in the kohya / A1111 / ComfyUI layout."""
+        return cls.kohya_prefixes[part] + module_path.replace(".", "_")
+
+    def describe(self) -> dict:
+        """What metadata.json records about the base model (and the export header reads)."""
+        return {"family": self.name, "base_model": self.model, "base_model_fingerprint": self.fingerprint}

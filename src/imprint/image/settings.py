@@ -1,0 +1,186 @@
+"""The settings of an image-personalisation run, by theme, and the run config built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from imprint.config import Group, all_fields, check_values, flag, instantiate
+from imprint.core.settings import TrainerSettings
+from imprint.methods import METHODS
+from imprint.objectives import TERMS
+from imprint.util.errors import ImprintError
+from imprint.util.settings import setting
+
+log = logging.getLogger("imprint")
+
+
+@dataclass
+class RunSettings:
+    model: str | None = setting(None, "hub id or local diffusers folder of the base model", shown_default="required")
+    output: str | None = setting(None, "run folder", shown_default="required")
+    method: str = setting("lora", "what is trained; `imprint methods` lists them with their settings")
+    resume: str | None = setting(None, "continue the run in --output from its latest checkpoint "
+                                 "(or from the checkpoint folder given)", shown_default="off")
+
+
+@dataclass
+class DataSettings:
+    images: str | None = setting(None, "folder of subject photos, jpg/png/webp", shown_default="required")
+    class_name: str | None = setting(None, "the subject's class noun, e.g. dog", shown_default="required")
+    token: str = setting("sks", "rare identifier that stands for the subject in prompts")
+    instance_prompt: str = setting("a photo of {token} {class_name}", "training caption; {token} and "
+                                   "{class_name} are filled in")
+    resolution: int = setting(512, "training size in pixels (square, a multiple of 8)", positive=True)
+    batch_size: int = setting(1, "subject images per step (as many class images are added with prior "
+                              "preservation)", positive=True)
+    noise_offset: float = setting(0.0, "offset noise (Guttenberg 2023): a per-channel constant of this "
+                                  "scale added to the training noise, so the model can move an image's "
+                                  "mean brightness; 0: off, e.g. 0.05")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less "
+                                           "memory, more compute")
+
+
+@dataclass
+class PriorDataSettings:
+    prior_preservation: bool = setting(False, "add DreamBooth's prior-preservation loss on class images")
+    class_prompt: str = setting("a photo of {class_name}", "prompt of the class images")
+    num_class_images: int = setting(100, "class images to generate / use", positive=True)
+    class_images: str | None = setting(None, "folder of class images", shown_default="a cache generated "
+                                       "once per model, prompt, size and seed ($IMPRINT_CACHE)")
+    class_inference_steps: int = setting(30, "denoising steps of each generated class image", positive=True)
+
+
+@dataclass
+class SampleSettings:
+    sample_every: int = setting(0, "write a sample grid every N steps (0: only at the end)", non_negative=True)
+    final_samples: bool = setting(True, "write a sample grid when training ends")
+    sample_prompt: list[str] = setting(help="prompt of the sample grids (repeatable); {token} and "
+                                       "{class_name} are filled in", factory=list,
+                                       shown_default="the instance prompt")
+    sample_inference_steps: int = setting(25, "denoising steps of each sample image", positive=True)
+
+
+@dataclass
+class SelectionSettings:
+    select_best: float | None = setting(None, "score every checkpoint with RPO's lambda-harmonic reward "
+                                        "and make the best one the result; the value is lambda, e.g. 0.5")
+    select_prompts: int = setting(4, "validation prompts of --select-best", positive=True)
+    metrics: str = setting("dreambench", "metric backend of --select-best")
+    dino_model: str = setting("facebook/dino-vits16", "DINO model of the metrics (hub id or folder)")
+    clip_model: str = setting("openai/clip-vit-base-patch32", "CLIP model of the metrics (hub id or folder)")
+
+
+def term_settings_classes(group: str) -> list[type]:
+    return [t.Settings for t in TERMS.values() if t.Settings and getattr(t, "group", "objective") == group]
+
+
+def groups() -> list[Group]:
+    """Every section of an image run, in --help order; one table per method at the end."""
+    out = [
+        Group("run", "run", [RunSettings]),
+        Group("data", "subject data", [DataSettings]),
+        Group("prior", "prior preservation", [PriorDataSettings, *term_settings_classes("prior")]),
+        Group("trainer", "optimizer, precision, checkpoints", [TrainerSettings]),
+        Group("objective", "loss terms", term_settings_classes("objective")),
+        Group("samples", "sample images", [SampleSettings]),
+        Group("selection", "best-checkpoint selection", [SelectionSettings]),
+    ]
+    out += [Group(name, f"method {name}", [cls.Settings]) for name, cls in sorted(METHODS.items())
+            if dataclasses.fields(cls.Settings)]
+    return out
+
+
+@dataclass
+class ImageRunConfig:
+    run: RunSettings
+    data: DataSettings
+    prior: PriorDataSettings
+    trainer: TrainerSettings
+    samples: SampleSettings
+    selection: SelectionSettings
+    terms: dict[str, Any]        # term name -> its settings
+    method: Any                  # the chosen method's settings
+
+    def fill(self, text: str) -> str:
+        return text.format(token=self.data.token, class_name=self.data.class_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat {key: value} of every setting the run uses: config.json, and the flags of a resume."""
+        out = {}
+        for section in (self.run, self.data, self.prior, self.trainer, self.samples, self.selection,
+                        *self.terms.values(), self.method):
+            if section is not None:
+                out.update(dataclasses.asdict(section))
+        return out
+
+
+SECTIONS = {"run": RunSettings, "data": DataSettings, "prior": PriorDataSettings, "trainer": TrainerSettings,
+            "samples": SampleSettings, "selection": SelectionSettings}
+
+
+def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check_required: bool = True) -> ImageRunConfig:
+    """Defaults < TOML file < flags given on the command line (flags win)."""
+    values = {**toml_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    every = all_fields(groups())
+    unknown = sorted(set(values) - set(every))
+    if unknown:
+        raise ImprintError(f"unknown setting(s) {', '.join(unknown)}; see `imprint train --help`")
+    if isinstance(values.get("sample_prompt"), str):
+        values["sample_prompt"] = [values["sample_prompt"]]
+    method_name = values.get("method", RunSettings.method)
+    if method_name not in METHODS:
+        raise ImprintError(f"--method {method_name}: unknown method; choose one of {', '.join(sorted(METHODS))}")
+    method_cls = METHODS[method_name]
+    own = {f.name for f in dataclasses.fields(method_cls.Settings)}
+    for name in sorted(values):
+        owners = [m for m, cls in METHODS.items() if name in {f.name for f in dataclasses.fields(cls.Settings)}]
+        if owners and name not in own and values[name] is not None:
+            raise ImprintError(f"{flag(name)}: a setting of {' / '.join(owners)}, not of --method {method_name}; "
+                               "drop it or choose that method")
+    check_values(values, every)
+    cfg = ImageRunConfig(
+        **{name: instantiate(cls, values) for name, cls in SECTIONS.items()},
+        terms={name: instantiate(t.Settings, values) for name, t in TERMS.items() if t.Settings},
+        method=instantiate(method_cls.Settings, values),
+    )
+    if hasattr(cfg.method, "resolve"):
+        cfg.method.resolve()
+    if cfg.trainer.lr is None:
+        cfg.trainer.lr = method_cls.default_lr
+    validate(cfg, check_required)
+    return cfg
+
+
+def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
+    if check_required:
+        for name, section in (("model", cfg.run), ("images", cfg.data), ("class_name", cfg.data), ("output", cfg.run)):
+            if not getattr(section, name):
+                raise ImprintError(f"{flag(name)} is required (flag or key in --config)")
+    if cfg.data.resolution % 8:
+        raise ImprintError(f"--resolution {cfg.data.resolution}: must be a multiple of 8")
+    if cfg.trainer.lr <= 0:
+        raise ImprintError(f"--lr must be > 0, got {cfg.trainer.lr}")
+    if cfg.trainer.ema_decay and not 0 < cfg.trainer.ema_decay < 1:
+        raise ImprintError(f"--ema-decay {cfg.trainer.ema_decay}: must be within (0, 1), or 0 for off")
+    if cfg.selection.select_best is not None:
+        if cfg.trainer.ema_decay:
+            raise ImprintError("--select-best scores the live weights of each checkpoint; with --ema-decay "
+                               "the result would be the average instead: use one of the two")
+        if not 0 <= cfg.selection.select_best <= 1:
+            raise ImprintError(f"--select-best {cfg.selection.select_best}: lambda must be within [0, 1]")
+        if not cfg.trainer.checkpoint_every:
+            raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
+    for name, section in (("instance_prompt", cfg.data), ("class_prompt", cfg.prior)):
+        try:
+            cfg.fill(getattr(section, name))
+        except (KeyError, IndexError, ValueError) as e:
+            raise ImprintError(f"{flag(name)}: bad placeholder {e}; only {{token}} and {{class_name}} are filled in") from e
+    for prompt in cfg.samples.sample_prompt:
+        try:
+            cfg.fill(prompt)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ImprintError(f"--sample-prompt {prompt!r}: bad placeholder {e}; only {{token}} and "
+                               "{class_name} are filled in") from e

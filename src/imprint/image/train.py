@@ -1,0 +1,273 @@
+"""Image personalisation on the trainer core: the subject's photos (and class images) in,
+a method's result files out.
+
+Frozen parts are used once, up front, to cache what they would compute every step (VAE
+latents, prompt encodings), so a step runs only the denoiser and what is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+import imprint
+from imprint.core import checkpoint as ckpt
+from imprint.core.loop import Callback, Task, fit
+from imprint.core.precision import DTYPES, make_accelerator
+from imprint.core.rng import batch_indices, step_generator
+from imprint.core.run_folder import RunFolder
+from imprint.families import load_family
+from imprint.image.data import images_to_tensor, load_image_file, load_subject_images
+from imprint.image.prior import ensure_class_images
+from imprint.image.sampling import sample, save_grid
+from imprint.image.settings import ImageRunConfig, build_config
+from imprint.methods import METHODS, Subject
+from imprint.objectives import Batch, Objective
+from imprint.objectives.base import CLASS, INSTANCE
+from imprint.util.errors import ImprintError
+from imprint.util.files import write_json_atomic
+
+log = logging.getLogger("imprint")
+
+# settings that may change when a run is resumed; any other change is a different run
+RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
+                     "sample_prompt", "sample_inference_steps", "final_samples"}
+
+
+def check_resume(cfg: ImageRunConfig, run: RunFolder) -> None:
+    """A resume must use the run's settings; both sides are normalised the same way (a key added
+    since the run started has its default, alpha None means the rank)."""
+    before = run.read_config()
+    if before is None:
+        return
+    now = cfg.to_dict()
+    saved = {k: v for k, v in before.items() if k in now or k == "method"}
+    try:
+        normal = build_config(saved, {}, check_required=False).to_dict()
+    except ImprintError as e:
+        raise ImprintError(f"--resume: {run.config_path} does not load ({e}); use a new --output") from e
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and normal.get(k) != now[k])
+    if changed:
+        raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
+                           f"use the same settings as {run.config_path} or a new --output")
+
+
+class SubjectTask(Task):
+    """One subject (and its class images), one method, one family: batches and their loss."""
+
+    name = "image"
+
+    def __init__(self, cfg: ImageRunConfig, accelerator, subject_images):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.device, self.frozen_dtype = accelerator.device, DTYPES[cfg.trainer.mixed_precision]
+        self.family = family = load_family(cfg.run.model)
+        self.method = METHODS[cfg.run.method](cfg.method)
+        self.objective = Objective.from_settings(cfg.terms)
+        trained = self.method.trained_parts()
+        family.to(self.device, self.frozen_dtype, self.method.float32_parts())
+
+        # --- caches: everything the frozen parts compute, once ---------------------------
+        self.instance_mean, self.instance_std = family.encode_images(images_to_tensor(subject_images))
+        self.class_mean = self.class_std = None
+        if cfg.prior.prior_preservation:
+            class_prompt = cfg.fill(cfg.prior.class_prompt)
+            with accelerator.autocast():
+                class_paths = ensure_class_images(
+                    cfg.prior.class_images, cfg.prior.num_class_images, family.model, class_prompt,
+                    cfg.data.resolution, cfg.trainer.seed, cfg.prior.class_inference_steps, family.pipeline)
+            class_pixels = images_to_tensor([load_image_file(p, cfg.data.resolution) for p in class_paths])
+            self.class_mean, self.class_std = family.encode_images(class_pixels)
+
+        torch.manual_seed(cfg.trainer.seed)  # adapter initialisation draws from the global generator
+        self.params = self.method.prepare(family, Subject(cfg.data.token, cfg.data.class_name))
+        self.instance_prompt = cfg.data.instance_prompt.format(token=self.method.prompt_token(),
+                                                               class_name=cfg.data.class_name)
+        self.cache_text = "text_encoder" not in trained
+        # instance rows first, class rows after them
+        self.roles = [INSTANCE] * cfg.data.batch_size
+        prompts = [self.instance_prompt] * cfg.data.batch_size
+        if cfg.prior.prior_preservation:
+            self.roles += [CLASS] * cfg.data.batch_size
+            prompts += [class_prompt] * cfg.data.batch_size
+        self.tokens = family.tokenize(prompts)
+        self.conditioning = None
+        if self.cache_text:
+            with torch.no_grad():
+                self.conditioning = {k: v.to(self.device, self.frozen_dtype)
+                                     for k, v in family.encode_prompts(self.tokens).items()}
+        self.prompt_metadata = {"token": cfg.data.token, **self.method.metadata()}
+
+    def pipe_prompt(self, text: str) -> str:
+        return self.method.rewrite_prompt(text, self.prompt_metadata)
+
+    def encode_for_sampling(self, prompts: list[str]):
+        """Prompt encodings for sampling, made now while the text encoder is there (or None)."""
+        if not self.cache_text:
+            return None
+        with torch.no_grad():
+            return self.family.encode_for_sampling(prompts)
+
+    def release_frozen_parts(self) -> None:
+        self.family.release_encoders(keep_text_encoder=not self.cache_text or self.objective.needs_text_encoder)
+        if self.cfg.data.gradient_checkpointing:
+            self.family.enable_gradient_checkpointing(self.method.trained_parts())
+
+    # --- what the core calls ---------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self.params
+
+    def batch(self, step: int, micro: int) -> Batch:
+        cfg, family = self.cfg, self.family
+        index = step * cfg.trainer.gradient_accumulation_steps + micro
+        generator = step_generator(cfg.trainer.seed, 0, index)
+        rows = batch_indices(cfg.trainer.seed, 1, index, cfg.data.batch_size, self.instance_mean.shape[0])
+        latents = family.sample_latents(self.instance_mean[rows], self.instance_std[rows], generator)
+        if self.class_mean is not None:
+            rows = batch_indices(cfg.trainer.seed, 2, index, cfg.data.batch_size, self.class_mean.shape[0])
+            latents = torch.cat([latents, family.sample_latents(self.class_mean[rows], self.class_std[rows], generator)])
+        noise = torch.randn(latents.shape, generator=generator)
+        if cfg.data.noise_offset:
+            noise += cfg.data.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+        timesteps = family.sample_timesteps(latents.shape[0], generator)
+        noisy, target = family.noisy_input_and_target(latents, noise, timesteps)
+        return Batch(latents=latents, noise=noise, timesteps=timesteps.to(self.device),
+                     noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=self.conditioning,
+                     roles=self.roles)
+
+    def loss(self, step: int, micro: int):
+        batch = self.batch(step, micro)
+        with self.accelerator.autocast():
+            if not self.cache_text:
+                batch.conditioning = {k: v.to(self.frozen_dtype)
+                                      for k, v in self.family.encode_prompts(self.tokens).items()}
+            prediction = self.family.predict(batch.noisy, batch.timesteps, batch.conditioning)
+        return self.objective(batch, self.family, prediction, self.accelerator.autocast)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.method.trainable_state_dict(self.family)
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.method.load_trainable_state_dict(self.family, state)
+
+    def after_optimizer_step(self) -> None:
+        self.method.after_optimizer_step(self.family)
+
+
+class Samples(Callback):
+    """Sample grids every --sample-every steps (and at the end, by the caller)."""
+
+    def __init__(self, task: SubjectTask, run: RunFolder):
+        cfg = task.cfg
+        self.task, self.run, self.cfg = task, run, cfg
+        self.prompts = [task.pipe_prompt(cfg.fill(p)) for p in (cfg.samples.sample_prompt or [cfg.data.instance_prompt])]
+        self.encodings = task.encode_for_sampling(self.prompts)
+
+    def write(self, step: int) -> None:
+        with self.task.accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
+            images = sample(self.task.family.pipeline(), self.prompts, self.cfg.data.resolution,
+                            self.cfg.trainer.seed, self.cfg.samples.sample_inference_steps, images_per_prompt=2,
+                            prompt_embeds=self.encodings)
+        save_grid(images, self.run.path / "samples" / f"step-{step:06d}.png", cols=2)
+
+    def on_step_end(self, step: int) -> None:
+        every = self.cfg.samples.sample_every
+        if every and step % every == 0 and step < self.cfg.trainer.steps:
+            self.write(step)
+
+
+class Selection(Callback):
+    """--select-best: every checkpoint (and the last step) scored; the best is kept from pruning."""
+
+    def __init__(self, task: SubjectTask, run: RunFolder, subject_images, scorer=None):
+        from imprint.image.selection import CheckpointSelector
+
+        self.task, self.run = task, run
+        self.selector = CheckpointSelector(task.cfg.selection.select_best, scorer or self.dreambench_scorer(subject_images))
+
+    def dreambench_scorer(self, subject_images):
+        from imprint.evaluate.backends import make_backend
+        from imprint.evaluate.prompts import remove_identifier
+        from imprint.image.selection import backend_scorer
+
+        cfg, task = self.task.cfg, self.task
+        backend = make_backend(cfg.selection.metrics, dino_model=cfg.selection.dino_model,
+                               clip_model=cfg.selection.clip_model, device=str(task.device))
+        prompts = backend.default_prompts(cfg.data.token, cfg.data.class_name)[:cfg.selection.select_prompts]
+        pipe_prompts = [task.pipe_prompt(p) for p in prompts]
+        return backend_scorer(backend, subject_images, pipe_prompts, [remove_identifier(p, cfg.data.token) for p in prompts],
+                              cfg.data.resolution, cfg.samples.sample_inference_steps, cfg.trainer.seed,
+                              prompt_embeds=task.encode_for_sampling(pipe_prompts))
+
+    @property
+    def path(self) -> Path:
+        return self.run.path / "selection.json"
+
+    def on_resume(self, step: int) -> None:
+        if self.path.exists():
+            scores = json.loads(self.path.read_text())["scores"]
+            self.selector.restore({k: v for k, v in scores.items() if int(k) <= step})
+
+    def on_checkpoint(self, step: int) -> set[int]:
+        with self.task.accelerator.autocast():
+            self.selector.score(step, self.task.family.pipeline())
+        write_json_atomic(self.path, self.selector.summary())
+        return {self.selector.best_step()}
+
+    def on_train_end(self, step: int) -> None:
+        self.on_checkpoint(step)
+        best = self.selector.best_step()
+        if best != step:
+            _, trainable, _ = ckpt.load_checkpoint(self.run.path / "checkpoints" / f"{ckpt.PREFIX}{best}")
+            self.task.load_trainable_state(trainable)
+            log.info("best checkpoint: step %d (reward %.4f); it is the run's result",
+                     best, self.selector.scores[best]["reward"])
+
+
+def train(cfg: ImageRunConfig, scorer=None) -> Path:
+    """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
+    run = RunFolder(cfg.run.output)
+    if cfg.run.resume is None:
+        run.check_new_output()
+    elif run.is_finished():
+        log.info("%s: the run already finished; nothing to resume", run.path)
+        return run.path
+    else:
+        check_resume(cfg, run)
+    subject = load_subject_images(cfg.data.images, cfg.data.resolution)
+    log.info("%d subject images from %s", len(subject.images), cfg.data.images)
+    accelerator = make_accelerator(cfg.trainer.mixed_precision)
+    task = SubjectTask(cfg, accelerator, subject.images)
+    run.create()
+    run.write_config(cfg.to_dict())
+    samples = Samples(task, run)
+    selection = Selection(task, run, subject.images, scorer) if cfg.selection.select_best is not None else None
+    task.release_frozen_parts()
+
+    ema = fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, desc=f"train {cfg.run.method}",
+              callbacks=[c for c in (selection, samples) if c])
+    if ema:
+        ema.copy_to_model()
+    files = task.method.save_result(task.family, run.path)
+    if cfg.samples.final_samples:
+        samples.write(cfg.trainer.steps)
+    summary = selection.selector.summary() if selection else None
+    run.write_metadata({
+        "imprint_version": imprint.__version__,
+        **task.family.describe(),
+        "method": cfg.run.method,
+        "token": cfg.data.token,
+        "class_name": cfg.data.class_name,
+        "instance_prompt": task.instance_prompt,
+        "steps": cfg.trainer.steps,
+        "files": files,
+        "hyperparameters": cfg.to_dict(),  # the same values as config.json
+        "result_step": summary["best_step"] if summary else cfg.trainer.steps,
+        "selection": summary,
+        "trainable_parameters": sum(t.numel() for t in task.trainable_state().values()),
+        **task.method.metadata(),
+    })
+    log.info("run finished: %s", run.path)
+    return run.path

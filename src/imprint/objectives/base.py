@@ -1,0 +1,130 @@
+"""The batch a denoising step sees and the loss terms that make its objective.
+
+A term sees the batch, the family and the model's output (through TermContext), nothing
+else: it can weight the per-element denoising error (masks, SNR weighting), add a loss of
+its own, ask for the frozen model's prediction (adapters off) or for prompt encodings.
+A new term is one file that subclasses LossTerm and registers itself; the loop never changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+TERMS: dict[str, type["LossTerm"]] = {}
+
+INSTANCE, CLASS = "instance", "class"
+
+
+def register_term(cls: type["LossTerm"]) -> type["LossTerm"]:
+    TERMS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Batch:
+    """One step's rows: clean latents, noise, timesteps, the family's noisy input and target,
+    the conditioning (a dict of tensors, batch first), and what each row is."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    noisy: torch.Tensor
+    target: torch.Tensor
+    conditioning: dict[str, torch.Tensor]
+    roles: list[str]                                # INSTANCE or CLASS per row
+    masks: torch.Tensor | None = None               # (B, 1, h, w) at latent size, 1 = subject
+    captions: list[str] | None = None
+    pixels: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def rows(self, role: str) -> torch.Tensor:
+        return torch.tensor([r == role for r in self.roles])
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+class TermContext:
+    """What a term may look at: the batch, the family, the prediction and the (weighted)
+    per-row denoising error; the frozen reference prediction is computed once, on demand."""
+
+    def __init__(self, batch: Batch, family, prediction: torch.Tensor, row_errors: torch.Tensor, autocast=None):
+        self.batch, self.family, self.prediction, self.row_errors = batch, family, prediction, row_errors
+        self.autocast = autocast or contextlib.nullcontext
+
+    @cached_property
+    def reference_prediction(self) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.family.reference_prediction(self.batch.noisy, self.batch.timesteps,
+                                                    self.batch.conditioning)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            return self.family.encode_prompts(self.family.tokenize(prompts))
+
+
+class LossTerm(ABC):
+    """A part of the objective. `Settings` (a dataclass or None) holds its knobs, which become
+    flags and config keys; `enabled` says whether the settings switch it on."""
+
+    name = "term"
+    Settings = None
+    group = "objective"         # the --help section and TOML table of its settings
+    needs_text_encoder = False  # keep the text encoder after caching (for encode_prompts)
+
+    def __init__(self, settings=None):
+        self.settings = settings
+
+    def enabled(self) -> bool:
+        return True
+
+    def weight(self, batch: Batch, family) -> torch.Tensor | None:
+        """A factor on the per-element denoising error (broadcast against it), or None."""
+        return None
+
+    def loss(self, ctx: TermContext) -> torch.Tensor | None:
+        """This term's addition to the loss, or None."""
+        return None
+
+
+class Objective:
+    """The sum of the terms' losses over one batch; the terms' weights multiply the error."""
+
+    def __init__(self, terms: list[LossTerm]):
+        self.terms = [t for t in terms if t.enabled()]
+
+    @classmethod
+    def from_settings(cls, settings_by_term: dict[str, object]) -> "Objective":
+        return cls([TERMS[name](settings_by_term.get(name)) for name in TERMS])
+
+    @property
+    def needs_text_encoder(self) -> bool:
+        return any(t.needs_text_encoder for t in self.terms)
+
+    def __call__(self, batch: Batch, family, prediction: torch.Tensor,
+                 autocast=None) -> tuple[torch.Tensor, dict[str, float]]:
+        errors = F.mse_loss(prediction.float(), batch.target.to(prediction.device).float(), reduction="none")
+        for term in self.terms:
+            weight = term.weight(batch, family)
+            if weight is not None:
+                errors = errors * weight.to(errors.device, errors.dtype)
+        row_errors = errors.mean(dim=list(range(1, errors.ndim)))
+        ctx = TermContext(batch, family, prediction, row_errors, autocast)
+        parts = {}
+        for term in self.terms:
+            value = term.loss(ctx)
+            if value is not None:
+                parts[term.name] = value
+        total = sum(parts.values())
+        return total, {f"loss_{k}": float(v.detach()) for k, v in parts.items()} if len(parts) > 1 else {}
+
+
+def settings_fields(term: type[LossTerm]) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(term.Settings)) if term.Settings else []

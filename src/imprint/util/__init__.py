@@ -1,0 +1,1 @@
+"""Utilities every room may use; they import nothing from the rest of imprint."""
