@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-DREAMBENCH = REPO.parent / "shared" / "dreambench"
+# downscaled copies of 5 DreamBench subjects, shipped with the repo (see its README.md)
+DREAMBENCH = REPO / "tests" / "data" / "dreambench"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)
