@@ -2,12 +2,23 @@
 
 diffusers' own converter writes alpha = rank, which silently rescales an adapter trained
 with alpha != rank; this one writes the alpha the run was trained with.
+
+Names are the ones kohya's sd-scripts build and A1111 / ComfyUI look up: "lora_unet_" or
+"lora_te_" + the module path in the diffusers UNet / the transformers CLIPTextModel, "." -> "_".
+The text-encoder path always carries the `text_model.` level of the CLIPTextModel layout those
+tools know (transformers 4: `text_model.encoder.layers.0.self_attn.q_proj`), also when the
+diffusers file was written without it (transformers 5 dropped that level): a name without it,
+`lora_te_encoder_layers_0_...`, is silently skipped by A1111 and ComfyUI.
+
+The header carries the kohya `ss_*` fields those tools read, from the run's metadata.json and the
+base model's configs; what cannot be known offline is left out, and no local path is written.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from safetensors import safe_open
@@ -15,25 +26,150 @@ from safetensors.torch import save_file
 
 from imprint.util.errors import ImprintError
 
-PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
+UNET_PREFIX, UNET_KOHYA = "unet.", "lora_unet_"
+TE_PREFIX, TE_KOHYA = "text_encoder.", "lora_te_text_model_"
+TE_LEVEL = "text_model."  # the CLIPTextModel level transformers 5 no longer has
+SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD 1.x has 768
+_KINDS = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}
+_CROSS_K = re.compile(r"^unet\..*\.attn2\.to_[kv]\.lora_A\.weight$")
+
+
+def kohya_name(module: str) -> str:
+    """`unet.a.b` -> `lora_unet_a_b`; `text_encoder.[text_model.]a.b` -> `lora_te_text_model_a_b`."""
+    if module.startswith(UNET_PREFIX):
+        return UNET_KOHYA + module[len(UNET_PREFIX):].replace(".", "_")
+    if module.startswith(TE_PREFIX):
+        path = module[len(TE_PREFIX):].removeprefix(TE_LEVEL)
+        return TE_KOHYA + path.replace(".", "_")
+    raise ImprintError(f"unexpected LoRA module {module!r}; this file is not an imprint SD LoRA")
 
 
 def kohya_state_dict(native: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
     """`unet.a.b.lora_A.weight` -> `lora_unet_a_b.lora_down.weight` (+ `.alpha`)."""
     out = {}
+    sources: dict[str, str] = {}
     for key, value in native.items():
-        for prefix, kohya_prefix in PREFIXES.items():
-            if key.startswith(prefix):
-                break
-        else:
-            raise ImprintError(f"unexpected LoRA key {key!r}; this file is not an imprint SD LoRA")
-        module, _, kind = key[len(prefix):].rpartition(".lora_")
-        name = kohya_prefix + module.replace(".", "_")
-        direction = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}.get(kind)
-        if direction is None:
+        module, _, kind = key.rpartition(".lora_")
+        direction = _KINDS.get(kind)
+        if not module or direction is None:
             raise ImprintError(f"unexpected LoRA key {key!r}; expected lora_A / lora_B weights")
+        name = kohya_name(module)
+        if sources.setdefault(f"{name}.{direction}", key) != key:
+            raise ImprintError(
+                f"LoRA keys {sources[f'{name}.{direction}']!r} and {key!r} name the same module; "
+                "the file mixes two text-encoder layouts"
+            )
+        part = "unet" if module.startswith(UNET_PREFIX) else "text_encoder"
         out[f"{name}.{direction}"] = value.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alphas[prefix.rstrip(".")]))
+        out[f"{name}.alpha"] = torch.tensor(float(alphas[part]))
+    return out
+
+
+# --- header metadata ---------------------------------------------------------------------
+
+def model_display_name(base: str | None) -> str | None:
+    """A hub id as is; a local folder (absolute, relative or Windows) by its basename only."""
+    if not base:
+        return None
+    base = str(base).rstrip("/\\")
+    windows = PureWindowsPath(base)
+    if windows.drive or "\\" in base:
+        return windows.name or None
+    path = PurePosixPath(base)
+    if path.is_absolute() or base.startswith((".", "~")) or Path(base).exists():
+        return path.name or None
+    return base  # a hub id: "owner/name"
+
+
+def _read_model_config(base: str | None, filename: str) -> dict | None:
+    """`<base>/<filename>` from a local folder, or from the HF cache for a hub id; never the network."""
+    if not base:
+        return None
+    path: str | Path | None = Path(base) / filename
+    if not Path(path).is_file():
+        path = None
+        if not PureWindowsPath(base).drive and not PurePosixPath(base).is_absolute():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(base, filename)
+                path = cached if isinstance(cached, str) else None
+            except Exception:  # not a valid repo id, no cache: unknown, not an error
+                path = None
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _cross_attention_dim(base: str | None, native: dict[str, torch.Tensor]) -> int | None:
+    """From the base UNet's config; else the input width of a cross-attention to_k / to_v adapter."""
+    config = _read_model_config(base, "unet/config.json")
+    if config is not None and isinstance(config.get("cross_attention_dim"), int):
+        return config["cross_attention_dim"]
+    for key, value in native.items():
+        if _CROSS_K.match(key) and value.dim() == 2:
+            return int(value.shape[1])
+    return None
+
+
+def _v_prediction(base: str | None) -> bool | None:
+    config = _read_model_config(base, "scheduler/scheduler_config.json")
+    if config is None:
+        return None
+    return config.get("prediction_type", "epsilon") == "v_prediction"  # diffusers' default is epsilon
+
+
+def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, str]:
+    """The `ss_*` header fields kohya writes and A1111 / ComfyUI / metadata viewers read."""
+    import imprint
+
+    hp = metadata.get("hyperparameters") or {}
+    base = metadata.get("base_model") or hp.get("model")
+    out: dict[str, str] = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": str(float(alpha)),  # kohya's --network_alpha is a float
+        "imprint_version": str(metadata.get("imprint_version") or imprint.__version__),
+    }
+    if hp.get("lora_targets") == "attention+conv":  # kohya's LoRA-C3Lier: conv adapters, same dim / alpha
+        out["ss_network_args"] = json.dumps({"conv_dim": str(int(rank)), "conv_alpha": str(float(alpha))})
+    name = model_display_name(base)
+    if name:
+        out["ss_sd_model_name"] = name
+        out["ss_base_model"] = name
+    cross_dim = _cross_attention_dim(base, native)
+    v2 = None if cross_dim is None else cross_dim == SD2_CROSS_ATTENTION_DIM
+    v_pred = _v_prediction(base)
+    if v2 is not None:
+        out["ss_v2"] = str(v2)
+    if v_pred is not None:
+        out["ss_v_parameterization"] = str(v_pred)
+    if v2 is not None and v_pred is not None:  # kohya's model_util.get_model_version_str_for_sd1_sd2
+        out["ss_base_model_version"] = ("sd_v2" if v2 else "sd_v1") + ("_v" if v_pred else "")
+    resolution = hp.get("resolution")
+    if isinstance(resolution, int):
+        out["ss_resolution"] = str((resolution, resolution))  # kohya: "(512, 512)"
+    steps = metadata.get("result_step", metadata.get("steps"))  # the step whose weights these are
+    if isinstance(steps, int):
+        out["ss_steps"] = str(steps)
+    if isinstance(metadata.get("steps"), int):
+        out["ss_max_train_steps"] = str(metadata["steps"])
+    simple = {  # kohya key: the run hyperparameter it is (kohya writes str() of each)
+        "ss_learning_rate": "lr", "ss_lr_scheduler": "lr_scheduler", "ss_lr_warmup_steps": "lr_warmup_steps",
+        "ss_batch_size_per_device": "batch_size", "ss_seed": "seed", "ss_mixed_precision": "mixed_precision",
+        "ss_max_grad_norm": "max_grad_norm", "ss_gradient_checkpointing": "gradient_checkpointing",
+    }
+    for key, field in simple.items():
+        value = hp.get(field)
+        if value is not None:
+            out[key] = str(value)
+    if hp.get("prior_preservation") and hp.get("prior_loss_weight") is not None:
+        out["ss_prior_loss_weight"] = str(hp["prior_loss_weight"])
     return out
 
 
@@ -48,20 +184,28 @@ def export_kohya(run: str | Path, output: str | Path) -> Path:
         raise ImprintError(
             f"{run}: method {metadata.get('method')!r} has no LoRA file; kohya export needs a lora run"
         )
+    if metadata.get("family") not in (None, "sd"):
+        raise ImprintError(
+            f"{run}: model family {metadata.get('family')!r}; kohya export writes SD 1.x / 2.x LoRAs only"
+        )
     weights = run / "pytorch_lora_weights.safetensors"
     if not weights.is_file():
         raise ImprintError(f"{weights}: missing; the run folder is incomplete")
     with safe_open(str(weights), framework="pt") as f:
         native = {k: f.get_tensor(k) for k in f.keys()}
-    alpha = float(metadata["hyperparameters"]["alpha"])
+    hp = metadata.get("hyperparameters") or {}
+    rank = hp.get("rank")
+    if rank is None:  # the adapters' own width
+        rank = next((v.shape[0] for k, v in native.items() if k.endswith(".lora_A.weight")), None)
+    if rank is None:
+        raise ImprintError(f"{run}: no LoRA rank in metadata.json and no lora_A weights in {weights.name}")
+    alpha = hp.get("alpha")
+    alpha = float(rank if alpha is None else alpha)  # None: alpha = rank, as training did
     kohya = kohya_state_dict(native, {"unet": alpha, "text_encoder": alpha})
+    header = kohya_metadata(metadata, native, int(rank), alpha)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
-    save_file(kohya, str(tmp), metadata={
-        "ss_network_module": "networks.lora", "ss_network_dim": str(metadata["hyperparameters"]["rank"]),
-        "ss_network_alpha": str(alpha), "ss_base_model": str(metadata.get("base_model")),
-        "imprint_version": str(metadata.get("imprint_version")),
-    })
+    save_file(kohya, str(tmp), metadata=header)
     tmp.replace(output)
     return output
