@@ -13,6 +13,7 @@ from pathlib import Path
 
 import imprint
 from imprint.util.errors import ImprintError
+from imprint.util.files import make_folder
 
 log = logging.getLogger("imprint")
 
@@ -219,6 +220,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "generate":
         from imprint.image.generate import generate
 
+        make_folder(args.output, "--output")
         _positive(args, "num_images", "inference_steps_value", "resolution")
         paths = generate(args.run, args.prompts, args.output, model=args.model,
                          num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps_value,
@@ -253,6 +255,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         if not args.output:
             raise ImprintError("toyworld subjects: --output FOLDER is required")
+        make_folder(args.output, "--output")
         folders = write_subjects(args.output)
         for subject, folder in zip(SUBJECTS, folders):
             print(f"{folder}  class {subject.class_name}")
@@ -282,6 +285,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from imprint.demo import run_demo
 
+        make_folder(args.output, "--output")
         run_demo(args.output, steps=args.steps, subject=args.subject,
                  images_per_prompt=args.images_per_prompt, eval_steps=args.eval_steps)
     return 0

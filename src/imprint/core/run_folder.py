@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imprint.core import checkpoint as ckpt
 from imprint.util.errors import ImprintError
-from imprint.util.files import write_json_atomic, write_text_atomic
+from imprint.util.files import make_folder, write_json_atomic, write_text_atomic
 
 
 class RunFolder:
@@ -50,20 +50,18 @@ class RunFolder:
                                "or choose another folder")
 
     def create(self) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as e:
-            raise ImprintError(f"--output {self.path}: cannot make the folder (a file is in the way: "
-                               f"{e.filename}); choose another folder") from e
-        except PermissionError as e:
-            raise ImprintError(f"--output {self.path}: permission denied; choose a folder you can write") from e
+        make_folder(self.path, "--output")
 
     # --- config and metadata ---------------------------------------------------------------
     def read_config(self) -> dict | None:
         if not self.config_path.exists():
             return None
-        with open(self.config_path) as f:
-            return json.load(f)
+        try:
+            with open(self.config_path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise ImprintError(f"{self.config_path}: unreadable ({e}); the run folder is damaged: "
+                               "use a new --output") from e
 
     def write_config(self, config: dict) -> None:
         if not self.config_path.exists():
@@ -79,7 +77,10 @@ class RunFolder:
             raise ImprintError(f"{flag} {self.path}: no metadata.json, so not a finished imprint run{hint}")
         try:
             with open(self.metadata_path) as f:
-                return json.load(f)
+                metadata = json.load(f)
+            if not isinstance(metadata, dict):
+                raise ValueError("not a JSON object")
+            return metadata
         except (OSError, ValueError) as e:
             raise ImprintError(f"{self.metadata_path}: unreadable ({e}); the run folder is damaged") from e
 
@@ -87,6 +88,7 @@ class RunFolder:
     def open_log(self, start_step: int):
         """The log for appending from `start_step` on: lines of steps past it (written by a run
         killed after its last checkpoint) are cut, so every step is logged once."""
+        self.create()
         if self.log_path.exists():
             kept = []
             for line in self.log_path.read_text().splitlines():

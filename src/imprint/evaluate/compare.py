@@ -16,10 +16,13 @@ def load_summaries(runs: list[str]) -> list[dict]:
         path = Path(run) / "eval" / "metrics.json"
         if not path.is_file():
             raise ImprintError(f"{run}: no eval/metrics.json; run `imprint evaluate {run}` first")
-        with open(path) as f:
-            result = json.load(f)
-        out.append({"run": str(run), "method": result.get("method"), "metrics": result["metrics"],
-                    "summary": result["summary"], "baseline": result["baseline"]["summary"]})
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            out.append({"run": str(run), "method": result.get("method"), "metrics": result["metrics"],
+                        "summary": result["summary"], "baseline": result["baseline"]["summary"]})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ImprintError(f"{path}: damaged ({type(e).__name__}: {e}); run `imprint evaluate {run}` again") from e
     return out
 
 
@@ -50,5 +53,12 @@ def compare_table(summaries: list[dict]) -> tuple[str, str]:
 def compare_runs(runs: list[str], output_html: str | None = None) -> str:
     markdown, page = compare_table(load_summaries(runs))
     if output_html:
-        Path(output_html).write_text(page)
+        target = Path(output_html)
+        if target.is_dir():
+            raise ImprintError(f"--output {output_html}: is a folder; pass the .html file to write")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(page)
+        except OSError as e:
+            raise ImprintError(f"--output {output_html}: cannot write it ({e.strerror}); choose another path") from e
     return markdown

@@ -53,7 +53,10 @@ def load_prompt_file(path: str | Path, token: str, class_name: str) -> list[str]
     path = Path(path)
     if not path.is_file():
         raise ImprintError(f"--prompts {path}: file not found; pass a text file, one prompt per line")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise ImprintError(f"--prompts {path}: not UTF-8 text ({e.reason}); save it as UTF-8") from e
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
         raise ImprintError(f"--prompts {path}: no prompts in the file; write one per line")

@@ -26,25 +26,23 @@ from safetensors.torch import save_file
 
 from imprint.util.errors import ImprintError
 
-UNET_PREFIX, UNET_KOHYA = "unet.", "lora_unet_"
-TE_PREFIX, TE_KOHYA = "text_encoder.", "lora_te_text_model_"
-TE_LEVEL = "text_model."  # the CLIPTextModel level transformers 5 no longer has
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD 1.x has 768
 _KINDS = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}
 _CROSS_K = re.compile(r"^unet\..*\.attn2\.to_[kv]\.lora_A\.weight$")
 
 
-def kohya_name(module: str) -> str:
-    """`unet.a.b` -> `lora_unet_a_b`; `text_encoder.[text_model.]a.b` -> `lora_te_text_model_a_b`."""
-    if module.startswith(UNET_PREFIX):
-        return UNET_KOHYA + module[len(UNET_PREFIX):].replace(".", "_")
-    if module.startswith(TE_PREFIX):
-        path = module[len(TE_PREFIX):].removeprefix(TE_LEVEL)
-        return TE_KOHYA + path.replace(".", "_")
-    raise ImprintError(f"unexpected LoRA module {module!r}; this file is not an imprint SD LoRA")
+def kohya_name(module: str, family=None) -> str:
+    """`unet.a.b` -> `lora_unet_a_b`; `text_encoder.[text_model.]a.b` -> `lora_te_text_model_a_b`:
+    the family's key map (families/*.py `kohya_module_name`)."""
+    if family is None:
+        from imprint.families.sd import StableDiffusionFamily as family
+    part, _, path = module.partition(".")
+    if part not in family.kohya_prefixes or not path:
+        raise ImprintError(f"unexpected LoRA module {module!r}; this file is not an imprint {family.name} LoRA")
+    return family.kohya_module_name(part, path)
 
 
-def kohya_state_dict(native: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict[str, torch.Tensor]:
+def kohya_state_dict(native: dict[str, torch.Tensor], alphas: dict[str, float], family=None) -> dict[str, torch.Tensor]:
     """`unet.a.b.lora_A.weight` -> `lora_unet_a_b.lora_down.weight` (+ `.alpha`)."""
     out = {}
     sources: dict[str, str] = {}
@@ -53,13 +51,13 @@ def kohya_state_dict(native: dict[str, torch.Tensor], alphas: dict[str, float]) 
         direction = _KINDS.get(kind)
         if not module or direction is None:
             raise ImprintError(f"unexpected LoRA key {key!r}; expected lora_A / lora_B weights")
-        name = kohya_name(module)
+        name = kohya_name(module, family)
         if sources.setdefault(f"{name}.{direction}", key) != key:
             raise ImprintError(
                 f"LoRA keys {sources[f'{name}.{direction}']!r} and {key!r} name the same module; "
                 "the file mixes two text-encoder layouts"
             )
-        part = "unet" if module.startswith(UNET_PREFIX) else "text_encoder"
+        part = module.partition(".")[0]
         out[f"{name}.{direction}"] = value.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alphas[part]))
     return out
@@ -174,20 +172,22 @@ def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, a
 
 
 def export_kohya(run: str | Path, output: str | Path) -> Path:
+    from imprint.core.run_folder import RunFolder
+    from imprint.families import family_class
+
     run = Path(run)
-    meta_path = run / "metadata.json"
-    if not meta_path.is_file():
-        raise ImprintError(f"{run}: no metadata.json; pass a finished imprint run folder")
-    with open(meta_path) as f:
-        metadata = json.load(f)
+    metadata = RunFolder(run).read_metadata(flag="export")
     if metadata.get("method") != "lora":
         raise ImprintError(
             f"{run}: method {metadata.get('method')!r} has no LoRA file; kohya export needs a lora run"
         )
-    if metadata.get("family") not in (None, "sd"):
+    family = family_class(metadata.get("base_model", ""), metadata.get("family", "sd"))
+    if not family.kohya_prefixes or family.name != "sd":  # the ss_* header below is SD 1.x / 2.x's
         raise ImprintError(
-            f"{run}: model family {metadata.get('family')!r}; kohya export writes SD 1.x / 2.x LoRAs only"
+            f"{run}: model family {family.name!r}; kohya export writes SD 1.x / 2.x LoRAs only so far"
         )
+    if Path(output).is_dir():
+        raise ImprintError(f"--output {output}: is a folder; pass the .safetensors file to write")
     weights = run / "pytorch_lora_weights.safetensors"
     if not weights.is_file():
         raise ImprintError(f"{weights}: missing; the run folder is incomplete")
@@ -201,7 +201,7 @@ def export_kohya(run: str | Path, output: str | Path) -> Path:
         raise ImprintError(f"{run}: no LoRA rank in metadata.json and no lora_A weights in {weights.name}")
     alpha = hp.get("alpha")
     alpha = float(rank if alpha is None else alpha)  # None: alpha = rank, as training did
-    kohya = kohya_state_dict(native, {"unet": alpha, "text_encoder": alpha})
+    kohya = kohya_state_dict(native, {"unet": alpha, "text_encoder": alpha}, family)
     header = kohya_metadata(metadata, native, int(rank), alpha)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -140,14 +140,17 @@ class StableDiffusionFamily(Family):
             truncation=True, return_tensors="pt",
         ).input_ids
 
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(tokens.to(self.text_encoder.device))[0]
+
     def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"prompt_embeds": self.text_encoder(tokens.to(self.text_encoder.device))[0]}
+        return {"prompt_embeds": self.text_embeddings(tokens)}
 
     @torch.no_grad()
     def encode_for_sampling(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(prompt, empty negative prompt) embeddings, so sampling needs no text encoder."""
-        empty = self.encode_prompts(self.tokenize([""]))["prompt_embeds"]
-        return [(self.encode_prompts(self.tokenize([p]))["prompt_embeds"], empty) for p in prompts]
+        empty = self.text_embeddings(self.tokenize([""]))
+        return [(self.text_embeddings(self.tokenize([p])), empty) for p in prompts]
 
     # --- images and the objective -------------------------------------------------------
     @torch.no_grad()

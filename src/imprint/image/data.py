@@ -64,6 +64,11 @@ def load_image_file(path: Path, resolution: int | None = None) -> Image.Image:
             image = to_rgb(opened)
     except ImprintError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImprintError(
+            f"{path}: {e.args[0].split(' exceeds')[0] if e.args else 'image'} is over PIL's pixel limit "
+            f"({Image.MAX_IMAGE_PIXELS} pixels, a guard against decompression bombs); downscale the photo"
+        ) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImprintError(
             f"{path}: not a readable image ({type(e).__name__}); remove it or re-export it"

@@ -44,3 +44,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def make_folder(path: str | Path, flag: str) -> Path:
+    """mkdir -p, with a one-line error naming the flag where a file is in the way."""
+    from imprint.util.errors import ImprintError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise ImprintError(f"{flag} {path}: cannot make the folder, a file is in the way ({e.filename}); "
+                           "choose another folder") from e
+    except PermissionError as e:
+        raise ImprintError(f"{flag} {path}: permission denied; choose a folder you can write") from e
+    return path
