@@ -62,7 +62,7 @@ def test_run_of_another_base_model(tiny_model, other_model, subject_dir, tmp_pat
     capsys.readouterr()
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     rc = run_cli("generate", "--run", run, "--model", other_model, "a sks toy",
-                 "--output", tmp_path / "gen", "--steps", "2")
+                 "--output", tmp_path / "gen", "--inference-steps", "2")
     assert_clean_error(capsys, rc, "--model", "not the base model", str(tiny_model))
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 

@@ -130,7 +130,7 @@ def evaluated(tiny_model, metric_models, tmp_path_factory):
                                       "a red {token} {class_name}\n")
     dino, clip = metric_models
     assert run_cli("evaluate", run, "--prompts", root / "prompts.txt", "--images-per-prompt", "2",
-                   "--steps", "2", "--dino-model", dino, "--clip-model", clip) == 0
+                   "--inference-steps", "2", "--dino-model", dino, "--clip-model", clip) == 0
     return run
 
 
@@ -254,7 +254,7 @@ def test_selection_with_the_dreambench_scorer(tiny_model, metric_models, subject
 
 
 def test_evaluate_with_a_missing_metric_model(evaluated, tmp_path, capsys):
-    rc = run_cli("evaluate", evaluated, "--dino-model", tmp_path / "nope", "--steps", "1",
+    rc = run_cli("evaluate", evaluated, "--dino-model", tmp_path / "nope", "--inference-steps", "1",
                  "--images-per-prompt", "1")
     err = capsys.readouterr().err
     assert rc == 2 and "--dino-model" in err and "Traceback" not in err

@@ -16,6 +16,8 @@ CASES = {
     "lora": ["--method", "lora", "--lr", "1e-2", "--prior-preservation", "--num-class-images", "3",
              "--batch-size", "2", "--lr-scheduler", "cosine"],
     "textual_inversion": ["--method", "textual_inversion", "--lr", "5e-2"],
+    # every UNet weight, text encoder too: the largest optimizer state
+    "full": ["--method", "full", "--lr", "1e-3", "--train-text-encoder", "--gradient-accumulation-steps", "2"],
 }
 
 
@@ -32,11 +34,21 @@ def train(model, images, out, extra, kill=None, resume=False):
 
 
 def final_weights(run, method):
+    if method == "full":
+        return {**load_file(run / "unet" / "diffusion_pytorch_model.safetensors"),
+                **{f"te.{k}": v for k, v in load_file(run / "text_encoder" / "model.safetensors").items()}}
     name = "pytorch_lora_weights.safetensors" if method == "lora" else "learned_embeds.safetensors"
     return load_file(run / name)
 
 
-@pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4")])
+def logged_steps(run):
+    import json
+
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4"),
+                                         ("full", "step:3")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]
     unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)
@@ -46,6 +58,8 @@ def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, 
     killed = train(tiny_model, subject_dir, broken, extra, kill=kill)
     assert killed.returncode == -9, killed.stderr  # really killed, mid-run
     assert not (broken / "metadata.json").exists()
+    if kill == "step:5":
+        assert logged_steps(broken) == [1, 2, 3, 4, 5]  # step 5 is past the last checkpoint (4)
     if kill.startswith("checkpoint"):
         # killed inside the checkpoint write: only a temporary folder, never a half checkpoint
         assert list((broken / "checkpoints").glob(".tmp-*"))
@@ -53,6 +67,7 @@ def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, 
     resumed = train(tiny_model, subject_dir, broken, extra, resume=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
+    assert logged_steps(broken) == list(range(1, 9))  # each step once: the killed run's step 5 was cut
 
     a, b = final_weights(tmp_path / "unbroken", method), final_weights(broken, method)
     assert a.keys() == b.keys()

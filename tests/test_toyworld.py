@@ -130,7 +130,7 @@ def test_evaluate_with_the_toyworld_backend(tiny_model, tmp_path):
     assert run_cli("train", "--model", tiny_model, "--images", photos, "--class-name", subject.class_name,
                    "--steps", "2", "--checkpoint-every", "0", "--output", run, *FAST) == 0
     assert run_cli("evaluate", run, "--metrics", "toyworld", "--images-per-prompt", "1",
-                   "--steps", "2") == 0
+                   "--inference-steps", "2") == 0
     result = json.loads((run / "eval" / "metrics.json").read_text())
     assert result["backend"] == "toyworld" and len(result["prompts"]) == 25
     for key in ("fidelity", "alignment", "pres", "div"):

@@ -43,7 +43,7 @@ def test_method_end_to_end(case, tiny_model, subject_dir, tmp_path):
 
     out = tmp_path / "gen"
     assert run_cli("generate", "--run", run, "a photo of sks toy", "--num-images", "2",
-                   "--steps", "2", "--output", out) == 0
+                   "--inference-steps", "2", "--output", out) == 0
     generated = [np.asarray(Image.open(out / f"00-0{j}.png"), float) for j in range(2)]
     assert (out / "grid.png").exists()
     # the run's images differ from the base model's for the same prompt and seed

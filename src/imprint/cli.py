@@ -48,8 +48,6 @@ def _add_inference_steps(parser: argparse.ArgumentParser, default: int) -> None:
 
 def _inference_steps(args: argparse.Namespace) -> int:
     if args.old_steps is not None:
-        warnings.warn("--steps in generate / evaluate / demo is now --inference-steps; the old spelling "
-                      "will be removed", UserWarning, stacklevel=1)
         print("imprint: warning: --steps here means denoising steps: write --inference-steps "
               "(the old spelling will be removed)", file=sys.stderr)
         if args.inference_steps is None:
