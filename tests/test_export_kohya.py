@@ -126,7 +126,7 @@ def test_names_are_the_tools_names(tiny_model, exported):
 def test_names_do_not_depend_on_the_text_encoder_layout():
     """A diffusers file from transformers 4 (`text_encoder.text_model.encoder...`) and one from
     transformers 5 (`text_encoder.encoder...`) give the same kohya file; conv names are kohya's."""
-    from imprint.errors import ImprintError
+    from imprint.util.errors import ImprintError
     from imprint.export.kohya import kohya_state_dict
 
     def adapter(prefix):
