@@ -1,24 +1,17 @@
-"""Model families, one file each, chosen from the model folder's model_index.json."""
+"""Model families, one file each, chosen from the model folder's model_index.json.
+Every module of this package is imported here, so a new family is a new file."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from imprint.families.base import Family
+from imprint.families.base import FAMILIES, Family, register_family
+from imprint.families.sd import StableDiffusionFamily, resolve_model
+from imprint.util import import_all
 from imprint.util.errors import ImprintError
 
-FAMILIES: dict[str, type[Family]] = {}
-
-
-def register_family(cls: type[Family]) -> type[Family]:
-    FAMILIES[cls.name] = cls
-    return cls
-
-
-from imprint.families.sd import StableDiffusionFamily, resolve_model  # noqa: E402
-
-register_family(StableDiffusionFamily)
+import_all(__name__, __path__)
 
 
 def pipeline_class_name(model: str) -> str:

@@ -21,6 +21,14 @@ NON_ARCHITECTURE_KEYS = {"_name_or_path", "_diffusers_version", "_class_name", "
                          "_commit_hash", "torch_dtype", "dtype", "architectures", "_use_default_values"}
 
 
+FAMILIES: dict[str, type["Family"]] = {}
+
+
+def register_family(cls: type["Family"]) -> type["Family"]:
+    FAMILIES[cls.name] = cls
+    return cls
+
+
 class Family(ABC):
     name = "base"
     pipeline_class_names: tuple[str, ...] = ()  # model_index.json `_class_name`s this family loads

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from imprint.families.base import NON_ARCHITECTURE_KEYS, Family
+from imprint.families.base import NON_ARCHITECTURE_KEYS, Family, register_family
 from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
@@ -64,6 +64,7 @@ def architecture_fingerprint(unet_config: dict, text_config: dict) -> str:
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@register_family
 class StableDiffusionFamily(Family):
     """The parts of an SD 1.x/2.x model and the maths of its training objective."""
 
