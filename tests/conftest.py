@@ -66,3 +66,20 @@ def run_cli(*args: str) -> int:
 
 
 FAST = ["--resolution", "32", "--class-inference-steps", "2", "--sample-inference-steps", "2"]
+
+
+def train_tiny_run(root: Path, model: Path, *flags) -> Path:
+    """A finished run of the tiny model on a drawn subject in root/run."""
+    (root / "subject").mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        draw_subject(root / "subject" / f"{i}.png", i)
+    assert run_cli("train", "--model", model, "--images", root / "subject", "--class-name", "toy",
+                   "--checkpoint-every", "0", "--output", root / "run", *FAST, *flags) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_model, tmp_path_factory) -> Path:
+    """LoRA on UNet and text encoder, alpha != rank: the scale alpha / rank must survive every file format."""
+    return train_tiny_run(tmp_path_factory.mktemp("lora"), tiny_model, "--rank", "2", "--alpha", "8",
+                          "--train-text-encoder", "--lr", "1e-2", "--steps", "5")

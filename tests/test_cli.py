@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import FAST, REPO, run_cli
+from conftest import REPO, run_cli
 from test_errors import assert_clean_error, train_args
 
 EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
@@ -55,15 +55,9 @@ def test_train_help_points_at_files_that_exist(capsys):
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model, tmp_path_factory):
-    from conftest import draw_subject
+    from conftest import train_tiny_run
 
-    root = tmp_path_factory.mktemp("cli")
-    (root / "subject").mkdir()
-    for i in range(3):
-        draw_subject(root / "subject" / f"{i}.png", i)
-    assert run_cli("train", "--model", tiny_model, "--images", root / "subject", "--class-name", "toy",
-                   "--rank", "2", "--steps", "2", "--checkpoint-every", "0", "--output", root / "run", *FAST) == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("cli"), tiny_model, "--rank", "2", "--steps", "2")
 
 
 def test_alpha_means_one_thing(finished_run):

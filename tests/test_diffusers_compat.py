@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,21 +28,6 @@ def text_output(pipe):
                          return_tensors="pt").input_ids
     with torch.no_grad():
         return pipe.text_encoder(ids)[0]
-
-
-@pytest.fixture(scope="module")
-def lora_run(tiny_model, tmp_path_factory):
-    from conftest import draw_subject
-
-    root = tmp_path_factory.mktemp("lora")
-    (root / "subject").mkdir()
-    for i in range(3):
-        draw_subject(root / "subject" / f"{i}.png", i)
-    # alpha != rank: the scale alpha / rank must survive every file format
-    assert run_cli("train", "--model", tiny_model, "--images", root / "subject", "--class-name", "toy",
-                   "--rank", "2", "--alpha", "8", "--train-text-encoder", "--lr", "1e-2", "--steps", "5",
-                   "--checkpoint-every", "0", "--output", root / "run", *FAST) == 0
-    return root / "run"
 
 
 def merged_by_hand(model, run, part):

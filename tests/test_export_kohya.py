@@ -14,33 +14,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import FAST, run_cli
+from conftest import run_cli
+from test_diffusers_compat import fresh_pipeline, text_output, unet_output
 
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 SUFFIXES = (".alpha", ".lora_up.weight", ".lora_down.weight")
-
-
-def fresh_pipeline(model):
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
-                                                   requires_safety_checker=False)
-
-
-def text_output(pipe):
-    ids = pipe.tokenizer(["a photo of a toy"], padding="max_length", max_length=77,
-                         return_tensors="pt").input_ids
-    with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
-
-
-def unet_output(unet):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 16, 16, generator=g)
-    cond = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor([10, 700]), cond).sample
 
 
 def clip_module_path(name):
@@ -72,20 +51,6 @@ def module_names(state):
         else:
             raise AssertionError(f"unexpected kohya key {key}")
     return names
-
-
-@pytest.fixture(scope="module")
-def lora_run(tiny_model, tmp_path_factory):
-    from conftest import draw_subject
-
-    root = tmp_path_factory.mktemp("kohya")
-    (root / "subject").mkdir()
-    for i in range(3):
-        draw_subject(root / "subject" / f"{i}.png", i)
-    assert run_cli("train", "--model", tiny_model, "--images", root / "subject", "--class-name", "toy",
-                   "--rank", "2", "--alpha", "8", "--train-text-encoder", "--lr", "1e-2", "--steps", "5",
-                   "--checkpoint-every", "0", "--output", root / "run", *FAST) == 0
-    return root / "run"
 
 
 @pytest.fixture(scope="module")

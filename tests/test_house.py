@@ -4,7 +4,6 @@ families behind an interface (a second, fake one trains and generates), imports 
 import ast
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
