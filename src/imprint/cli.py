@@ -39,20 +39,19 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     })
 
 
-def _add_inference_steps(parser: argparse.ArgumentParser, default: int) -> None:
-    parser.add_argument("--inference-steps", type=int, default=None,
-                        help=f"denoising steps of each image (default: {default})")
-    parser.add_argument("--steps", type=int, dest="old_steps", help="old spelling of --inference-steps (deprecated)")
-    parser.set_defaults(inference_steps_default=default)
+class _OldStepsSpelling(argparse.Action):
+    """`--steps` of generate / evaluate: still accepted, with a warning, as --inference-steps."""
 
-
-def _inference_steps(args: argparse.Namespace) -> int:
-    if args.old_steps is not None:
+    def __call__(self, parser, namespace, values, option_string=None):
         print("imprint: warning: --steps here means denoising steps: write --inference-steps "
               "(the old spelling will be removed)", file=sys.stderr)
-        if args.inference_steps is None:
-            return args.old_steps
-    return args.inference_steps if args.inference_steps is not None else args.inference_steps_default
+        setattr(namespace, self.dest, values)
+
+
+def _add_inference_steps(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--inference-steps", type=int, default=default, help="denoising steps of each image")
+    parser.add_argument("--steps", type=int, dest="inference_steps", action=_OldStepsSpelling,
+                        help="old spelling of --inference-steps (deprecated)")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -176,8 +175,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value <= 0:
-            shown = "inference_steps" if name == "inference_steps_value" else name
-            raise ImprintError(f"--{shown.replace('_', '-')} must be > 0, got {value}")
+            raise ImprintError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
 def describe_methods(only: str | None = None) -> str:
@@ -202,8 +200,6 @@ def describe_methods(only: str | None = None) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if hasattr(args, "old_steps"):
-        args.inference_steps_value = _inference_steps(args)
     if args.command == "train":
         from imprint.config import all_fields, load_toml
         from imprint.image.settings import build_config, groups
@@ -218,10 +214,9 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "generate":
         from imprint.image.generate import generate
 
-        make_folder(args.output, "--output")
-        _positive(args, "num_images", "inference_steps_value", "resolution")
+        _positive(args, "num_images", "inference_steps", "resolution")
         paths = generate(args.run, args.prompts, args.output, model=args.model,
-                         num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps_value,
+                         num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps,
                          guidance_scale=args.guidance_scale, resolution=args.resolution)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "export":
@@ -231,11 +226,11 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from imprint.image.evaluate_run import evaluate_run
 
-        _positive(args, "images_per_prompt", "inference_steps_value", "resolution")
+        _positive(args, "images_per_prompt", "inference_steps", "resolution")
         result = evaluate_run(
             args.run, model=args.model, images=args.images, images_per_prompt=args.images_per_prompt,
             seed=args.seed, prompts_file=args.prompts, metrics=args.metrics,
-            inference_steps=args.inference_steps_value,
+            inference_steps=args.inference_steps,
             resolution=args.resolution, guidance_scale=args.guidance_scale,
             backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model})
         for name, values in (("run", result["summary"]), ("base model", result["baseline"]["summary"]),

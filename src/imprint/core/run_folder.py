@@ -90,12 +90,16 @@ class RunFolder:
         killed after its last checkpoint) are cut, so every step is logged once."""
         self.create()
         if self.log_path.exists():
-            kept = []
-            for line in self.log_path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= start_step:
-                        kept.append(line + "\n")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by the kill
-            write_text_atomic(self.log_path, "".join(kept))
+            lines = self.log_path.read_text().splitlines()
+            kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= start_step]
+            if len(kept) != len(lines):
+                write_text_atomic(self.log_path, "".join(line + "\n" for line in kept))
         return open(self.log_path, "a")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a log line; None for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None

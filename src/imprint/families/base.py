@@ -56,10 +56,6 @@ class Family(ABC):
         for name, module in self.modules.items():
             module.to(device, dtype=torch.float32 if name in float32_parts else frozen_dtype)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
     def enable_gradient_checkpointing(self, trained: set[str]) -> None: ...
 
     def release_encoders(self, keep_text_encoder: bool) -> None:

@@ -13,6 +13,7 @@ from imprint.families import family_class, resolve_model
 from imprint.image.sampling import sample, save_grid
 from imprint.methods import METHODS
 from imprint.util.errors import ImprintError
+from imprint.util.files import make_folder
 
 log = logging.getLogger("imprint")
 
@@ -51,12 +52,9 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
 def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
              num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float = 7.5,
              resolution: int | None = None) -> list[Path]:
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ImprintError(f"--output {output}: is a file, not a folder; choose a folder for the images")
+    output = make_folder(output, "--output")
     pipe, method, metadata = load_run_pipeline(run, model)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
-    output.mkdir(parents=True, exist_ok=True)
     written, all_images = [], []
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
         text = method.rewrite_prompt(prompt, metadata)

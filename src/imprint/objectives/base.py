@@ -9,9 +9,8 @@ A new term is one file that subclasses LossTerm and registers itself; the loop n
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from abc import ABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -42,7 +41,6 @@ class Batch:
     masks: torch.Tensor | None = None               # (B, 1, h, w) at latent size, 1 = subject
     captions: list[str] | None = None
     pixels: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def rows(self, role: str) -> torch.Tensor:
         return torch.tensor([r == role for r in self.roles])
@@ -125,6 +123,3 @@ class Objective:
         total = sum(parts.values())
         return total, {f"loss_{k}": float(v.detach()) for k, v in parts.items()} if len(parts) > 1 else {}
 
-
-def settings_fields(term: type[LossTerm]) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(term.Settings)) if term.Settings else []

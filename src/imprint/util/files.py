@@ -27,13 +27,7 @@ def temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
