@@ -18,7 +18,15 @@ CASES = {
     "textual_inversion": ["--method", "textual_inversion", "--lr", "5e-2"],
     # every UNet weight, text encoder too: the largest optimizer state
     "full": ["--method", "full", "--lr", "1e-3", "--train-text-encoder", "--gradient-accumulation-steps", "2"],
+    "dora": ["--method", "dora", "--lr", "1e-2", "--rank", "2", "--train-text-encoder"],
+    "loha": ["--method", "loha", "--lr", "1e-2", "--rank", "2"],
+    "lokr": ["--method", "lokr", "--lr", "1e-2", "--rank", "2", "--train-text-encoder"],
+    "krona": ["--method", "krona", "--lr", "1e-2", "--krona-a2", "8"],
 }
+RESULT_FILES = {"lora": ["pytorch_lora_weights.safetensors"], "dora": ["pytorch_lora_weights.safetensors"],
+                "textual_inversion": ["learned_embeds.safetensors"], "krona": ["krona_weights.safetensors"],
+                "loha": ["adapter/unet/adapter_model.safetensors"],
+                "lokr": ["adapter/unet/adapter_model.safetensors", "adapter/text_encoder/adapter_model.safetensors"]}
 
 
 def train(model, images, out, extra, kill=None, resume=False):
@@ -37,8 +45,7 @@ def final_weights(run, method):
     if method == "full":
         return {**load_file(run / "unet" / "diffusion_pytorch_model.safetensors"),
                 **{f"te.{k}": v for k, v in load_file(run / "text_encoder" / "model.safetensors").items()}}
-    name = "pytorch_lora_weights.safetensors" if method == "lora" else "learned_embeds.safetensors"
-    return load_file(run / name)
+    return {f"{name}:{k}": v for name in RESULT_FILES[method] for k, v in load_file(run / name).items()}
 
 
 def logged_steps(run):
@@ -48,7 +55,8 @@ def logged_steps(run):
 
 
 @pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4"),
-                                         ("full", "step:3")])
+                                         ("full", "step:3"), ("dora", "step:5"), ("loha", "step:3"),
+                                         ("lokr", "step:5"), ("krona", "step:5")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]
     unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)

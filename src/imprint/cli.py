@@ -100,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "  imprint export runs/dog --format kohya --output dog_kohya.safetensors")
     export.add_argument("run", help="run folder made by imprint train")
     export.add_argument("--format", choices=["kohya"], default="kohya",
-                        help="kohya: the A1111 / ComfyUI LoRA layout")
+                        help="kohya: the A1111 / ComfyUI LoRA / LyCORIS layout (LoRA, DoRA, LoHa, LoKr; "
+                        "krona as LoKr) [default: kohya]")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
+    export.add_argument("--diff", action="store_true",
+                        help="write each adapted layer's full weight delta (`diff` keys): exact in every "
+                        "loader (DoRA included), but as large as those layers; needs the base model "
+                        "[default: off]")
 
     ev = _command(sub, "evaluate", "DreamBench metrics of a run, the base model and the real images",
                   "  imprint evaluate runs/dog --images-per-prompt 4   # -> runs/dog/eval/report.html")
@@ -222,7 +227,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from imprint.export.kohya import export_kohya
 
-        print(f"wrote {export_kohya(args.run, args.output)}")
+        print(f"wrote {export_kohya(args.run, args.output, diff=args.diff)}")
     elif args.command == "evaluate":
         from imprint.image.evaluate_run import evaluate_run
 

@@ -171,15 +171,19 @@ def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, a
     return out
 
 
-def export_kohya(run: str | Path, output: str | Path) -> Path:
+def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Path:
+    """A run's adapter as one kohya / LyCORIS .safetensors file (`diff`: as full weight deltas)."""
     from imprint.core.run_folder import RunFolder
+    from imprint.export import lycoris
     from imprint.families import family_class
 
     run = Path(run)
     metadata = RunFolder(run).read_metadata(flag="export")
-    if metadata.get("method") != "lora":
+    method = metadata.get("method")
+    if method != "lora" and method not in lycoris.ALGORITHMS:
         raise ImprintError(
-            f"{run}: method {metadata.get('method')!r} has no LoRA file; kohya export needs a lora run"
+            f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
+            f"{', '.join(['lora', *lycoris.ALGORITHMS])}"
         )
     family = family_class(metadata.get("base_model", ""), metadata.get("family", "sd"))
     if not family.kohya_prefixes or family.name != "sd":  # the ss_* header below is SD 1.x / 2.x's
@@ -188,6 +192,32 @@ def export_kohya(run: str | Path, output: str | Path) -> Path:
         )
     if Path(output).is_dir():
         raise ImprintError(f"--output {output}: is a folder; pass the .safetensors file to write")
+    hp = metadata.get("hyperparameters") or {}
+    if method == "lora" and not diff:
+        tensors, header = _lora_file(run, metadata, family)
+    else:
+        modules = lycoris.run_modules(run, metadata)
+        weights = lycoris.base_weights(metadata.get("base_model", ""), family) if diff else None
+        tensors = lycoris.lycoris_state_dict(modules, family, diff_of=weights)
+        rank = hp.get("rank") or 1
+        alpha = float(hp.get("alpha") or rank)
+        header = kohya_metadata(metadata, {}, int(rank), alpha)
+        header["ss_network_module"] = "lycoris.kohya"
+        args = {"algo": "full" if diff else lycoris.ALGORITHMS[method]}
+        if method == "dora" and not diff:
+            args.update(dora_wd="True", wd_on_output="True")
+        if method == "lokr":
+            args["factor"] = str(hp.get("lokr_factor", -1))
+        header["ss_network_args"] = json.dumps(args)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.replace(output)
+    return output
+
+
+def _lora_file(run: Path, metadata: dict, family) -> tuple[dict, dict]:
     weights = run / "pytorch_lora_weights.safetensors"
     if not weights.is_file():
         raise ImprintError(f"{weights}: missing; the run folder is incomplete")
@@ -202,10 +232,4 @@ def export_kohya(run: str | Path, output: str | Path) -> Path:
     alpha = hp.get("alpha")
     alpha = float(rank if alpha is None else alpha)  # None: alpha = rank, as training did
     kohya = kohya_state_dict(native, {"unet": alpha, "text_encoder": alpha}, family)
-    header = kohya_metadata(metadata, native, int(rank), alpha)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    save_file(kohya, str(tmp), metadata=header)
-    tmp.replace(output)
-    return output
+    return kohya, kohya_metadata(metadata, native, int(rank), alpha)

@@ -103,11 +103,18 @@ class Family(ABC):
             if getattr(module, "peft_config", None):
                 module.disable_adapters()
                 switched.append(module)
+        # imprint's own adapter layers (methods/layers.py) carry this flag; a family imports no method
+        own = [m for part in self.modules.values() for m in part.modules()
+               if getattr(m, "imprint_adapter", False) and m.adapter_enabled]
+        for layer in own:
+            layer.adapter_enabled = False
         try:
-            yield bool(switched)
+            yield bool(switched or own)
         finally:
             for module in switched:
                 module.enable_adapters()
+            for layer in own:
+                layer.adapter_enabled = True
 
     def reference_prediction(self, noisy, timesteps, conditioning) -> torch.Tensor:
         """The frozen model's prediction (adapters off) for the same input."""

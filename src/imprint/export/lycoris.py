@@ -1,0 +1,157 @@
+"""Adapter runs (dora, loha, lokr, krona) -> the LyCORIS / kohya key layout that ComfyUI and A1111
+load; `--diff`: any adapter run as full weight deltas, which every loader applies exactly.
+
+Each module's tensors are written under `lora_unet_<diffusers path, "." -> "_">` (the family's key
+map) with LyCORIS' part names, scaled so the loaders' formulas give the trained update
+(their formulas, read in ComfyUI comfy/weight_adapter/*.py and A1111 extensions-builtin/Lora):
+  LoRA   dW = (alpha / r) up @ down,                 r = lora_down rows
+  LoHa   dW = (alpha / r) (w1a @ w1b) * (w2a @ w2b),  r = hada_w1_b rows
+  LoKr   dW = (alpha / r) kron(w1, w2),               r = rows of lokr_w2_b (else lokr_w1_b); with
+         both factors stored full the loaders use scale 1, so PEFT's alpha / r is folded into w1
+         and no alpha is written
+  diff   dW = diff
+DoRA: `dora_scale` is PEFT's per-output-row magnitude m as an (out, 1) tensor, LyCORIS' own layout
+since 2025 (wd_on_output): W' = m (W + dW) / ||W + dW||_row. Today's ComfyUI divides that layout
+by ||W||_row instead of ||W + dW||_row, and A1111 always normalises per input column, so for an
+exact DoRA in those two use --diff.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from imprint.util.errors import ImprintError
+
+PEFT_KINDS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector", "hada_w1_a", "hada_w1_b",
+              "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a",
+              "lokr_w2_b")
+ALGORITHMS = {"dora": "lora", "loha": "loha", "lokr": "lokr", "krona": "lokr"}
+
+
+def _split(key: str) -> tuple[str, str]:
+    for kind in PEFT_KINDS:
+        if key.endswith("." + kind):
+            return key[: -len(kind) - 1], kind
+    raise ImprintError(f"unexpected adapter key {key!r}; not a LoRA / LoHa / LoKr tensor")
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ImprintError(f"{path}: missing; the run folder is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k).float() for k in f.keys()}
+    except (OSError, ValueError) as e:
+        raise ImprintError(f"{path}: unreadable ({e}); the run folder is damaged") from e
+
+
+def run_modules(run: Path, metadata: dict) -> dict[str, tuple[dict[str, torch.Tensor], float]]:
+    """`part.module path` -> (its tensors by PEFT part name, the scale of its update)."""
+    method, hp = metadata.get("method"), metadata.get("hyperparameters") or {}
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    scales: dict[str, float] = {}
+    if method in ("lora", "dora"):
+        rank = hp.get("rank")
+        alpha = float(hp.get("alpha") or rank or 0)
+        for key, value in _read(run / "pytorch_lora_weights.safetensors").items():
+            module, kind = _split(key)
+            grouped.setdefault(module, {})[kind] = value
+        for module, tensors in grouped.items():
+            r = tensors["lora_A.weight"].shape[0]
+            scales[module] = alpha / (rank or r)
+    elif method in ("loha", "lokr"):
+        folders = sorted(p for p in (run / "adapter").iterdir() if p.is_dir()) if (run / "adapter").is_dir() else []
+        if not folders:
+            raise ImprintError(f"{run / 'adapter'}: missing; the run folder is incomplete")
+        for folder in folders:
+            config = json.loads((folder / "adapter_config.json").read_text())
+            for key, value in _read(folder / "adapter_model.safetensors").items():
+                module, kind = _split(key)
+                grouped.setdefault(f"{folder.name}.{module}", {})[kind] = value
+                scales[f"{folder.name}.{module}"] = float(config["alpha"]) / float(config["r"])
+    elif method == "krona":
+        for key, value in _read(run / "krona_weights.safetensors").items():
+            module, kind = _split(key)
+            grouped.setdefault(module, {})[kind] = value
+            scales[module] = 1.0
+    else:
+        raise ImprintError(f"{run}: method {method!r} has no adapter file to export")
+    return {m: (grouped[m], scales[m]) for m in sorted(grouped)}
+
+
+def delta_weight(tensors: dict[str, torch.Tensor], scale: float, shape) -> torch.Tensor:
+    """The additive update of one module (before DoRA's normalisation), in the module's shape."""
+    if "lora_A.weight" in tensors:
+        up, down = tensors["lora_B.weight"], tensors["lora_A.weight"]
+        return scale * (up.flatten(1) @ down.flatten(1)).reshape(shape)
+    if "hada_w1_a" in tensors:
+        t = tensors
+        return scale * ((t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])).reshape(shape)
+    w1 = tensors["lokr_w1"] if "lokr_w1" in tensors else tensors["lokr_w1_a"] @ tensors["lokr_w1_b"]
+    w2 = tensors["lokr_w2"] if "lokr_w2" in tensors else tensors["lokr_w2_a"] @ tensors["lokr_w2_b"]
+    return scale * torch.kron(w1, w2).reshape(shape)
+
+
+def lycoris_module(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """One module's tensors under LyCORIS' part names, scaled for the loaders' formulas."""
+    out: dict[str, torch.Tensor] = {}
+    if "lora_A.weight" in tensors:
+        out["lora_down.weight"], out["lora_up.weight"] = tensors["lora_A.weight"], tensors["lora_B.weight"]
+        out["alpha"] = torch.tensor(scale * tensors["lora_A.weight"].shape[0])
+        if "lora_magnitude_vector" in tensors:
+            out["dora_scale"] = tensors["lora_magnitude_vector"].reshape(-1, 1)
+        return out
+    if "hada_w1_a" in tensors:
+        out.update({k: tensors[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")})
+        out["alpha"] = torch.tensor(scale * tensors["hada_w1_b"].shape[0])
+        return out
+    out.update({k: v for k, v in tensors.items() if k.startswith("lokr_")})
+    if "lokr_w2_b" in tensors:
+        out["alpha"] = torch.tensor(scale * tensors["lokr_w2_b"].shape[0])
+    elif "lokr_w1_b" in tensors:
+        out["alpha"] = torch.tensor(scale * tensors["lokr_w1_b"].shape[0])
+    else:  # both factors full: the loaders apply scale 1, so the scale goes into w1
+        out["lokr_w1"] = tensors["lokr_w1"] * scale
+    return out
+
+
+def lycoris_state_dict(modules: dict, family, diff_of=None) -> dict[str, torch.Tensor]:
+    """All modules in the kohya / LyCORIS layout; with `diff_of(module) -> W0` full `diff` deltas."""
+    out = {}
+    for module, (tensors, scale) in modules.items():
+        part, _, path = module.partition(".")
+        if part not in family.kohya_prefixes or not path:
+            raise ImprintError(f"unexpected adapter module {module!r}; not a {family.name} model part")
+        name = family.kohya_module_name(part, path)
+        if diff_of is None:
+            parts = lycoris_module(tensors, scale)
+        else:
+            base = diff_of(module).float()
+            merged = base + delta_weight(tensors, scale, base.shape)
+            if "lora_magnitude_vector" in tensors:  # DoRA: PEFT's per-output-row magnitude
+                norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (merged.dim() - 1))
+                merged = merged * (tensors["lora_magnitude_vector"].reshape(norm.shape) / norm)
+            parts = {"diff": merged - base}
+        for kind, value in parts.items():
+            out[f"{name}.{kind}"] = value.float().contiguous()
+    return out
+
+
+def base_weights(model: str, family_cls):
+    """module `part.path` -> the base model's weight of it (for --diff)."""
+    pipe = family_cls.load_pipeline(model)
+    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+
+    def weight(module: str) -> torch.Tensor:
+        part, _, path = module.partition(".")
+        try:
+            return parts[part].get_submodule(path).weight.detach()
+        except AttributeError as e:
+            raise ImprintError(f"--diff: the base model {model} has no module {module}; "
+                               "is this run of another base model?") from e
+    return weight

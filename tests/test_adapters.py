@@ -1,0 +1,230 @@
+"""The adapter methods (dora, loha, lokr, krona): their formulas on fixed tensors, the result
+files loading back with the trained update, merge == forward, and the kohya / LyCORIS export
+giving the trained model under the formulas ComfyUI and A1111 apply.
+
+The loader formulas below are written here from ComfyUI's comfy/weight_adapter/{lora,loha,lokr}.py
+and base.py (weight_decompose) and A1111's extensions-builtin/Lora, independently of the exporter.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli, train_tiny_run
+from test_diffusers_compat import fresh_pipeline, text_output, unet_output
+from test_export_kohya import clip_module_path
+
+ADAPTERS = ["dora", "loha", "lokr", "krona"]
+
+
+def prepared(model, name, **settings):
+    """The tiny model's family with the method's adapters, moved off their zero start."""
+    from imprint.families import load_family
+    from imprint.methods import METHODS, Subject
+
+    family = load_family(str(model))
+    cls = METHODS[name]
+    chosen = cls.Settings(**settings)
+    if hasattr(chosen, "resolve"):
+        chosen.resolve()
+    method = cls(chosen)
+    torch.manual_seed(0)
+    params = method.prepare(family, Subject("sks", "toy"))
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.2 * torch.randn_like(p))
+    return family, method
+
+
+def settings_of(name):
+    return {"krona": {"krona_a1": 4, "krona_a2": 8}}.get(name, {"rank": 2, "alpha": 8.0, "train_text_encoder": True})
+
+
+# --- formulas on fixed tensors -------------------------------------------------------------
+
+def test_krona_forward_is_the_kronecker_update():
+    from imprint.methods.krona import KronALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 8)
+    layer = KronALinear(base, a1=2, a2=3)
+    x = torch.randn(5, 12)
+    assert torch.equal(layer(x), base(x))  # B = 0: no update at step 0
+    assert layer.krona_A.shape == (2, 3) and layer.krona_B.shape == (4, 4)
+    with torch.no_grad():
+        layer.krona_B.normal_()
+    A, B = layer.krona_A.detach(), layer.krona_B.detach()
+    kron = torch.zeros(8, 12)  # A (x) B element by element: kron[i*4 + k, j*4 + l] = A[i, j] B[k, l]
+    for i in range(2):
+        for j in range(3):
+            kron[i * 4:(i + 1) * 4, j * 4:(j + 1) * 4] = A[i, j] * B
+    expected = x @ (base.weight + kron).T + base.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.merged_weight(), base.weight + kron)
+
+
+def test_krona_init_follows_the_paper():
+    from imprint.methods.krona import KronALinear
+
+    torch.manual_seed(0)
+    layer = KronALinear(torch.nn.Linear(256, 256), a1=4, a2=64)
+    assert torch.count_nonzero(layer.krona_B) == 0
+    assert abs(layer.krona_A.std().item() - 1 / 4) < 0.02  # N(0, 1/a1^2)
+
+
+def test_krona_parameter_count_at_the_papers_setting():
+    """(a1, a2) = (4, 64) on a 320-wide self-attention: A is 4 x 64, B is 80 x 5 per projection."""
+    from imprint.methods.krona import KronALinear
+
+    layer = KronALinear(torch.nn.Linear(320, 320), a1=4, a2=64)
+    assert sum(p.numel() for p in (layer.krona_A, layer.krona_B)) == 4 * 64 + 80 * 5
+
+
+# --- the loaders' formulas (ComfyUI / A1111), on a kohya file ------------------------------
+
+def loader_delta(parts, weight):
+    """dW as ComfyUI computes it for one module's parts (strength 1)."""
+    shape = weight.shape
+    if "lora_up.weight" in parts:
+        up, down = parts["lora_up.weight"], parts["lora_down.weight"]
+        diff = (up.flatten(1) @ down.flatten(1)).reshape(shape) * (parts["alpha"].item() / down.shape[0])
+        if "dora_scale" in parts:  # LyCORIS' output-axis layout: m (W + dW) / ||W + dW||_row
+            merged = weight + diff
+            norm = merged.flatten(1).norm(dim=1, keepdim=True)
+            return merged * (parts["dora_scale"] / norm) - weight
+        return diff
+    if "hada_w1_a" in parts:
+        p = parts
+        scale = p["alpha"].item() / p["hada_w1_b"].shape[0]
+        return ((p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"])).reshape(shape) * scale
+    if any(k.startswith("lokr_") for k in parts):
+        dim = None
+        w1 = parts.get("lokr_w1")
+        if w1 is None:
+            dim = parts["lokr_w1_b"].shape[0]
+            w1 = parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+        w2 = parts.get("lokr_w2")
+        if w2 is None:
+            dim = parts["lokr_w2_b"].shape[0]
+            w2 = parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        scale = parts["alpha"].item() / dim if ("alpha" in parts and dim is not None) else 1.0
+        return torch.kron(w1, w2).reshape(shape) * scale
+    if "diff" in parts:
+        assert parts["diff"].shape == shape  # ComfyUI skips a diff of another shape
+        return parts["diff"]
+    raise AssertionError(f"no loader reads parts {sorted(parts)}")
+
+
+def apply_like_the_loaders(pipe, state):
+    """Merge a kohya / LyCORIS file into a diffusers pipeline by the tools' names and formulas."""
+    modules = {"lora_unet_" + n.replace(".", "_"): m for n, m in pipe.unet.named_modules()}
+    modules.update({"lora_te_" + clip_module_path(n).replace(".", "_"): m
+                    for n, m in pipe.text_encoder.named_modules()})
+    grouped = {}
+    for key, value in state.items():
+        name, _, part = key.partition(".")
+        grouped.setdefault(name, {})[part] = value.float()
+    for name, parts in grouped.items():
+        module = modules[name]  # a name the tools do not know would be skipped: fail instead
+        with torch.no_grad():
+            module.weight += loader_delta(parts, module.weight.float())
+    return len(grouped)
+
+
+# --- round trips through the result files and the export ----------------------------------
+
+def write_run(folder, model, name, method, family):
+    folder.mkdir()
+    files = method.save_result(family, folder)
+    hp = {**{"rank": None, "alpha": None}, **vars(method.settings)}
+    (folder / "metadata.json").write_text(json.dumps({
+        "method": name, "base_model": str(model), "family": "sd", "hyperparameters": hp}))
+    return files
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_result_and_export_give_the_trained_model(name, tiny_model, tmp_path):
+    from imprint.methods import METHODS
+
+    family, method = prepared(tiny_model, name, **settings_of(name))
+    trained_unet, trained_text = unet_output(family.unet), None
+    if "text_encoder" in method.trained_parts():
+        trained_text = text_output_of(family)
+    with family.adapters_disabled():
+        frozen_unet = unet_output(family.unet)
+    assert (trained_unet - frozen_unet).abs().max() > 1e-3  # the update is really there
+
+    run = tmp_path / "run"
+    write_run(run, tiny_model, name, method, family)
+    # imprint's own loader (imprint generate)
+    pipe = fresh_pipeline(tiny_model)
+    METHODS[name].load_into_pipeline(pipe, run, {})
+    torch.testing.assert_close(unet_output(pipe.unet), trained_unet, rtol=1e-4, atol=1e-5)
+    if trained_text is not None:
+        torch.testing.assert_close(text_output(pipe), trained_text, rtol=1e-4, atol=1e-5)
+
+    # the export, applied with the loaders' formulas to the base model
+    for diff in (False, True):
+        out = tmp_path / f"export-{diff}.safetensors"
+        assert run_cli("export", run, "--output", out, *(["--diff"] if diff else [])) == 0
+        state = load_file(out)
+        if not diff:
+            kinds = {k.partition(".")[2] for k in state}
+            expected = {"dora": {"lora_up.weight", "lora_down.weight", "alpha", "dora_scale"},
+                        "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+                        "krona": {"lokr_w1", "lokr_w2"}}.get(name)
+            if expected:
+                assert kinds == expected
+            else:
+                assert kinds <= {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}
+        base = fresh_pipeline(tiny_model)
+        assert apply_like_the_loaders(base, state) >= 8
+        torch.testing.assert_close(unet_output(base.unet), trained_unet, rtol=1e-4, atol=1e-5)
+        if trained_text is not None:
+            torch.testing.assert_close(text_output(base), trained_text, rtol=1e-4, atol=1e-5)
+
+
+def text_output_of(family):
+    ids = family.tokenizer(["a photo of a toy"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return family.text_encoder(ids)[0]
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_merged_weights_equal_the_adapted_forward(name, tiny_model):
+    """merge(adapter)(x) == forward_with_adapter(x), for every adapted layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from imprint.methods.layers import AdapterLinear
+
+    family, _ = prepared(tiny_model, name, **settings_of(name))
+    checked = 0
+    for module in [*family.unet.modules(), *family.text_encoder.modules()]:
+        if not isinstance(module, (BaseTunerLayer, AdapterLinear)):
+            continue
+        base = module.base_layer
+        x = torch.randn(3, base.in_features)
+        with torch.no_grad():
+            adapted = module(x)
+            if isinstance(module, AdapterLinear):
+                merged = torch.nn.functional.linear(x, module.merged_weight(), base.bias)
+            else:
+                module.merge()
+                merged = module(x)  # merged: the base layer with the merged weight
+                module.unmerge()
+        torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_trains_generates_and_exports_end_to_end(name, tiny_model, tmp_path):
+    flags = ["--krona-a2", "8"] if name == "krona" else ["--rank", "2"]
+    run = train_tiny_run(tmp_path, tiny_model, "--method", name, "--steps", "3", "--lr", "1e-2", *flags)
+    assert json.loads((run / "metadata.json").read_text())["method"] == name
+    assert run_cli("generate", "--run", run, "a sks toy", "--num-images", "1", "--inference-steps", "2",
+                   "--output", tmp_path / "gen") == 0
+    assert (tmp_path / "gen" / "00-00.png").is_file()
+    assert run_cli("export", run, "--output", tmp_path / "k.safetensors") == 0
