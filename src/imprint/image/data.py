@@ -2,7 +2,8 @@
 
 Every photo is made the same: EXIF orientation applied, transparency composited on white,
 CMYK / grey / palette / 16-bit converted to 8-bit RGB, resized so the short side is the
-training resolution, then centre-cropped square.
+training resolution, then centre-cropped square (or, with --buckets, to its bucket's size).
+A caption file NAME.txt beside photo NAME.jpg is that photo's training prompt.
 """
 
 from __future__ import annotations
@@ -46,12 +47,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    return fit_to_size(image, resolution, resolution)
+
+
+def fit_to_size(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resized to cover width x height (aspect kept), then centre-cropped to it."""
     w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    scale = max(width / w, height / h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def load_image_file(path: Path, resolution: int | None = None) -> Image.Image:
@@ -77,7 +83,8 @@ def load_image_file(path: Path, resolution: int | None = None) -> Image.Image:
 
 
 def list_image_files(folder: str | Path, flag: str = "--images") -> list[Path]:
-    """Image files of a folder, sorted; anything else is named in one warning and skipped."""
+    """Image files of a folder, sorted; anything else is named in one warning and skipped
+    (but not a photo's caption file, NAME.txt beside NAME.jpg)."""
     root = Path(folder)
     if not root.exists():
         raise ImprintError(f"{flag} {folder}: folder not found; pass the folder of subject photos")
@@ -85,7 +92,9 @@ def list_image_files(folder: str | Path, flag: str = "--images") -> list[Path]:
         raise ImprintError(f"{flag} {folder}: not a folder; pass the folder that holds the photos")
     files = sorted(p for p in root.iterdir() if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    stems = {p.stem for p in images}
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS
+               and not (p.suffix == ".txt" and p.stem in stems)]
     if skipped:
         log.warning("skipping %d non-image file(s) in %s: %s", len(skipped), root, ", ".join(skipped))
     if not images:
@@ -109,6 +118,32 @@ def load_subject_images(folder: str | Path, resolution: int, flag: str = "--imag
             f"{flag} {folder}: {len(bad)} file(s) rejected: " + "; ".join(bad)
         )
     return SubjectImages(paths=paths, images=images)
+
+
+def caption_path(image_path: Path) -> Path:
+    return image_path.with_suffix(".txt")
+
+
+def read_captions(paths: list[Path]) -> list[str | None]:
+    """Per photo, the text of its caption file NAME.txt (whitespace runs and line breaks as one
+    space), or None where there is none; an empty or non-UTF-8 caption file is an error naming it."""
+    captions = []
+    for path in paths:
+        file = caption_path(path)
+        if not file.is_file():
+            captions.append(None)
+            continue
+        try:
+            text = file.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ImprintError(f"{file}: caption file is not UTF-8 text (byte {e.start}); save it as UTF-8, "
+                               "or delete it to train that photo with --instance-prompt") from e
+        text = " ".join(text.split())
+        if not text:
+            raise ImprintError(f"{file}: empty caption file; write the photo's caption in it, or delete it to "
+                               "train that photo with --instance-prompt")
+        captions.append(text)
+    return captions
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:

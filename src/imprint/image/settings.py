@@ -33,9 +33,20 @@ class DataSettings:
     token: str = setting("sks", "rare identifier that stands for the subject in prompts")
     instance_prompt: str = setting("a photo of {token} {class_name}", "training caption; {token} and "
                                    "{class_name} are filled in")
+    captions: bool = setting(True, "a caption file NAME.txt beside photo NAME.jpg is that photo's training "
+                             "prompt ({token} and {class_name} filled in); photos without one use "
+                             "--instance-prompt; --no-captions: the instance prompt for every photo")
     resolution: int = setting(512, "training size in pixels (square, a multiple of 8)", positive=True)
+    buckets: bool = setting(False, "aspect-ratio buckets (as kohya's): each photo keeps its shape, resized "
+                            "and centre-cropped to the bucket of nearest aspect (about resolution^2 pixels, "
+                            "sides multiples of resolution/8 up to 64, from resolution/2 to 2x resolution); "
+                            "each batch from one bucket; class images stay square")
     batch_size: int = setting(1, "subject images per step (as many class images are added with prior "
                               "preservation)", positive=True)
+    repeats: int = setting(1, "each subject photo counts N times in an epoch (kohya's repeats): an epoch "
+                           "walks N shuffled copies of the photo list; the rows of a step (batch-size "
+                           "subject rows, as many class rows) stay the same, so it changes the order and, "
+                           "with --buckets, how evenly each bucket's batches fill", positive=True)
     noise_offset: float = setting(0.0, "offset noise (Guttenberg 2023): a per-channel constant of this "
                                   "scale added to the training noise, so the model can move an image's "
                                   "mean brightness; 0: off, e.g. 0.05")
@@ -161,6 +172,9 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
                 raise ImprintError(f"{flag(name)} is required (flag or key in --config)")
     if cfg.data.resolution % 8:
         raise ImprintError(f"--resolution {cfg.data.resolution}: must be a multiple of 8")
+    if cfg.data.buckets and cfg.data.resolution % 64:
+        raise ImprintError(f"--resolution {cfg.data.resolution}: with --buckets it must be a multiple of 64 "
+                           "(the bucket sides step by resolution/8)")
     if cfg.trainer.lr <= 0:
         raise ImprintError(f"--lr must be > 0, got {cfg.trainer.lr}")
     if cfg.trainer.ema_decay and not 0 < cfg.trainer.ema_decay < 1:

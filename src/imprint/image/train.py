@@ -2,7 +2,8 @@
 a method's result files out.
 
 Frozen parts are used once, up front, to cache what they would compute every step (VAE
-latents, prompt encodings), so a step runs only the denoiser and what is trained.
+latents per photo, an encoding per distinct prompt), so a step runs only the denoiser and what
+is trained.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from imprint.core.precision import DTYPES, make_accelerator
 from imprint.core.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
 from imprint.families import load_family
-from imprint.image.data import images_to_tensor, load_image_file, load_subject_images
+from imprint.image.buckets import Bucket, bucket_for, subject_rows
+from imprint.image.data import (SubjectImages, caption_path, fit_to_size, images_to_tensor, load_image_file,
+                                load_subject_images, read_captions)
 from imprint.image.prior import ensure_class_images
 from imprint.image.sampling import sample, save_grid
 from imprint.image.settings import ImageRunConfig, build_config
@@ -60,7 +63,8 @@ class SubjectTask(Task):
 
     name = "image"
 
-    def __init__(self, cfg: ImageRunConfig, accelerator, subject_images):
+    def __init__(self, cfg: ImageRunConfig, accelerator, subject: SubjectImages,
+                 captions: list[str | None] | None = None):
         self.cfg, self.accelerator = cfg, accelerator
         self.device, self.frozen_dtype = accelerator.device, DTYPES[cfg.trainer.mixed_precision]
         self.family = family = load_family(cfg.run.model)
@@ -70,10 +74,10 @@ class SubjectTask(Task):
         family.to(self.device, self.frozen_dtype, self.method.float32_parts())
 
         # --- caches: everything the frozen parts compute, once ---------------------------
-        self.instance_mean, self.instance_std = family.encode_images(images_to_tensor(subject_images))
-        self.class_mean = self.class_std = None
+        self.buckets = self.encode_subject(subject)
+        self.class_mean = self.class_std = self.class_prompt = None
         if cfg.prior.prior_preservation:
-            class_prompt = cfg.fill(cfg.prior.class_prompt)
+            self.class_prompt = class_prompt = cfg.fill(cfg.prior.class_prompt)
             with accelerator.autocast():
                 class_paths = ensure_class_images(
                     cfg.prior.class_images, cfg.prior.num_class_images, family.model, class_prompt,
@@ -83,22 +87,45 @@ class SubjectTask(Task):
 
         torch.manual_seed(cfg.trainer.seed)  # adapter initialisation draws from the global generator
         self.params = self.method.prepare(family, Subject(cfg.data.token, cfg.data.class_name))
-        self.instance_prompt = cfg.data.instance_prompt.format(token=self.method.prompt_token(),
-                                                               class_name=cfg.data.class_name)
+        self.instance_prompt = self.fill_prompt(cfg.data.instance_prompt)
+        # each photo's prompt: its caption, or the instance prompt; each distinct prompt is
+        # tokenized (and, with a frozen text encoder, encoded) once
+        self.image_prompts = [self.fill_prompt(c) if c else self.instance_prompt
+                              for c in captions or [None] * len(subject.paths)]
+        self.prompts = list(dict.fromkeys([self.instance_prompt, *self.image_prompts]
+                                          + ([self.class_prompt] if self.class_prompt is not None else [])))
+        self.prompt_ids = {p: i for i, p in enumerate(self.prompts)}
         self.cache_text = "text_encoder" not in trained
-        # instance rows first, class rows after them
-        self.roles = [INSTANCE] * cfg.data.batch_size
-        prompts = [self.instance_prompt] * cfg.data.batch_size
-        if cfg.prior.prior_preservation:
-            self.roles += [CLASS] * cfg.data.batch_size
-            prompts += [class_prompt] * cfg.data.batch_size
-        self.tokens = family.tokenize(prompts)
-        self.conditioning = None
+        self.prompt_tokens = family.tokenize(self.prompts)
+        self.prompt_encodings = None
         if self.cache_text:
             with torch.no_grad():
-                self.conditioning = {k: v.to(self.device, self.frozen_dtype)
-                                     for k, v in family.encode_prompts(self.tokens).items()}
+                self.prompt_encodings = {k: v.to(self.device, self.frozen_dtype)
+                                         for k, v in family.encode_prompts(self.prompt_tokens).items()}
         self.prompt_metadata = {"token": cfg.data.token, **self.method.metadata()}
+
+    def fill_prompt(self, text: str) -> str:
+        return text.format(token=self.method.prompt_token(), class_name=self.cfg.data.class_name)
+
+    def encode_subject(self, subject: SubjectImages) -> list[Bucket]:
+        """The photos' latent posteriors, by bucket: one square bucket without --buckets."""
+        cfg, family = self.cfg, self.family
+        if not cfg.data.buckets:
+            resolution = cfg.data.resolution
+            return [Bucket((resolution, resolution), list(range(len(subject.images))),
+                           *family.encode_images(images_to_tensor(subject.images)))]
+        by_size: dict[tuple[int, int], list[tuple[int, object]]] = {}
+        for index, path in enumerate(subject.paths):
+            image = load_image_file(path)
+            size = bucket_for(*image.size, cfg.data.resolution)
+            by_size.setdefault(size, []).append((index, fit_to_size(image, *size)))
+        buckets = []
+        for size, members in sorted(by_size.items()):
+            pixels = images_to_tensor([image for _, image in members])
+            buckets.append(Bucket(size, [index for index, _ in members], *family.encode_images(pixels)))
+        log.info("aspect-ratio buckets: %s", ", ".join(f"{b.size[0]}x{b.size[1]} ({len(b.images)} photos)"
+                                                       for b in buckets))
+        return buckets
 
     def pipe_prompt(self, text: str) -> str:
         return self.method.rewrite_prompt(text, self.prompt_metadata)
@@ -119,32 +146,55 @@ class SubjectTask(Task):
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params
 
-    def batch(self, step: int, micro: int) -> Batch:
+    def batches(self, step: int, micro: int) -> list[Batch]:
+        """The rows of a step: one batch, or two (subject rows, then class rows) where a bucket's
+        shape is not the class images' square."""
         cfg, family = self.cfg, self.family
         index = step * cfg.trainer.gradient_accumulation_steps + micro
         generator = step_generator(cfg.trainer.seed, 0, index)
-        rows = batch_indices(cfg.trainer.seed, 1, index, cfg.data.batch_size, self.instance_mean.shape[0])
-        latents = family.sample_latents(self.instance_mean[rows], self.instance_std[rows], generator)
+        number, rows = subject_rows(cfg.trainer.seed, index, cfg.data.batch_size, self.buckets, cfg.data.repeats,
+                                    by_bucket=cfg.data.buckets)
+        bucket = self.buckets[number]
+        latents = family.sample_latents(bucket.mean[rows], bucket.std[rows], generator)
+        groups = [(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows])]
         if self.class_mean is not None:
             rows = batch_indices(cfg.trainer.seed, 2, index, cfg.data.batch_size, self.class_mean.shape[0])
-            latents = torch.cat([latents, family.sample_latents(self.class_mean[rows], self.class_std[rows], generator)])
+            latents = family.sample_latents(self.class_mean[rows], self.class_std[rows], generator)
+            roles, prompts = [CLASS] * len(rows), [self.class_prompt] * len(rows)
+            if latents.shape[1:] == groups[0][0].shape[1:]:
+                first = groups[0]
+                groups[0] = (torch.cat([first[0], latents]), first[1] + roles, first[2] + prompts)
+            else:
+                groups.append((latents, roles, prompts))
+        return [self.noised(latents, roles, prompts, generator) for latents, roles, prompts in groups]
+
+    def noised(self, latents: torch.Tensor, roles: list[str], prompts: list[str], generator) -> Batch:
+        cfg, family = self.cfg, self.family
         noise = torch.randn(latents.shape, generator=generator)
         if cfg.data.noise_offset:
             noise += cfg.data.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
         timesteps = family.sample_timesteps(latents.shape[0], generator)
         noisy, target = family.noisy_input_and_target(latents, noise, timesteps)
+        conditioning = None
+        if self.prompt_encodings is not None:
+            ids = torch.tensor([self.prompt_ids[p] for p in prompts], device=self.device)
+            conditioning = {k: v[ids] for k, v in self.prompt_encodings.items()}
         return Batch(latents=latents, noise=noise, timesteps=timesteps.to(self.device),
-                     noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=self.conditioning,
-                     roles=self.roles)
+                     noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=conditioning,
+                     roles=roles, captions=prompts)
 
     def loss(self, step: int, micro: int):
-        batch = self.batch(step, micro)
-        with self.accelerator.autocast():
-            if not self.cache_text:
-                batch.conditioning = {k: v.to(self.frozen_dtype)
-                                      for k, v in self.family.encode_prompts(self.tokens).items()}
-            prediction = self.family.predict(batch.noisy, batch.timesteps, batch.conditioning)
-        return self.objective(batch, self.family, prediction, self.accelerator.autocast)
+        parts: dict[str, torch.Tensor] = {}
+        for batch in self.batches(step, micro):
+            with self.accelerator.autocast():
+                if not self.cache_text:  # the text encoder trains: its encodings change every step
+                    tokens = self.prompt_tokens[[self.prompt_ids[p] for p in batch.captions]]
+                    batch.conditioning = {k: v.to(self.frozen_dtype)
+                                          for k, v in self.family.encode_prompts(tokens).items()}
+                prediction = self.family.predict(batch.noisy, batch.timesteps, batch.conditioning)
+            for name, value in self.objective.losses(batch, self.family, prediction, self.accelerator.autocast).items():
+                parts[name] = parts[name] + value if name in parts else value
+        return self.objective.total(parts)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.method.trainable_state_dict(self.family)
@@ -226,6 +276,22 @@ class Selection(Callback):
                      best, self.selector.scores[best]["reward"])
 
 
+def checked_captions(cfg: ImageRunConfig, subject: SubjectImages) -> list[str | None]:
+    """The photos' caption files, read and their placeholders checked before the model loads."""
+    captions = read_captions(subject.paths)
+    for path, caption in zip(subject.paths, captions):
+        if caption is not None:
+            try:
+                cfg.fill(caption)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ImprintError(f"{caption_path(path)}: bad placeholder {e}; only {{token}} and {{class_name}} "
+                                   "are filled in (write {{ and }} for a literal brace)") from e
+    with_caption = sum(c is not None for c in captions)
+    log.info("captions: %d of %d subject images have a caption file (NAME.txt); %s", with_caption, len(captions),
+             "the others use the instance prompt" if with_caption < len(captions) else "every image uses its own")
+    return captions
+
+
 def train(cfg: ImageRunConfig, scorer=None) -> Path:
     """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
     run = RunFolder(cfg.run.output)
@@ -238,8 +304,9 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
         check_resume(cfg, run)
     subject = load_subject_images(cfg.data.images, cfg.data.resolution)
     log.info("%d subject images from %s", len(subject.images), cfg.data.images)
+    captions = checked_captions(cfg, subject) if cfg.data.captions else None
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
-    task = SubjectTask(cfg, accelerator, subject.images)
+    task = SubjectTask(cfg, accelerator, subject, captions)
     run.create()
     run.write_config(cfg.to_dict())
     samples = Samples(task, run)

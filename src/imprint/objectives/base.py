@@ -93,7 +93,9 @@ class LossTerm(ABC):
 
 
 class Objective:
-    """The sum of the terms' losses over one batch; the terms' weights multiply the error."""
+    """The sum of the terms' losses over one batch; the terms' weights multiply the error.
+    A step whose rows have two shapes (aspect-ratio buckets beside square class images) is two
+    batches, one per shape: `losses` of each, added up, then `total`."""
 
     def __init__(self, terms: list[LossTerm]):
         self.terms = [t for t in terms if t.enabled()]
@@ -108,6 +110,10 @@ class Objective:
 
     def __call__(self, batch: Batch, family, prediction: torch.Tensor,
                  autocast=None) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.total(self.losses(batch, family, prediction, autocast))
+
+    def losses(self, batch: Batch, family, prediction: torch.Tensor, autocast=None) -> dict[str, torch.Tensor]:
+        """Each term's loss over this batch (terms with nothing to add left out)."""
         errors = F.mse_loss(prediction.float(), batch.target.to(prediction.device).float(), reduction="none")
         for term in self.terms:
             weight = term.weight(batch, family)
@@ -120,6 +126,11 @@ class Objective:
             value = term.loss(ctx)
             if value is not None:
                 parts[term.name] = value
+        return parts
+
+    @staticmethod
+    def total(parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss, and each term's part to log (when there are several)."""
         total = sum(parts.values())
         return total, {f"loss_{k}": float(v.detach()) for k, v in parts.items()} if len(parts) > 1 else {}
 

@@ -12,5 +12,7 @@ class Denoise(LossTerm):
     name = "denoise"
 
     def loss(self, ctx: TermContext):
+        if not ctx.batch.has(INSTANCE):  # the class rows of a step, batched apart (buckets)
+            return None
         rows = ctx.batch.rows(INSTANCE)
         return ctx.row_errors[rows.to(ctx.row_errors.device)].mean()
