@@ -24,23 +24,59 @@ from imprint.util.files import fsync_dir as _fsync_dir
 PREFIX = "checkpoint-"
 
 
+NEST = "/"  # joins the keys of a dict nested in a parameter's state: "3.outer/inner"
+
+
 def optimizer_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """torch optimizer state -> (tensors for safetensors, JSON-able rest)."""
-    tensors, scalars = {}, {}
+    """torch optimizer state -> (tensors for safetensors, JSON-able rest).
+
+    Any torch.optim.Optimizer's state fits: AdamW's tensors, Prodigy's int steps and the floats
+    it adds to param_groups (d, d_max, d_numerator, ...; JSON keeps a float's every bit), and
+    bitsandbytes' 8-bit state, which nests a dict of quantised buffers in each parameter's state
+    and shares one quantisation map between all parameters (safetensors refuses tensors that
+    share memory, so a repeated one is stored as a copy)."""
+    tensors, scalars, storages = {}, {}, set()
+
+    def put(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                put(f"{name}{NEST}{key}", inner)
+        elif torch.is_tensor(value):
+            tensor = value.detach().cpu().contiguous()
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in storages:
+                tensor = tensor.clone()
+            storages.add(storage)
+            tensors[name] = tensor
+        else:
+            scalars[name] = value
+
     for index, param_state in state_dict["state"].items():
         for key, value in param_state.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
+            put(f"{index}.{key}", value)
+    for group in state_dict["param_groups"]:
+        for key, value in group.items():
+            if not _json_exact(value):
+                raise ValueError(f"optimizer param_groups[{key!r}] holds a {type(value).__name__}, "
+                                 "which a checkpoint's JSON cannot keep exactly")
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _json_exact(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_json_exact(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     state: dict[int, dict] = {}
     for flat, value in list(tensors.items()) + list(rest["scalars"].items()):
         index, key = flat.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        target = state.setdefault(int(index), {})
+        *outer, last = key.split(NEST)
+        for name in outer:
+            target = target.setdefault(name, {})
+        target[last] = value
     return {"state": state, "param_groups": rest["param_groups"]}
 
 

@@ -5,7 +5,6 @@ parameters, the loss of a step and the state to checkpoint; callbacks add sample
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -16,7 +15,8 @@ from tqdm.auto import tqdm
 import imprint
 from imprint.core import checkpoint as ckpt
 from imprint.core.ema import EMA
-from imprint.core.run_folder import RunFolder
+from imprint.core.optim import check_optimizer, logged_scalars, make_optimizer
+from imprint.core.run_folder import RunFolder, tensorboard_writer
 from imprint.core.settings import TrainerSettings
 from imprint.util.errors import ImprintError
 from imprint.util.testing import test_kill
@@ -72,14 +72,22 @@ class Callback:
     def on_train_end(self, step: int) -> None: ...
 
 
+def check_can_run(settings: TrainerSettings, device) -> None:
+    """What fit would refuse for want of a package or of kernels for `device` (--optimizer,
+    --log-with), as a one-line error: a task calls it before it loads its model."""
+    check_optimizer(settings.optimizer, device)
+    if settings.log_with == "tensorboard":
+        tensorboard_writer()
+
+
 def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resume: str | None = None,
         callbacks: list[Callback] = (), desc: str = "train") -> EMA | None:
     """Train `task` for settings.steps optimizer steps in `run`; -> the EMA, if one was kept."""
     params = task.parameters()
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=settings.weight_decay)
-    scheduler = task.make_scheduler(optimizer, settings)
-    optimizer = accelerator.prepare_optimizer(optimizer)
+    check_can_run(settings, params[0].device if params else accelerator.device)
+    raw_optimizer = make_optimizer(params, settings)
+    scheduler = task.make_scheduler(raw_optimizer, settings)
+    optimizer = accelerator.prepare_optimizer(raw_optimizer)
     ema = EMA(task.ema_tensors(), settings.ema_decay) if settings.ema_decay > 0 else None
     start = _resume(task, run, resume, optimizer, scheduler, ema)
     for callback in callbacks:
@@ -93,7 +101,8 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
                              protect=protect, more_tensors={"ema": ema.state_dict()} if ema else None)
 
     bar = tqdm(total=settings.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, disable=None)
-    log_file, started, accumulate = run.open_log(start), time.time(), settings.gradient_accumulation_steps
+    step_log, started = run.open_log(start, settings.log_with), time.time()
+    accumulate = settings.gradient_accumulation_steps
     for step in range(start, settings.steps):
         parts: dict[str, float] = {}
         loss_value = 0.0
@@ -117,8 +126,8 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
                                f"(checkpoints so far are kept in {run.path / 'checkpoints'})")
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        log_file.write(json.dumps({"step": done, "loss": loss_value, "lr": lr, "time": time.time(), **parts}) + "\n")
-        log_file.flush()
+        step_log.write({"step": done, "loss": loss_value, "lr": lr, **logged_scalars(raw_optimizer),
+                        "time": time.time(), **parts})
         _log_line_without_bar(bar, done, settings.steps, start, started, loss_value)
         test_kill("step", done)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
@@ -126,7 +135,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
         for callback in callbacks:
             callback.on_step_end(done)
     bar.close()
-    log_file.close()
+    step_log.close()
     for callback in callbacks:
         callback.on_train_end(settings.steps)
     return ema

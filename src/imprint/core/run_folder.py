@@ -3,6 +3,7 @@
   config.json     the settings the run was started with (flat keys; a resume must match them)
   metadata.json   written last: its presence means the run finished
   log.jsonl       one line per optimizer step
+  tensorboard/    with --log-with tensorboard: the same scalars as TensorBoard event files
   checkpoints/    see core/checkpoint.py
   samples/        sample grids (image tasks)
 """
@@ -32,6 +33,10 @@ class RunFolder:
     @property
     def log_path(self) -> Path:
         return self.path / "log.jsonl"
+
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / "tensorboard"
 
     def is_finished(self) -> bool:
         return self.metadata_path.is_file()
@@ -85,16 +90,54 @@ class RunFolder:
             raise ImprintError(f"{self.metadata_path}: unreadable ({e}); the run folder is damaged") from e
 
     # --- the log --------------------------------------------------------------------------
-    def open_log(self, start_step: int):
+    def open_log(self, start_step: int, log_with: str = "none") -> StepLog:
         """The log for appending from `start_step` on: lines of steps past it (written by a run
-        killed after its last checkpoint) are cut, so every step is logged once."""
+        killed after its last checkpoint) are cut, so every step is logged once; TensorBoard's
+        events of those steps are purged the same way."""
         self.create()
         if self.log_path.exists():
             lines = self.log_path.read_text().splitlines()
             kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= start_step]
             if len(kept) != len(lines):
                 write_text_atomic(self.log_path, "".join(line + "\n" for line in kept))
-        return open(self.log_path, "a")
+        writer = None
+        if log_with == "tensorboard":
+            # events of steps > start_step hidden, as log.jsonl cuts them: the next step logged is
+            # start_step + 1, which purge_step names
+            writer = tensorboard_writer()(log_dir=str(self.tensorboard_path), purge_step=start_step + 1)
+        return StepLog(open(self.log_path, "a"), writer)
+
+
+class StepLog:
+    """log.jsonl, and (with --log-with tensorboard) each of its scalars as a TensorBoard scalar of
+    the same name at the same step, both flushed every step."""
+
+    def __init__(self, file, writer=None):
+        self.file, self.writer = file, writer
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, record["step"], walltime=record.get("time"))
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def tensorboard_writer():
+    """torch's SummaryWriter class; a one-line error where the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImprintError("--log-with tensorboard: the tensorboard package is not installed; pip install "
+                           "tensorboard (or imprint-ml[tensorboard]), or use --log-with none") from e
+    return SummaryWriter
 
 
 def _step_of(line: str) -> int | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imprint.config import Group, all_fields, check_values, flag, instantiate
+from imprint.core.optim import default_lr
 from imprint.core.settings import TrainerSettings
 from imprint.methods import METHODS
 from imprint.objectives import TERMS
@@ -160,7 +161,7 @@ def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check
     if hasattr(cfg.method, "resolve"):
         cfg.method.resolve()
     if cfg.trainer.lr is None:
-        cfg.trainer.lr = method_cls.default_lr
+        cfg.trainer.lr = default_lr(cfg.trainer.optimizer, method_cls.default_lr)
     validate(cfg, check_required)
     return cfg
 

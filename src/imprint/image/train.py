@@ -16,7 +16,7 @@ import torch
 
 import imprint
 from imprint.core import checkpoint as ckpt
-from imprint.core.loop import Callback, Task, fit
+from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
 from imprint.core.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
@@ -37,7 +37,7 @@ log = logging.getLogger("imprint")
 
 # settings that may change when a run is resumed; any other change is a different run
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
-                     "sample_prompt", "sample_inference_steps", "final_samples"}
+                     "sample_prompt", "sample_inference_steps", "final_samples", "log_with"}
 
 
 def check_resume(cfg: ImageRunConfig, run: RunFolder) -> None:
@@ -306,6 +306,7 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
     log.info("%d subject images from %s", len(subject.images), cfg.data.images)
     captions = checked_captions(cfg, subject) if cfg.data.captions else None
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
+    check_can_run(cfg.trainer, accelerator.device)  # a missing package is found before the model loads
     task = SubjectTask(cfg, accelerator, subject, captions)
     run.create()
     run.write_config(cfg.to_dict())
