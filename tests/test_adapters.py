@@ -17,6 +17,7 @@ from test_diffusers_compat import fresh_pipeline, text_output, unet_output
 from test_export_kohya import clip_module_path
 
 ADAPTERS = ["dora", "loha", "lokr", "krona"]
+END_TO_END = [*ADAPTERS, "pivotal"]
 
 
 def prepared(model, name, **settings):
@@ -29,12 +30,15 @@ def prepared(model, name, **settings):
     chosen = cls.Settings(**settings)
     if hasattr(chosen, "resolve"):
         chosen.resolve()
+    if hasattr(chosen, "resolve_steps"):
+        chosen.resolve_steps(10)
     method = cls(chosen)
     torch.manual_seed(0)
     params = method.prepare(family, Subject("sks", "toy"))
     with torch.no_grad():
         for p in params:
             p.add_(0.2 * torch.randn_like(p))
+    method.after_optimizer_step(family, 1)  # what training does after an update (TI: other rows back)
     return family, method
 
 
@@ -219,7 +223,7 @@ def test_merged_weights_equal_the_adapted_forward(name, tiny_model):
     assert checked >= 8
 
 
-@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("name", END_TO_END)
 def test_trains_generates_and_exports_end_to_end(name, tiny_model, tmp_path):
     flags = ["--krona-a2", "8"] if name == "krona" else ["--rank", "2"]
     run = train_tiny_run(tmp_path, tiny_model, "--method", name, "--steps", "3", "--lr", "1e-2", *flags)
@@ -228,3 +232,45 @@ def test_trains_generates_and_exports_end_to_end(name, tiny_model, tmp_path):
                    "--output", tmp_path / "gen") == 0
     assert (tmp_path / "gen" / "00-00.png").is_file()
     assert run_cli("export", run, "--output", tmp_path / "k.safetensors") == 0
+
+
+# --- pivotal tuning -----------------------------------------------------------------------
+
+def test_pivotal_embedding_learns_at_its_rate_then_freezes(tiny_model, tmp_path):
+    run = train_tiny_run(tmp_path, tiny_model, "--method", "pivotal", "--steps", "4", "--lr", "1e-2",
+                         "--embedding-lr", "0.05", "--freeze-embedding-at", "2", "--checkpoint-every", "1",
+                         "--keep-checkpoints", "4", "--no-final-samples")
+    ckpt = {n: load_file(run / "checkpoints" / f"checkpoint-{n}" / "trainable.safetensors") for n in (1, 2, 3)}
+    state = json.loads((run / "checkpoints" / "checkpoint-1" / "state.json").read_text())
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [1e-2, 0.05]
+    emb = {n: c["learned_embeds"] for n, c in ckpt.items()}
+    assert not torch.equal(emb[1], emb[2])  # trained up to the freeze step
+    assert torch.equal(emb[2], emb[3])  # then fixed
+    final = load_file(run / "learned_embeds.safetensors")
+    assert torch.equal(next(iter(final.values())), emb[2])
+    lora = [k for k in ckpt[2] if k.startswith("lora.")]
+    assert lora and any(not torch.equal(ckpt[2][k], ckpt[3][k]) for k in lora)  # LoRA goes on
+
+
+def test_pivotal_result_loads_into_diffusers(tiny_model, tmp_path):
+    """The LoRA file and the embedding file, applied by diffusers, give the trained text encoder and UNet."""
+    from imprint.methods import METHODS
+
+    family, method = prepared(tiny_model, "pivotal", rank=2, num_vectors=2, freeze_embedding_at=5)
+    prompt = f"a photo of {method.prompt_token()} toy"
+    ids = family.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained_text = family.text_encoder(ids)[0]
+    trained_unet = unet_output(family.unet)
+    run = tmp_path / "run"
+    write_run(run, tiny_model, "pivotal", method, family)
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".safetensors") == [
+        "learned_embeds.safetensors", "pytorch_lora_weights.safetensors"]
+    pipe = fresh_pipeline(tiny_model)
+    METHODS["pivotal"].load_into_pipeline(pipe, run, method.metadata())
+    text = METHODS["pivotal"].rewrite_prompt("a photo of sks toy", {"token": "sks", **method.metadata()})
+    text = pipe.maybe_convert_prompt(text, pipe.tokenizer)  # the pipeline expands a multi-vector token
+    ids = pipe.tokenizer([text], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.text_encoder(ids)[0], trained_text, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(unet_output(pipe.unet), trained_unet, rtol=1e-4, atol=1e-5)

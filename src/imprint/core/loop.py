@@ -44,8 +44,12 @@ class Task(ABC):
     @abstractmethod
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
-    def after_optimizer_step(self) -> None:
-        """For tasks whose method constrains the weights after each update."""
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups; a group may carry its own "lr" (default: one group)."""
+        return [{"params": self.parameters()}]
+
+    def after_optimizer_step(self, step: int) -> None:
+        """For tasks whose method constrains the weights after update `step` (1-based)."""
 
     def ema_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors an EMA averages (default: every trained parameter)."""
@@ -85,7 +89,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
     """Train `task` for settings.steps optimizer steps in `run`; -> the EMA, if one was kept."""
     params = task.parameters()
     check_can_run(settings, params[0].device if params else accelerator.device)
-    raw_optimizer = make_optimizer(params, settings)
+    raw_optimizer = make_optimizer(task.parameter_groups(), settings)
     scheduler = task.make_scheduler(raw_optimizer, settings)
     optimizer = accelerator.prepare_optimizer(raw_optimizer)
     ema = EMA(task.ema_tensors(), settings.ema_decay) if settings.ema_decay > 0 else None
@@ -116,7 +120,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        task.after_optimizer_step()
+        task.after_optimizer_step(step + 1)
         if ema:
             ema.update(step)
 

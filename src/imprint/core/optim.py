@@ -33,10 +33,12 @@ def check_optimizer(optimizer: str, device: torch.device | str) -> None:
         _prodigy()
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings) -> torch.optim.Optimizer:
-    """The optimizer of `settings.optimizer` over `params` (a TrainerSettings' lr and weight decay)."""
+def make_optimizer(params, settings) -> torch.optim.Optimizer:
+    """The optimizer of `settings.optimizer` over `params`, a list of parameters or of parameter
+    groups (dicts, each with "params" and optionally its own "lr"); a TrainerSettings' lr and weight decay."""
     params = list(params)
-    device = params[0].device if params else torch.device("cpu")
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    device = flat[0].device if flat else torch.device("cpu")
     check_optimizer(settings.optimizer, device)
     if settings.optimizer == "adamw8bit":
         bnb = _bitsandbytes(device.type)
@@ -62,7 +64,7 @@ def make_optimizer(params: list[torch.nn.Parameter], settings) -> torch.optim.Op
     # CUDA floating-point tensor. On the CPU torch's default (a loop over the tensors) is kept, so a
     # CPU run computes the same bits as before (tests/test_equivalence.py); a CUDA run takes a few
     # ulps of difference from the foreach default for the speed.
-    fused = {"fused": True} if params and all(p.is_cuda and p.is_floating_point() for p in params) else {}
+    fused = {"fused": True} if flat and all(p.is_cuda and p.is_floating_point() for p in flat) else {}
     return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=settings.weight_decay, **fused)
 

@@ -180,7 +180,7 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Pat
     run = Path(run)
     metadata = RunFolder(run).read_metadata(flag="export")
     method = metadata.get("method")
-    if method != "lora" and method not in lycoris.ALGORITHMS:
+    if method not in ("lora", "pivotal") and method not in lycoris.ALGORITHMS:
         raise ImprintError(
             f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
             f"{', '.join(['lora', *lycoris.ALGORITHMS])}"
@@ -193,7 +193,7 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Pat
     if Path(output).is_dir():
         raise ImprintError(f"--output {output}: is a folder; pass the .safetensors file to write")
     hp = metadata.get("hyperparameters") or {}
-    if method == "lora" and not diff:
+    if method in ("lora", "pivotal") and not diff:
         tensors, header = _lora_file(run, metadata, family)
     else:
         modules = lycoris.run_modules(run, metadata)

@@ -55,7 +55,7 @@ def run_modules(run: Path, metadata: dict) -> dict[str, tuple[dict[str, torch.Te
     method, hp = metadata.get("method"), metadata.get("hyperparameters") or {}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     scales: dict[str, float] = {}
-    if method in ("lora", "dora"):
+    if method in ("lora", "dora", "pivotal"):
         rank = hp.get("rank")
         alpha = float(hp.get("alpha") or rank or 0)
         for key, value in _read(run / "pytorch_lora_weights.safetensors").items():

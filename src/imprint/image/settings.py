@@ -160,6 +160,8 @@ def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check
     )
     if hasattr(cfg.method, "resolve"):
         cfg.method.resolve()
+    if hasattr(cfg.method, "resolve_steps"):  # settings whose default depends on --steps
+        cfg.method.resolve_steps(cfg.trainer.steps)
     if cfg.trainer.lr is None:
         cfg.trainer.lr = default_lr(cfg.trainer.optimizer, method_cls.default_lr)
     validate(cfg, check_required)

@@ -202,8 +202,11 @@ class SubjectTask(Task):
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.method.load_trainable_state_dict(self.family, state)
 
-    def after_optimizer_step(self) -> None:
-        self.method.after_optimizer_step(self.family)
+    def parameter_groups(self) -> list[dict]:
+        return self.method.parameter_groups(self.params)
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.method.after_optimizer_step(self.family, step)
 
 
 class Samples(Callback):

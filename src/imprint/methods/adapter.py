@@ -29,7 +29,7 @@ class AdapterSettings:
     lora_targets: str = setting("attention", "attention: the UNet's attention projections (diffusers' "
                                 "example); attention+conv: also its ResNet convolutions (LyCORIS' LoCon)",
                                 choices=("attention", "attention+conv"))
-    train_text_encoder: bool = setting(False, "also train the text encoder (adapters on its attention)")
+    train_text_encoder: bool = setting(False, "also train the text encoder")
 
     def resolve(self) -> None:
         if self.alpha is None:
@@ -42,6 +42,10 @@ class AdapterMethod(Method):
     Settings = AdapterSettings
 
     def trained_parts(self) -> set[str]:
+        return self.adapter_parts()
+
+    def adapter_parts(self) -> set[str]:
+        """The parts that carry adapters."""
         return {"unet", "text_encoder"} if self.settings.train_text_encoder else {"unet"}
 
     def float32_parts(self) -> set[str]:
@@ -59,7 +63,7 @@ class AdapterMethod(Method):
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = []
-        for part in sorted(self.trained_parts()):
+        for part in sorted(self.adapter_parts()):
             module = family.modules[part]
             module.add_adapter(self.peft_config(part, family))
             for p in module.parameters():
@@ -72,7 +76,7 @@ class AdapterMethod(Method):
     def save_result(self, family, folder: Path) -> list[str]:
         from imprint.methods.peft_io import save_adapters
 
-        parts = save_adapters({p: family.modules[p] for p in self.trained_parts()}, Path(folder) / ADAPTER_FOLDER)
+        parts = save_adapters({p: family.modules[p] for p in self.adapter_parts()}, Path(folder) / ADAPTER_FOLDER)
         return [f"{ADAPTER_FOLDER}/{part}" for part in parts]
 
     @classmethod

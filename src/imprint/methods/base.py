@@ -75,8 +75,12 @@ class Method(ABC):
         """What generate needs to load the result, beyond the run config."""
         return {"prompt_token": self.prompt_token()}
 
-    def after_optimizer_step(self, family) -> None:
-        """Hook for methods that must constrain weights after each update."""
+    def parameter_groups(self, params: list[torch.nn.Parameter]) -> list[dict]:
+        """The optimizer's groups of `params`; a method whose parts learn at their own rate splits them."""
+        return [{"params": params}]
+
+    def after_optimizer_step(self, family, step: int) -> None:
+        """Hook for methods that must constrain weights after update `step` (1-based)."""
 
     def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must hold to restore training exactly."""

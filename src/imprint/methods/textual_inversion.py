@@ -77,7 +77,7 @@ class TextualInversion(Method):
     def metadata(self) -> dict:
         return {**super().metadata(), "placeholder": self.placeholder}
 
-    def after_optimizer_step(self, family) -> None:
+    def after_optimizer_step(self, family, step: int) -> None:
         # The optimiser sees the whole embedding table (weight decay and Adam moments touch
         # every row); put back every row but the new tokens', as the TI paper does.
         weight = family.text_encoder.get_input_embeddings().weight
