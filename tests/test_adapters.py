@@ -16,7 +16,7 @@ from conftest import run_cli, train_tiny_run
 from test_diffusers_compat import fresh_pipeline, text_output, unet_output
 from test_export_kohya import clip_module_path
 
-ADAPTERS = ["dora", "loha", "lokr", "krona"]
+ADAPTERS = ["dora", "loha", "lokr", "krona", "tlora"]
 END_TO_END = [*ADAPTERS, "pivotal"]
 
 
@@ -43,7 +43,7 @@ def prepared(model, name, **settings):
 
 
 def settings_of(name):
-    return {"krona": {"krona_a1": 4, "krona_a2": 8}}.get(name, {"rank": 2, "alpha": 8.0, "train_text_encoder": True})
+    return {"krona": {"krona_a1": 4, "krona_a2": 8}, "tlora": {}}.get(name, {"rank": 2, "alpha": 8.0, "train_text_encoder": True})
 
 
 # --- formulas on fixed tensors -------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_result_and_export_give_the_trained_model(name, tiny_model, tmp_path):
             kinds = {k.partition(".")[2] for k in state}
             expected = {"dora": {"lora_up.weight", "lora_down.weight", "alpha", "dora_scale"},
                         "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
-                        "krona": {"lokr_w1", "lokr_w2"}}.get(name)
+                        "krona": {"lokr_w1", "lokr_w2"}, "tlora": {"diff"}}.get(name)
             if expected:
                 assert kinds == expected
             else:
@@ -225,7 +225,7 @@ def test_merged_weights_equal_the_adapted_forward(name, tiny_model):
 
 @pytest.mark.parametrize("name", END_TO_END)
 def test_trains_generates_and_exports_end_to_end(name, tiny_model, tmp_path):
-    flags = ["--krona-a2", "8"] if name == "krona" else ["--rank", "2"]
+    flags = {"krona": ["--krona-a2", "8"], "tlora": []}.get(name, ["--rank", "2"])
     run = train_tiny_run(tmp_path, tiny_model, "--method", name, "--steps", "3", "--lr", "1e-2", *flags)
     assert json.loads((run / "metadata.json").read_text())["method"] == name
     assert run_cli("generate", "--run", run, "a sks toy", "--num-images", "1", "--inference-steps", "2",
@@ -274,3 +274,59 @@ def test_pivotal_result_loads_into_diffusers(tiny_model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(pipe.text_encoder(ids)[0], trained_text, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(unet_output(pipe.unet), trained_unet, rtol=1e-4, atol=1e-5)
+
+
+# --- transformed LoRA ---------------------------------------------------------------------
+
+def test_tlora_rings_against_a_direct_computation():
+    from imprint.methods.tlora import TLoRALinear, ring_chain, ring_matrix, split_dimension
+
+    assert split_dimension(320, 3) == [8, 8, 5] and split_dimension(768, 2) == [32, 24]
+    assert split_dimension(7, 3) == [7, 1, 1]
+    torch.manual_seed(0)
+    cores = [torch.randn(2, 3, 2, 2), torch.randn(3, 2, 2, 2)]
+    direct = torch.zeros(6, 6)
+    for i1 in range(2):
+        for i2 in range(3):
+            for j1 in range(3):
+                for j2 in range(2):
+                    direct[i1 * 3 + i2, j1 * 2 + j2] = torch.trace(cores[0][i1, j1] @ cores[1][i2, j2])
+    torch.testing.assert_close(ring_matrix(cores), direct)
+    chain = [torch.randn(2, 3, 3), torch.randn(4, 3, 3)]
+    torch.testing.assert_close(ring_chain(chain)[1 * 4 + 3], chain[0][1] @ chain[1][3])
+
+    layer = TLoRALinear(torch.nn.Linear(12, 8), transform_rank=2, residual_rank=3, cores=2)
+    torch.testing.assert_close(layer.transform_matrix(), torch.eye(12))  # T = I at step 0 (Prop. 1)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(layer(x), layer.base_layer(x))  # D = 0 at step 0
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    t = ring_matrix(list(layer.transform))
+    d = torch.zeros(8, 12)  # D[i, j] = tr(B1[i1] B2[i2] C1[j1] C2[j2]), row-major modes
+    b, c = list(layer.residual_out), list(layer.residual_in)
+    (o1, o2), (n1, n2) = layer.out_modes, layer.in_modes
+    for i in range(8):
+        for j in range(12):
+            d[i, j] = torch.trace(b[0][i // o2] @ b[1][i % o2] @ c[0][j // n2] @ c[1][j % n2])
+    expected = x @ (layer.base_layer.weight @ t + d).T + layer.base_layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_svd_export_reports_its_error_and_is_exact_at_full_rank(tiny_model, tmp_path, caplog):
+    family, method = prepared(tiny_model, "tlora")
+    trained = unet_output(family.unet)
+    run = tmp_path / "run"
+    write_run(run, tiny_model, "tlora", method, family)
+    out = tmp_path / "svd.safetensors"
+    with caplog.at_level("INFO", logger="imprint"):
+        assert run_cli("export", run, "--output", out, "--svd-rank", "64") == 0  # >= every layer's width
+    assert "relative error" in caplog.text
+    base = fresh_pipeline(tiny_model)
+    apply_like_the_loaders(base, load_file(out))
+    torch.testing.assert_close(unet_output(base.unet), trained, rtol=1e-3, atol=1e-4)
+    assert run_cli("export", run, "--output", out, "--svd-rank", "1") == 0
+    base = fresh_pipeline(tiny_model)
+    apply_like_the_loaders(base, load_file(out))
+    assert (unet_output(base.unet) - trained).abs().max() > 1e-4  # rank 1 loses something

@@ -275,7 +275,7 @@ ALLOWED = {
     "families": {"util"},
     "methods": {"util"},
     "evaluate": {"util"},
-    "export": {"util", "core", "families"},
+    "export": {"util", "core", "families", "methods"},  # a merged export applies the method's own loader
     "image": {"util", "config", "core", "objectives", "families", "methods", "evaluate"},
     "toyworld": {"util", "core", "objectives", "families", "evaluate", "image", "tiny"},
     "tiny": {"util"},

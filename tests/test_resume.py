@@ -22,11 +22,13 @@ CASES = {
     "loha": ["--method", "loha", "--lr", "1e-2", "--rank", "2"],
     "lokr": ["--method", "lokr", "--lr", "1e-2", "--rank", "2", "--train-text-encoder"],
     "krona": ["--method", "krona", "--lr", "1e-2", "--krona-a2", "8"],
+    "tlora": ["--method", "tlora", "--lr", "1e-2"],
     # the embedding freezes at 3, before the kill and the checkpoint the resume starts from (4)
     "pivotal": ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--freeze-embedding-at", "3"],
 }
 RESULT_FILES = {"lora": ["pytorch_lora_weights.safetensors"], "dora": ["pytorch_lora_weights.safetensors"],
                 "textual_inversion": ["learned_embeds.safetensors"], "krona": ["krona_weights.safetensors"],
+                "tlora": ["tlora_weights.safetensors"],
                 "loha": ["adapter/unet/adapter_model.safetensors"],
                 "pivotal": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
                 "lokr": ["adapter/unet/adapter_model.safetensors", "adapter/text_encoder/adapter_model.safetensors"]}
@@ -59,7 +61,7 @@ def logged_steps(run):
 
 @pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4"),
                                          ("full", "step:3"), ("dora", "step:5"), ("loha", "step:3"),
-                                         ("lokr", "step:5"), ("krona", "step:5"),
+                                         ("lokr", "step:5"), ("krona", "step:5"), ("tlora", "step:5"),
                                          ("pivotal", "step:5")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]

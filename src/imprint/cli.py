@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .safetensors file to write")
     export.add_argument("--diff", action="store_true",
                         help="write each adapted layer's full weight delta (`diff` keys): exact in every "
-                        "loader (DoRA included), but as large as those layers; needs the base model "
-                        "[default: off]")
+                        "loader (DoRA included), but as large as those layers; needs the base model; "
+                        "always so for tlora and full [default: off]")
+    export.add_argument("--svd-rank", type=int, help="write each adapted layer's merged delta as a LoRA of "
+                        "this rank (truncated SVD; the error is logged); needs the base model [default: off]")
 
     ev = _command(sub, "evaluate", "DreamBench metrics of a run, the base model and the real images",
                   "  imprint evaluate runs/dog --images-per-prompt 4   # -> runs/dog/eval/report.html")
@@ -227,7 +229,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from imprint.export.kohya import export_kohya
 
-        print(f"wrote {export_kohya(args.run, args.output, diff=args.diff)}")
+        print(f"wrote {export_kohya(args.run, args.output, diff=args.diff, svd_rank=args.svd_rank)}")
     elif args.command == "evaluate":
         from imprint.image.evaluate_run import evaluate_run
 

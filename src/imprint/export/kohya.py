@@ -17,6 +17,7 @@ base model's configs; what cannot be known offline is left out, and no local pat
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -25,6 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from imprint.util.errors import ImprintError
+
+log = logging.getLogger("imprint")
 
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD 1.x has 768
 _KINDS = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}
@@ -171,8 +174,9 @@ def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, a
     return out
 
 
-def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Path:
-    """A run's adapter as one kohya / LyCORIS .safetensors file (`diff`: as full weight deltas)."""
+def export_kohya(run: str | Path, output: str | Path, diff: bool = False, svd_rank: int | None = None) -> Path:
+    """A run's adapter as one kohya / LyCORIS .safetensors file: its own factors where the loaders
+    have them; `diff` (and always for tlora): full weight deltas; `svd_rank`: deltas as LoRAs of that rank."""
     from imprint.core.run_folder import RunFolder
     from imprint.export import lycoris
     from imprint.families import family_class
@@ -180,11 +184,10 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Pat
     run = Path(run)
     metadata = RunFolder(run).read_metadata(flag="export")
     method = metadata.get("method")
-    if method not in ("lora", "pivotal") and method not in lycoris.ALGORITHMS:
-        raise ImprintError(
-            f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
-            f"{', '.join(['lora', *lycoris.ALGORITHMS])}"
-        )
+    exportable = ("lora", "pivotal", *lycoris.ALGORITHMS, *lycoris.MERGED_ONLY)
+    if method not in exportable:
+        raise ImprintError(f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
+                           f"{', '.join(exportable)}")
     family = family_class(metadata.get("base_model", ""), metadata.get("family", "sd"))
     if not family.kohya_prefixes or family.name != "sd":  # the ss_* header below is SD 1.x / 2.x's
         raise ImprintError(
@@ -192,23 +195,31 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False) -> Pat
         )
     if Path(output).is_dir():
         raise ImprintError(f"--output {output}: is a folder; pass the .safetensors file to write")
+    if svd_rank is not None and svd_rank < 1:
+        raise ImprintError(f"--svd-rank {svd_rank}: must be at least 1")
     hp = metadata.get("hyperparameters") or {}
-    if method in ("lora", "pivotal") and not diff:
+    rank = hp.get("rank") or 1
+    alpha = float(hp.get("alpha") or rank)
+    if svd_rank is not None:
+        tensors, errors = lycoris.svd_state_dict(lycoris.merged_deltas(run, metadata, family), family, svd_rank)
+        header = kohya_metadata(metadata, {}, svd_rank, float(svd_rank))
+        log.info("rank-%d SVD of %d layers' deltas: relative error mean %.4f, max %.4f",
+                 svd_rank, len(errors), sum(errors) / len(errors), max(errors))
+    elif diff or method in lycoris.MERGED_ONLY:
+        tensors = lycoris.diff_state_dict(lycoris.merged_deltas(run, metadata, family), family)
+        header = kohya_metadata(metadata, {}, int(rank), alpha)
+        header.update(ss_network_module="lycoris.kohya", ss_network_args=json.dumps({"algo": "full"}))
+    elif method in ("lora", "pivotal"):
         tensors, header = _lora_file(run, metadata, family)
     else:
-        modules = lycoris.run_modules(run, metadata)
-        weights = lycoris.base_weights(metadata.get("base_model", ""), family) if diff else None
-        tensors = lycoris.lycoris_state_dict(modules, family, diff_of=weights)
-        rank = hp.get("rank") or 1
-        alpha = float(hp.get("alpha") or rank)
+        tensors = lycoris.lycoris_state_dict(lycoris.run_modules(run, metadata), family)
         header = kohya_metadata(metadata, {}, int(rank), alpha)
-        header["ss_network_module"] = "lycoris.kohya"
-        args = {"algo": "full" if diff else lycoris.ALGORITHMS[method]}
-        if method == "dora" and not diff:
+        args = {"algo": lycoris.ALGORITHMS[method]}
+        if method == "dora":
             args.update(dora_wd="True", wd_on_output="True")
         if method == "lokr":
             args["factor"] = str(hp.get("lokr_factor", -1))
-        header["ss_network_args"] = json.dumps(args)
+        header.update(ss_network_module="lycoris.kohya", ss_network_args=json.dumps(args))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")

@@ -1,5 +1,6 @@
 """Adapter runs (dora, loha, lokr, krona) -> the LyCORIS / kohya key layout that ComfyUI and A1111
-load; `--diff`: any adapter run as full weight deltas, which every loader applies exactly.
+load; `--diff` (and tlora, full, which have no factors the loaders know): any run as full weight
+deltas, which every loader applies exactly; `--svd-rank N`: those deltas as rank-N LoRAs.
 
 Each module's tensors are written under `lora_unet_<diffusers path, "." -> "_">` (the family's key
 map) with LyCORIS' part names, scaled so the loaders' formulas give the trained update
@@ -31,6 +32,7 @@ PEFT_KINDS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector", "hada_w
               "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a",
               "lokr_w2_b")
 ALGORITHMS = {"dora": "lora", "loha": "loha", "lokr": "lokr", "krona": "lokr"}
+MERGED_ONLY = ("tlora", "full")  # no factors the loaders know: exported as merged deltas
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -84,19 +86,6 @@ def run_modules(run: Path, metadata: dict) -> dict[str, tuple[dict[str, torch.Te
     return {m: (grouped[m], scales[m]) for m in sorted(grouped)}
 
 
-def delta_weight(tensors: dict[str, torch.Tensor], scale: float, shape) -> torch.Tensor:
-    """The additive update of one module (before DoRA's normalisation), in the module's shape."""
-    if "lora_A.weight" in tensors:
-        up, down = tensors["lora_B.weight"], tensors["lora_A.weight"]
-        return scale * (up.flatten(1) @ down.flatten(1)).reshape(shape)
-    if "hada_w1_a" in tensors:
-        t = tensors
-        return scale * ((t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])).reshape(shape)
-    w1 = tensors["lokr_w1"] if "lokr_w1" in tensors else tensors["lokr_w1_a"] @ tensors["lokr_w1_b"]
-    w2 = tensors["lokr_w2"] if "lokr_w2" in tensors else tensors["lokr_w2_a"] @ tensors["lokr_w2_b"]
-    return scale * torch.kron(w1, w2).reshape(shape)
-
-
 def lycoris_module(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """One module's tensors under LyCORIS' part names, scaled for the loaders' formulas."""
     out: dict[str, torch.Tensor] = {}
@@ -120,38 +109,70 @@ def lycoris_module(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, 
     return out
 
 
-def lycoris_state_dict(modules: dict, family, diff_of=None) -> dict[str, torch.Tensor]:
-    """All modules in the kohya / LyCORIS layout; with `diff_of(module) -> W0` full `diff` deltas."""
+def lycoris_state_dict(modules: dict, family) -> dict[str, torch.Tensor]:
+    """All modules in the kohya / LyCORIS layout."""
     out = {}
     for module, (tensors, scale) in modules.items():
-        part, _, path = module.partition(".")
-        if part not in family.kohya_prefixes or not path:
-            raise ImprintError(f"unexpected adapter module {module!r}; not a {family.name} model part")
-        name = family.kohya_module_name(part, path)
-        if diff_of is None:
-            parts = lycoris_module(tensors, scale)
-        else:
-            base = diff_of(module).float()
-            merged = base + delta_weight(tensors, scale, base.shape)
-            if "lora_magnitude_vector" in tensors:  # DoRA: PEFT's per-output-row magnitude
-                norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (merged.dim() - 1))
-                merged = merged * (tensors["lora_magnitude_vector"].reshape(norm.shape) / norm)
-            parts = {"diff": merged - base}
-        for kind, value in parts.items():
-            out[f"{name}.{kind}"] = value.float().contiguous()
+        for kind, value in lycoris_module(tensors, scale).items():
+            out[f"{kohya_module(module, family)}.{kind}"] = value.float().contiguous()
     return out
 
 
-def base_weights(model: str, family_cls):
-    """module `part.path` -> the base model's weight of it (for --diff)."""
-    pipe = family_cls.load_pipeline(model)
-    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+def kohya_module(module: str, family) -> str:
+    part, _, path = module.partition(".")
+    if part not in family.kohya_prefixes or not path:
+        raise ImprintError(f"unexpected adapter module {module!r}; not a {family.name} model part")
+    return family.kohya_module_name(part, path)
 
-    def weight(module: str) -> torch.Tensor:
-        part, _, path = module.partition(".")
-        try:
-            return parts[part].get_submodule(path).weight.detach()
-        except AttributeError as e:
-            raise ImprintError(f"--diff: the base model {model} has no module {module}; "
-                               "is this run of another base model?") from e
-    return weight
+
+# --- merged deltas: any method, exact (`diff`) or as a LoRA of chosen rank (`--svd-rank`) -----
+
+def merged_deltas(run: Path, metadata: dict, family_cls) -> dict[str, torch.Tensor]:
+    """`part.module path` -> W' - W0 of every layer the run changes, from the base model and the
+    run applied by its method's own loader (PEFT layers merged, which tests hold equal to their forward)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from imprint.methods import METHODS
+
+    model = metadata.get("base_model", "")
+    base, tuned = family_cls.load_pipeline(model), family_cls.load_pipeline(model)
+    METHODS[metadata["method"]].load_into_pipeline(tuned, run, metadata)
+    out = {}
+    for part in family_cls.kohya_prefixes:
+        before = {n: m.weight for n, m in getattr(base, part).named_modules()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        for module in getattr(tuned, part).modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+        for name, module in getattr(tuned, part).named_modules():
+            name = name.replace(".base_layer", "")
+            if name in before and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                delta = module.weight.detach().float() - before[name].detach().float()
+                if delta.abs().max() > 0:
+                    out[f"{part}.{name}"] = delta
+    if not out:
+        raise ImprintError(f"{run}: the run changes no layer of the base model; nothing to export")
+    return out
+
+
+def diff_state_dict(deltas: dict[str, torch.Tensor], family) -> dict[str, torch.Tensor]:
+    return {f"{kohya_module(m, family)}.diff": d.contiguous() for m, d in deltas.items()}
+
+
+def svd_state_dict(deltas: dict[str, torch.Tensor], family, rank: int) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Each delta as its best rank-`rank` LoRA (truncated SVD, alpha = rank so the scale is 1);
+    -> the tensors and each module's relative error ||dW - up down||_F / ||dW||_F."""
+    out, errors = {}, []
+    for module, delta in deltas.items():
+        flat = delta.flatten(1)
+        u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+        r = min(rank, s.numel())
+        up, down = u[:, :r] * s[:r].sqrt(), s[:r].sqrt()[:, None] * vh[:r]
+        errors.append(float((flat - up @ down).norm() / flat.norm()))
+        name = kohya_module(module, family)
+        if delta.dim() == 4:
+            up, down = up[:, :, None, None], down.reshape(r, *delta.shape[1:])
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(r))
+    return out, errors

@@ -100,7 +100,13 @@ def groups() -> list[Group]:
         Group("samples", "sample images", [SampleSettings]),
         Group("selection", "best-checkpoint selection", [SelectionSettings]),
     ]
-    out += [Group(name, f"method {name}", [cls.Settings]) for name, cls in sorted(METHODS.items())
+    # lora first: the flags several methods share (--rank, --alpha, ...) are listed under it
+    lora_fields = {f.name for f in dataclasses.fields(METHODS["lora"].Settings)}
+    sharing = sorted(n for n, cls in METHODS.items() if n != "lora"
+                     and lora_fields & {f.name for f in dataclasses.fields(cls.Settings)})
+    titles = {"lora": f"method lora (its flags also set {', '.join(sharing)})"} if sharing else {}
+    out += [Group(name, titles.get(name, f"method {name}"), [cls.Settings])
+            for name, cls in sorted(METHODS.items(), key=lambda item: (item[0] != "lora", item[0]))
             if dataclasses.fields(cls.Settings)]
     return out
 
