@@ -90,6 +90,27 @@ def test_ema_follows_its_formula_and_resumes_exactly(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 4, 5 of the killed run cut, then logged once
 
 
+def test_callbacks_sample_with_the_ema_and_leave_training_untouched(tmp_path):
+    from imprint.core.loop import Callback
+
+    class Sampler(Callback):
+        seen = []
+
+        def on_step_end(self, step):
+            with self.ema.applied():
+                self.seen.append((task.w.detach().clone(), self.ema.average["0"].clone()))
+
+    plain = Regression()
+    fit(plain, settings(steps=4, ema_decay=0.5), RunFolder(tmp_path / "p"), make_accelerator("no"))
+    task = Regression()
+    fit(task, settings(steps=4, ema_decay=0.5), RunFolder(tmp_path / "s"), make_accelerator("no"),
+        callbacks=[Sampler()])
+    assert len(Sampler.seen) == 4
+    for in_model, average in Sampler.seen:
+        torch.testing.assert_close(in_model, average)  # what a sample sees is the average
+    torch.testing.assert_close(task.w.detach(), plain.w.detach(), rtol=0, atol=0)  # and training goes on as without
+
+
 # --- the objective --------------------------------------------------------------------------------
 class StubFamily:
     prediction_type = "epsilon"

@@ -5,6 +5,8 @@ dominated by the random start (the schedule of the toy world's pre-training)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -27,6 +29,18 @@ class EMA:
         with torch.no_grad():
             for k, v in self.average.items():
                 v.copy_(state[k].to(v.dtype))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The average in the model for a while (samples during training), the live weights back after."""
+        saved = [v.detach().clone() for v in self._live]
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for v, s in zip(self._live, saved):
+                    v.copy_(s)
 
     @torch.no_grad()
     def copy_to_model(self) -> None:

@@ -65,6 +65,8 @@ class Task(ABC):
 class Callback:
     """Hooks around the loop; each returns nothing unless said."""
 
+    ema: EMA | None = None  # set by fit: the run's EMA, for callbacks that sample with the average
+
     def on_resume(self, step: int) -> None: ...
 
     def on_checkpoint(self, step: int) -> set[int]:
@@ -95,6 +97,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
     ema = EMA(task.ema_tensors(), settings.ema_decay) if settings.ema_decay > 0 else None
     start = _resume(task, run, resume, optimizer, scheduler, ema)
     for callback in callbacks:
+        callback.ema = ema
         callback.on_resume(start)
 
     def write_checkpoint(step: int) -> None:

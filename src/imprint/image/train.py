@@ -8,6 +8,7 @@ is trained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -219,7 +220,9 @@ class Samples(Callback):
         self.encodings = task.encode_for_sampling(self.prompts)
 
     def write(self, step: int) -> None:
-        with self.task.accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
+        # with --ema-decay the samples show the average, the weights the run will ship
+        with self.ema.applied() if self.ema else contextlib.nullcontext(), \
+                self.task.accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
             images = sample(self.task.family.pipeline(), self.prompts, self.cfg.data.resolution,
                             self.cfg.trainer.seed, self.cfg.samples.sample_inference_steps, images_per_prompt=2,
                             prompt_embeds=self.encodings)
