@@ -330,3 +330,16 @@ def test_svd_export_reports_its_error_and_is_exact_at_full_rank(tiny_model, tmp_
     base = fresh_pipeline(tiny_model)
     apply_like_the_loaders(base, load_file(out))
     assert (unet_output(base.unet) - trained).abs().max() > 1e-4  # rank 1 loses something
+
+
+def test_compile_regional_compiles_each_repeated_block(tiny_model):
+    """--compile regional: every transformer block gets a compiled forward (the run itself is
+    measured in benchmarks/, where a CPU start of about a minute is not a test's)."""
+    from imprint.families import load_family
+
+    family = load_family(str(tiny_model))
+    blocks = [m for m in family.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert blocks and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)
+    family.compile_denoiser("regional")
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert getattr(family.unet, "_compiled_call_impl", None) is None  # the whole model is not

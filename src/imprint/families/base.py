@@ -58,6 +58,18 @@ class Family(ABC):
 
     def enable_gradient_checkpointing(self, trained: set[str]) -> None: ...
 
+    def compile_denoiser(self, mode: str) -> None:
+        """torch.compile of the denoiser: "regional" compiles each repeated block (diffusers'
+        compile_repeated_blocks: one compilation reused by every block, so a short start),
+        "full" the whole model (the longest start, fewest graph breaks)."""
+        import torch
+
+        if mode == "regional" and getattr(self.denoiser, "_repeated_blocks", None):
+            self.denoiser.compile_repeated_blocks()
+        elif mode in ("regional", "full"):
+            self.denoiser.compile()
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
     def release_encoders(self, keep_text_encoder: bool) -> None:
         """Free what the caches made redundant."""
 

@@ -53,6 +53,8 @@ class DataSettings:
                                   "mean brightness; 0: off, e.g. 0.05")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less "
                                            "memory, more compute")
+    compile: str = setting("off", "torch.compile the denoiser: regional compiles each repeated block once "
+                           "(short start), full the whole model (long start)", choices=("off", "regional", "full"))
 
 
 @dataclass

@@ -142,6 +142,8 @@ class SubjectTask(Task):
         self.family.release_encoders(keep_text_encoder=not self.cache_text or self.objective.needs_text_encoder)
         if self.cfg.data.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(self.method.trained_parts())
+        if self.cfg.data.compile != "off":
+            self.family.compile_denoiser(self.cfg.data.compile)
 
     # --- what the core calls ---------------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:
