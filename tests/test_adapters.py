@@ -56,10 +56,10 @@ def test_krona_forward_is_the_kronecker_update():
     layer = KronALinear(base, a1=2, a2=3)
     x = torch.randn(5, 12)
     assert torch.equal(layer(x), base(x))  # B = 0: no update at step 0
-    assert layer.krona_A.shape == (2, 3) and layer.krona_B.shape == (4, 4)
+    assert layer.lokr_w1.shape == (2, 3) and layer.lokr_w2.shape == (4, 4)
     with torch.no_grad():
-        layer.krona_B.normal_()
-    A, B = layer.krona_A.detach(), layer.krona_B.detach()
+        layer.lokr_w2.normal_()
+    A, B = layer.lokr_w1.detach(), layer.lokr_w2.detach()
     kron = torch.zeros(8, 12)  # A (x) B element by element: kron[i*4 + k, j*4 + l] = A[i, j] B[k, l]
     for i in range(2):
         for j in range(3):
@@ -74,8 +74,8 @@ def test_krona_init_follows_the_paper():
 
     torch.manual_seed(0)
     layer = KronALinear(torch.nn.Linear(256, 256), a1=4, a2=64)
-    assert torch.count_nonzero(layer.krona_B) == 0
-    assert abs(layer.krona_A.std().item() - 1 / 4) < 0.02  # N(0, 1/a1^2)
+    assert torch.count_nonzero(layer.lokr_w2) == 0
+    assert abs(layer.lokr_w1.std().item() - 1 / 4) < 0.02  # N(0, 1/a1^2)
 
 
 def test_krona_parameter_count_at_the_papers_setting():
@@ -83,7 +83,7 @@ def test_krona_parameter_count_at_the_papers_setting():
     from imprint.methods.krona import KronALinear
 
     layer = KronALinear(torch.nn.Linear(320, 320), a1=4, a2=64)
-    assert sum(p.numel() for p in (layer.krona_A, layer.krona_B)) == 4 * 64 + 80 * 5
+    assert sum(p.numel() for p in (layer.lokr_w1, layer.lokr_w2)) == 4 * 64 + 80 * 5
 
 
 # --- the loaders' formulas (ComfyUI / A1111), on a kohya file ------------------------------
@@ -164,7 +164,7 @@ def test_result_and_export_give_the_trained_model(name, tiny_model, tmp_path):
     write_run(run, tiny_model, name, method, family)
     # imprint's own loader (imprint generate)
     pipe = fresh_pipeline(tiny_model)
-    METHODS[name].load_into_pipeline(pipe, run, {})
+    METHODS[name].load_into_pipeline(pipe, run, json.loads((run / "metadata.json").read_text()))
     torch.testing.assert_close(unet_output(pipe.unet), trained_unet, rtol=1e-4, atol=1e-5)
     if trained_text is not None:
         torch.testing.assert_close(text_output(pipe), trained_text, rtol=1e-4, atol=1e-5)

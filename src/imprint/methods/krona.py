@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from imprint.methods.base import Method, register
-from imprint.methods.layers import AdapterLinear, divisor_near, inject, merge_into
-from imprint.util.errors import ImprintError
+from imprint.methods.base import register
+from imprint.methods.layers import AdapterLinear, LayerAdapterMethod, divisor_near
 from imprint.util.settings import setting
 
 log = logging.getLogger("imprint")
@@ -44,80 +41,48 @@ class KronASettings:
 
 
 class KronALinear(AdapterLinear):
-    """y = W0 x + b + (A (x) B) x, with the Kronecker product applied factor by factor."""
+    """y = W0 x + b + (A (x) B) x, with the Kronecker product applied factor by factor. A and B are
+    named as LoKr's factors (lokr_w1, lokr_w2), the layout the result file is written in."""
 
     def __init__(self, base: nn.Linear, a1: int, a2: int):
         super().__init__(base)
         d_out, d_in = base.out_features, base.in_features
         if d_out % a1 or d_in % a2:
             raise ValueError(f"a1={a1} must divide {d_out} and a2={a2} must divide {d_in}")
-        self.krona_A = nn.Parameter(torch.randn(a1, a2) / a1)  # N(0, 1/a1^2)
-        self.krona_B = nn.Parameter(torch.zeros(d_out // a1, d_in // a2))
+        self.lokr_w1 = nn.Parameter(torch.randn(a1, a2) / a1)  # N(0, 1/a1^2)
+        self.lokr_w2 = nn.Parameter(torch.zeros(d_out // a1, d_in // a2))
 
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.krona_A, self.krona_B
+        A, B = self.lokr_w1, self.lokr_w2
         X = x.to(A.dtype).reshape(*x.shape[:-1], A.shape[1], B.shape[1])  # (..., a2, d_in/a2)
         delta = (A @ (X @ B.T)).reshape(*x.shape[:-1], self.out_features)  # (..., a1, d_out/a1)
         return self.base_layer(x) + delta.to(x.dtype)
 
     def merged_weight(self) -> torch.Tensor:
-        return self.base_layer.weight.float() + torch.kron(self.krona_A.float(), self.krona_B.float())
+        return self.base_layer.weight.float() + torch.kron(self.lokr_w1.float(), self.lokr_w2.float())
 
 
 @register
-class KronA(Method):
+class KronA(LayerAdapterMethod):
     name = "krona"
     summary = "DiffuseKronA: a Kronecker-product update A (x) B on the UNet's attention; LoKr-layout file"
     Settings = KronASettings
     default_lr = 5e-4
+    WEIGHT_NAME = WEIGHT_NAME
 
-    def trained_parts(self) -> set[str]:
-        return {"unet"}
-
-    def float32_parts(self) -> set[str]:
-        return set()  # the factors are float32; the frozen base takes the compute dtype
+    def make_layer(self, linear: nn.Linear, path: str) -> KronALinear:
+        a1, a2 = self.settings.krona_a1, self.settings.krona_a2
+        f1, f2 = divisor_near(linear.out_features, a1), divisor_near(linear.in_features, a2)
+        if (f1, f2) != (a1, a2) and path != "probe":
+            log.debug("krona: %s (%dx%d) takes (a1, a2) = (%d, %d)", path, linear.out_features,
+                      linear.in_features, f1, f2)
+        return KronALinear(linear, f1, f2)
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
-        unet = family.modules["unet"]
-        unet.requires_grad_(False)
+        params = super().add_trainables(family)
         a1, a2 = self.settings.krona_a1, self.settings.krona_a2
-        changed = set()
-
-        def make(linear: nn.Linear, path: str) -> KronALinear:
-            f1, f2 = divisor_near(linear.out_features, a1), divisor_near(linear.in_features, a2)
-            if (f1, f2) != (a1, a2):
-                changed.add(f"{linear.out_features}x{linear.in_features}: ({f1}, {f2})")
-            layer = KronALinear(linear, f1, f2)
-            return layer.to(linear.weight.device)
-
-        self.layers = inject(unet, family.lora_targets["unet"], make)
+        changed = sorted({f"{l.out_features}x{l.in_features}: {tuple(l.lokr_w1.shape)}"
+                          for l in self.layers.values() if tuple(l.lokr_w1.shape) != (a1, a2)})
         if changed:
-            log.info("krona: (a1, a2) = (%d, %d) does not divide every layer; used %s",
-                     a1, a2, "; ".join(sorted(changed)))
-        return [p for layer in self.layers.values() for p in (layer.krona_A, layer.krona_B)]
-
-    def save_result(self, family, folder: Path) -> list[str]:
-        tensors = {}
-        for path, layer in self.layers.items():
-            tensors[f"unet.{path}.lokr_w1"] = layer.krona_A.detach().float().cpu().contiguous()
-            tensors[f"unet.{path}.lokr_w2"] = layer.krona_B.detach().float().cpu().contiguous()
-        save_file(tensors, str(Path(folder) / WEIGHT_NAME), metadata={"format": "pt", "imprint_method": "krona"})
-        return [WEIGHT_NAME]
-
-    @classmethod
-    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
-        path = Path(folder) / WEIGHT_NAME
-        try:
-            tensors = load_file(str(path))
-        except (OSError, ValueError) as e:
-            raise ImprintError(f"{path}: unreadable ({e}); the run folder is damaged") from e
-        merged = {}
-        for key in tensors:
-            if key.endswith(".lokr_w1"):
-                module = key[len("unet."):-len(".lokr_w1")]
-                weight = pipe.unet.get_submodule(module).weight.float()
-                merged[module] = weight + torch.kron(tensors[key], tensors[key[:-1] + "2"])
-        try:
-            merge_into(pipe.unet, merged)
-        except (ValueError, AttributeError) as e:
-            raise ImprintError(f"{path}: {e}; is this run of another base model?") from e
+            log.info("krona: (a1, a2) = (%d, %d) does not divide every layer; used %s", a1, a2, "; ".join(changed))
+        return params

@@ -9,10 +9,16 @@ against the forward pass (merge(adapter)(x) == forward_with_adapter(x)).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from imprint.methods.base import Method
+from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
 
@@ -78,3 +84,62 @@ def divisor_near(dimension: int, wanted: int) -> int:
         if dimension % d == 0:
             return d
     return 1
+
+
+class LayerAdapterMethod(Method):
+    """A method that trains imprint's own adapter layers on the UNet's attention projections.
+
+    The result file holds each layer's parameters (`unet.<module path>.<parameter>`); loading it
+    rebuilds the same layers around the pipeline's linears and writes their `merged_weight` into
+    them, so generation uses the one formula training used."""
+
+    WEIGHT_NAME = "adapter_weights.safetensors"
+
+    def make_layer(self, linear: nn.Linear, path: str) -> AdapterLinear:
+        raise NotImplementedError
+
+    def trained_parts(self) -> set[str]:
+        return {"unet"}
+
+    def float32_parts(self) -> set[str]:
+        return set()  # the adapter parameters are float32; the frozen base takes the compute dtype
+
+    def add_trainables(self, family) -> list[torch.nn.Parameter]:
+        unet = family.modules["unet"]
+        unet.requires_grad_(False)
+        self.layers = inject(unet, family.lora_targets["unet"],
+                             lambda linear, path: self.make_layer(linear, path).to(linear.weight.device))
+        return [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
+
+    def save_result(self, family, folder: Path) -> list[str]:
+        tensors = {f"unet.{path}.{name}": p.detach().float().cpu().contiguous()
+                   for path, layer in self.layers.items() for name, p in layer.named_parameters() if p.requires_grad}
+        save_file(tensors, str(Path(folder) / self.WEIGHT_NAME), metadata={"format": "pt", "imprint_method": self.name})
+        return [self.WEIGHT_NAME]
+
+    @classmethod
+    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
+        path = Path(folder) / cls.WEIGHT_NAME
+        try:
+            tensors = load_file(str(path))
+        except (OSError, ValueError) as e:
+            raise ImprintError(f"{path}: unreadable ({e}); the run folder is damaged") from e
+        names = {f.name for f in dataclasses.fields(cls.Settings)}
+        hp = metadata.get("hyperparameters") or {}
+        method = cls(cls.Settings(**{k: v for k, v in hp.items() if k in names}))
+        own = {n for n, _ in method.make_layer(nn.Linear(64, 64), "probe").named_parameters()
+               if not n.startswith("base_layer.")}
+        modules = sorted({key[len("unet."):].rsplit("." + n, 1)[0] for key in tensors for n in own
+                          if key.endswith("." + n) and key.startswith("unet.")})
+        try:
+            layers = inject(pipe.unet, modules, method.make_layer)
+            merged = {}
+            for module, layer in layers.items():
+                state = {n: tensors[f"unet.{module}.{n}"] for n in own}
+                layer.load_state_dict(state, strict=False)
+                merged[module] = layer.merged_weight().detach()
+                parent, _, name = module.rpartition(".")
+                setattr(pipe.unet.get_submodule(parent) if parent else pipe.unet, name, layer.base_layer)
+            merge_into(pipe.unet, merged)
+        except (ValueError, KeyError, AttributeError, RuntimeError) as e:
+            raise ImprintError(f"{path}: {e}; is this run of another base model, or with other settings?") from e

@@ -28,15 +28,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from imprint.methods.base import Method, register
-from imprint.methods.layers import AdapterLinear, inject, merge_into
-from imprint.util.errors import ImprintError
+from imprint.methods.base import register
+from imprint.methods.layers import AdapterLinear, LayerAdapterMethod
 from imprint.util.settings import setting
 
 log = logging.getLogger("imprint")
@@ -122,62 +119,13 @@ class TLoRALinear(AdapterLinear):
 
 
 @register
-class TLoRA(Method):
+class TLoRA(LayerAdapterMethod):
     name = "tlora"
     summary = "Transformed LoRA: W0 T + D, a tensor-ring transform and residual on the UNet's attention"
     Settings = TLoRASettings
     default_lr = 1e-4
+    WEIGHT_NAME = WEIGHT_NAME
 
-    def trained_parts(self) -> set[str]:
-        return {"unet"}
-
-    def float32_parts(self) -> set[str]:
-        return set()
-
-    def add_trainables(self, family) -> list[torch.nn.Parameter]:
-        unet = family.modules["unet"]
-        unet.requires_grad_(False)
+    def make_layer(self, linear: nn.Linear, path: str) -> TLoRALinear:
         s = self.settings
-
-        def make(linear: nn.Linear, path: str) -> TLoRALinear:
-            return TLoRALinear(linear, s.tlora_transform_rank, s.tlora_residual_rank, s.tlora_cores).to(
-                linear.weight.device)
-
-        self.layers = inject(unet, family.lora_targets["unet"], make)
-        return [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
-
-    def save_result(self, family, folder: Path) -> list[str]:
-        tensors = {}
-        for path, layer in self.layers.items():
-            for name, p in layer.named_parameters():
-                if p.requires_grad:
-                    tensors[f"unet.{path}.{name}"] = p.detach().float().cpu().contiguous()
-        save_file(tensors, str(Path(folder) / WEIGHT_NAME), metadata={"format": "pt", "imprint_method": "tlora"})
-        return [WEIGHT_NAME]
-
-    @classmethod
-    def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
-        path = Path(folder) / WEIGHT_NAME
-        try:
-            tensors = load_file(str(path))
-        except (OSError, ValueError) as e:
-            raise ImprintError(f"{path}: unreadable ({e}); the run folder is damaged") from e
-        by_module: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            for kind in ("transform", "residual_out", "residual_in"):
-                marker = f".{kind}."
-                if marker in key:
-                    module, _, index = key[len("unet."):].rpartition(marker)
-                    by_module.setdefault(module, {})[f"{kind}.{index}"] = value
-        merged = {}
-        try:
-            for module, parts in by_module.items():
-                base = pipe.unet.get_submodule(module)
-                cores = lambda kind: [parts[f"{kind}.{i}"] for i in range(sum(k.startswith(kind + ".") for k in parts))]
-                t = ring_matrix(cores("transform"))
-                p = ring_chain(cores("residual_out")).flatten(1)
-                q = ring_chain(cores("residual_in")).transpose(1, 2).flatten(1)
-                merged[module] = base.weight.float() @ t + p @ q.T
-            merge_into(pipe.unet, merged)
-        except (ValueError, AttributeError, RuntimeError) as e:
-            raise ImprintError(f"{path}: {e}; is this run of another base model?") from e
+        return TLoRALinear(linear, s.tlora_transform_rank, s.tlora_residual_rank, s.tlora_cores)
