@@ -13,17 +13,27 @@
                      trainable parameters and wall time
   --part lora-sweep  LoRA's fidelity against alignment for a few settings (--sweep) on the first
                      --subjects subjects
+  --part adapters    the other adapters (DoRA, LoHa, LoKr, DiffuseKronA, Transformed LoRA, pivotal
+                     tuning) and training options (min-SNR, offset noise, EMA, Prodigy) against the
+                     `lora` recipe at the same budget: paired differences to LoRA with the same
+                     subject and training seed, beside the noise floor (LoRA seed 1 minus seed 0),
+                     and a verdict on each paper's claim (issue 13)
 
-Runs are kept under benchmarks/_work/toyworld (a second call skips finished runs).
+Runs are kept under benchmarks/_work/toyworld (a second call skips finished runs, so a part can
+be stopped and continued later; a smoke run with --steps / --eval-images / --eval-steps keeps its
+runs in a folder of its own).
 
   python benchmarks/toyworld_quality.py --part methods [--subjects 10] [--others 3]
+  python benchmarks/toyworld_quality.py --part adapters [--subjects 10] [--seeds 0,1] [--configs lora,krona]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -53,6 +63,8 @@ CONFIGS = {
     "full": dict(method="full", lr=1e-4, steps=200, prior_preservation=True),
     "textual_inversion": dict(method="textual_inversion", lr=5e-3, steps=200, prior_preservation=False),
 }
+# how every run is evaluated (--eval-images / --eval-steps shrink it for a smoke run)
+EVALUATION = dict(images_per_prompt=2, inference_steps=20)
 
 
 def part_evaluator(args) -> str:
@@ -130,7 +142,8 @@ def _pretrain_minutes(info: dict) -> float:
 
 
 def run_one(config: str, subject, cache: dict, backend, settings: dict | None = None) -> dict:
-    """Train `config` (a CONFIGS name, or a name for `settings`) on `subject` and evaluate it."""
+    """Train `config` (a CONFIGS name, or a run name for `settings`) on `subject` and evaluate it;
+    a finished run (its result.json) is read back instead."""
     from imprint.image.settings import build_config
     from imprint.image.evaluate_run import evaluate_run
     from imprint.toyworld.pretrain import MODEL_DIR
@@ -147,14 +160,15 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
 
         shutil.rmtree(run)
     start = time.time()
-    train(build_config({}, dict(COMMON, **(settings or CONFIGS[config]), model=str(MODEL_DIR), images=str(photos),
-                                class_name=subject.class_name, output=str(run),
-                                class_images=str(WORK / "class" / subject.class_name))))
+    values = dict(COMMON, **(settings or CONFIGS[config]))
+    train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
+                                output=str(run), class_images=str(WORK / "class" / subject.class_name))))
     trained = time.time()
-    metrics = evaluate_run(run, metrics="toyworld", images_per_prompt=2, inference_steps=20, guidance_scale=GUIDANCE,
+    metrics = evaluate_run(run, metrics="toyworld", **EVALUATION, guidance_scale=GUIDANCE,
                            backend=backend, baseline_cache=cache)
     metadata = json.loads((run / "metadata.json").read_text())
-    out = {"config": config, "subject": subject.name, "device": _device(), "train_s": trained - start, "eval_s": time.time() - trained,
+    out = {"config": config, "subject": subject.name, "seed": values["seed"], "device": _device(),
+           "train_s": trained - start, "eval_s": time.time() - trained,
            "trainable_parameters": metadata["trainable_parameters"],
            "run": {m: metrics["summary"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
            "base": {m: metrics["summary"]["base"][m]["mean"] for m in ("fidelity", "alignment", "pres", "div")},
@@ -325,33 +339,383 @@ Command: `python benchmarks/toyworld_quality.py --part lora-sweep --subjects {ar
     return write_section(args.results, "## Toy world: LoRA settings, fidelity against alignment", body)
 
 
+# --part adapters (issue 13): the `lora` recipe (rank 8, lr 3e-3, 200 steps, prior preservation,
+# COMMON) with one thing changed, so every row has LoRA's budget: steps, batch, class images.
+ADAPTER_CHANGES = {
+    "lora": {},
+    "dora": dict(method="dora"),
+    "loha": dict(method="loha"),
+    "lokr": dict(method="lokr"),
+    "krona": dict(method="krona", krona_a1=4, krona_a2=64),  # the paper's best factor shape
+    "tlora": dict(method="tlora"),  # its default ring ranks (2, 6), the paper's smallest "TLoRA(2,6)"
+    # LoRA as the lora row; the token's embedding at the toy textual_inversion row's lr
+    "pivotal": dict(method="pivotal", embedding_lr=CONFIGS["textual_inversion"]["lr"]),
+    "snr": dict(snr_gamma=5.0),  # the min-SNR paper's gamma
+    "noise-offset": dict(noise_offset=0.05),
+    # 0.99 averages over about 100 steps, half the run; the usual 0.999 would span 1,000, five runs.
+    # The core's EMA warm-up caps the decay at (1 + step) / (10 + step) (0.957 at step 200), so at
+    # 200 steps every decay >= 0.96 gives the same average (see _ema_span in the report)
+    "ema": dict(ema_decay=0.99),
+    "prodigy": dict(optimizer="prodigy", lr=1.0),  # Prodigy estimates the step size; lr is its multiplier
+}
+# why a row's settings are what they are, in the report
+ADAPTER_NOTES = {
+    "krona": "the paper's best (a1, a2)", "tlora": "its default ring ranks, the paper's smallest TLoRA(2,6)",
+    "pivotal": "embedding lr: the toy textual_inversion row's", "snr": "the min-SNR paper's gamma",
+    "noise-offset": "the README's example (Guttenberg's post used 0.1)", "ema": "see below",
+    "prodigy": "lr is the multiplier of Prodigy's own step-size estimate: 1.0, its README's",
+}
+METRICS = ("fidelity", "alignment", "pres", "div")
+NAMES = {"fidelity": "fidelity", "alignment": "alignment", "pres": "PRES", "div": "DIV"}
+
+
+def adapter_settings(name: str) -> tuple[dict | None, str]:
+    """The run settings of an ADAPTER_CHANGES row and how its lr was chosen; None where its
+    method is not in METHODS (yet). An adapter's lr: the toy LoRA lr times the ratio of the
+    method's default lr to LoRA's (krona 5e-4 / 1e-4: 5x), the paper-scale gap carried over."""
+    from imprint.methods import METHODS
+
+    settings = dict(CONFIGS["lora"], **ADAPTER_CHANGES[name])
+    method = settings["method"]
+    if method not in METHODS:
+        return None, f"method `{method}` is not in imprint.methods.METHODS yet"
+    if "lr" in ADAPTER_CHANGES[name]:
+        return settings, f"lr {settings['lr']:g} (set)"
+    if method == "lora":
+        return settings, f"lr {settings['lr']:g} (the recipe's)"
+    ratio = METHODS[method].default_lr / METHODS["lora"].default_lr
+    settings["lr"] = CONFIGS["lora"]["lr"] * ratio
+    fields = {f.name for f in dataclasses.fields(METHODS[method].Settings)}
+    if "rank" not in fields:  # krona, tlora: their size is their own settings
+        settings.pop("rank")
+    return settings, f"lr {settings['lr']:g} = {CONFIGS['lora']['lr']:g} x {ratio:g} (default lr {METHODS[method].default_lr:g} / LoRA's)"
+
+
+def _lora_default_lr() -> float:
+    from imprint.methods import METHODS
+
+    return METHODS["lora"].default_lr
+
+
+def _run_name(config: str, seed: int) -> str:
+    """Seed 0 keeps the config's name, so `lora` seed 0 is --part methods' `lora` run."""
+    return config if seed == 0 else f"{config}-seed{seed}"
+
+
+def _ema_span(decay: float, steps: int) -> tuple[float, float]:
+    """The step the shipped average is centred on and the share of it from the last quarter of
+    the steps, with the core's warm-up (decay min(d, (1 + step) / (10 + step)), step from 0)."""
+    weights, keep = [], 1.0
+    for done in range(steps, 0, -1):  # from the last update back; update `done` is at step done - 1
+        d = min(decay, done / (9 + done))
+        weights.append((done, keep * (1 - d)))
+        keep *= d
+    total = sum(w for _, w in weights)
+    centre = sum(s * w for s, w in weights) / total
+    return centre, sum(w for s, w in weights if s > steps * 3 // 4) / total
+
+
+def _interval(values: list[float]) -> dict:
+    m = mean_interval(values)
+    m["sd"] = (math.sqrt(sum((v - m["mean"]) ** 2 for v in values) / (len(values) - 1))
+               if len(values) > 1 else None)
+    return m
+
+
+def _diff_cell(values: list[float]) -> str:
+    m = mean_interval(values)
+    if m["mean"] is None:
+        return "-"
+    return f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]" if len(values) > 1 else f"{m['mean']:+.3f} (1 pair)"
+
+
+def _pairs_for(sd: float, half_width: float) -> int:
+    """Pairs whose 95% interval would be +-half_width at this standard deviation of a pair."""
+    return math.ceil((1.96 * sd / half_width) ** 2)
+
+
+def _seen(values: list[float], lower_is_better: bool = False) -> str:
+    """better / worse / no difference seen (the interval includes 0) / too few pairs."""
+    m = mean_interval(values)
+    if m["n"] < 2:
+        return "too few pairs"
+    if m["low"] > 0:
+        return "worse" if lower_is_better else "better"
+    if m["high"] < 0:
+        return "better" if lower_is_better else "worse"
+    return "no difference seen"
+
+
+def _budget(values: list[float], noise: list[float], metric: str) -> str:
+    """What an interval that holds 0 says, and the pairs a +-0.02 interval (or one as narrow as
+    the difference seen) would need, from this row's pairs and from the noise floor's."""
+    m, floor = _interval(values), _interval(noise)
+    half = (m["high"] - m["low"]) / 2
+    parts = [f"the {NAMES[metric]} interval (+-{half:.3f}) is wider than the difference ({m['mean']:+.3f})"]
+    sds = [("these pairs'", m["sd"])] + ([("the noise floor's", floor["sd"])] if floor["sd"] else [])
+    need = "; ".join(f"+-0.02 needs about {_pairs_for(sd, 0.02)} pairs at {who} standard deviation {sd:.3f}"
+                     for who, sd in sds if sd)
+    if abs(m["mean"]) > 1e-9 and m["sd"]:
+        need += f"; an interval of +-{abs(m['mean']):.3f}, enough to see this difference, about {_pairs_for(m['sd'], abs(m['mean']))} pairs"
+    return ", ".join(parts) + (f" ({need})" if need else "")
+
+
+def part_adapters(args) -> str:
+    from imprint.evaluate.backends import make_backend
+
+    configs = args.configs.split(",") if args.configs else list(ADAPTER_CHANGES)
+    unknown = [c for c in configs if c not in ADAPTER_CHANGES]
+    if unknown:
+        raise SystemExit(f"--configs {','.join(unknown)}: unknown; choose from {','.join(ADAPTER_CHANGES)}")
+    if "lora" not in configs:
+        configs.insert(0, "lora")  # every row is a difference to it
+    seeds = [int(s) for s in args.seeds.split(",")]
+    subjects = SUBJECTS[:args.subjects]
+    settings, rules, skipped = {}, {}, {}
+    for name in configs:
+        settings[name], rules[name] = adapter_settings(name)
+        if settings[name] is None:
+            skipped[name] = rules[name]
+    runnable = [c for c in configs if c not in skipped]
+    results: dict[tuple[str, int], dict[str, dict]] = {(c, seed): {} for c in runnable for seed in seeds}
+    if args.from_json:  # results collected elsewhere (a device run): only the report
+        for r in json.loads(Path(args.from_json).read_text()):
+            seed = r.get("seed", 0)
+            name = r["config"].removesuffix(f"-seed{seed}")
+            if (name, seed) in results:
+                results[name, seed][r["subject"]] = r
+    else:
+        backend, cache = make_backend("toyworld"), {}
+        # subject by subject, every config and seed: stopped at any point, the rows stay balanced
+        for subject in subjects:
+            for seed in seeds:
+                for name in runnable:
+                    results[name, seed][subject.name] = run_one(
+                        _run_name(name, seed), subject, cache, backend, dict(settings[name], seed=seed))
+
+    def difference(a: dict, b: dict, metric: str) -> float | None:
+        """b - a; None where a metric is missing (DIV with one image per prompt)"""
+        x, y = a["run"][metric], b["run"][metric]
+        return None if x is None or y is None else y - x
+
+    def paired(name: str, metric: str) -> list[float]:
+        values = [difference(results["lora", seed][s], results[name, seed][s], metric)
+                  for seed in seeds for s in results["lora", seed] if s in results[name, seed]]
+        return [v for v in values if v is not None]
+
+    lora_seeds = [seed for seed in seeds if results.get(("lora", seed))]
+    noise = {m: [] for m in METRICS}
+    if len(lora_seeds) >= 2:
+        first, second = lora_seeds[0], lora_seeds[1]
+        for s in results["lora", first]:
+            if s in results["lora", second]:
+                for m in METRICS:
+                    d = difference(results["lora", first][s], results["lora", second][s], m)
+                    if d is not None:
+                        noise[m].append(d)
+    n_noise = len(noise["fidelity"])
+
+    def params(name: str) -> int | None:
+        runs = [r for seed in seeds for r in results[name, seed].values()]
+        return runs[0]["trainable_parameters"] if runs else None
+
+    def runs_of(name: str) -> list[dict]:
+        return [r for seed in seeds for r in results[name, seed].values()]
+
+    floor_row = (f"| NOISE FLOOR: lora seed {lora_seeds[1]} - seed {lora_seeds[0]} | {n_noise} | "
+                 + " | ".join(_diff_cell(noise[m]) for m in METRICS) + f" | {params('lora'):,} | - |"
+                 if n_noise else "| NOISE FLOOR | 0 | needs LoRA at two seeds | - | - | - | - | - |")
+    diff_rows, abs_rows = [floor_row], []
+    for name in runnable:
+        runs = runs_of(name)
+        if not runs:
+            continue
+        train_s = sum(r["train_s"] for r in runs) / len(runs)
+        if name != "lora":
+            diff_rows.append(f"| {name} - lora | {len(paired(name, 'fidelity'))} | "
+                             + " | ".join(_diff_cell(paired(name, m)) for m in METRICS)
+                             + f" | {params(name):,} | {train_s:.0f} s |")
+        abs_rows.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r['run'][m] for r in runs]) for m in METRICS)
+                        + f" | {params(name):,} | {train_s:.0f} s | {sum(r['eval_s'] for r in runs) / len(runs):.0f} s |")
+    diff_rows += [f"| {name} - lora | 0 | SKIPPED: {why} | - | - | - | - | - |" for name, why in skipped.items()]
+    base_runs = runs_of("lora")
+    if base_runs:
+        abs_rows.append(f"| base model (no training) | {len(results['lora', seeds[0]])} | "
+                        + " | ".join(_cell([r['base'][m] for r in results['lora', seeds[0]].values()]) for m in METRICS)
+                        + " | - | - | - |")
+
+    floor_lines = []
+    for m in METRICS:
+        f = _interval(noise[m])
+        if f["sd"]:
+            half = (f["high"] - f["low"]) / 2
+            floor_lines.append(f"{NAMES[m]} +-{half:.3f} (sd of a pair {f['sd']:.3f}: +-0.02 needs about "
+                               f"{_pairs_for(f['sd'], 0.02)} pairs)")
+    seen_lines = []
+    for name in runnable:
+        if name == "lora" or not runs_of(name):
+            continue
+        for m in METRICS:
+            verdict = _seen(paired(name, m), lower_is_better=m == "pres")
+            if verdict in ("better", "worse"):
+                seen_lines.append(f"{name} {NAMES[m]} {mean_interval(paired(name, m))['mean']:+.3f} ({verdict})")
+    claims = [_claim_krona(results, seeds, paired, params, noise),
+              _claim_tlora(results, seeds, paired, params, noise)]
+    ema_note = ""
+    if "ema" in runnable:
+        steps, decay = CONFIGS["lora"]["steps"], ADAPTER_CHANGES["ema"]["ema_decay"]
+        centre, late = _ema_span(decay, steps)
+        cap = steps / (9 + steps)  # at the last update, step steps - 1
+        ema_note = (f"\nEMA {decay}: the core's warm-up caps the decay at (1 + step) / (10 + step), {cap:.3f} at the last "
+                    f"step, {'below' if cap < decay else 'above'} {decay}; the shipped average is centred on step "
+                    f"{centre:.0f} with {late * 100:.0f}% of its weight on the last quarter of the steps"
+                    + (f"; any decay >= {cap:.3f} (0.999 too) gives the same average here." if cap < decay else "."))
+    setting_lines = []
+    for name in configs:
+        if name in skipped:
+            setting_lines.append(f"- `{name}`: SKIPPED, {skipped[name]}; run the part again once it is registered "
+                                 "(finished runs are kept) to fill its row in")
+            continue
+        changed = {k: v for k, v in settings[name].items() if CONFIGS["lora"].get(k) != v or k in ADAPTER_CHANGES[name]}
+        changed.pop("lr", None)
+        setting_lines.append(f"- `{name}`: " + (", ".join(f"{k} {v}" for k, v in changed.items()) or "the recipe")
+                             + f"; {rules[name]}" + (f" ({ADAPTER_NOTES[name]})" if name in ADAPTER_NOTES else ""))
+    devices = sorted({r.get("device", "?") for runs in results.values() for r in runs.values()})
+    smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
+             f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
+    command = (f"python benchmarks/toyworld_quality.py --part adapters --subjects {args.subjects} --seeds {args.seeds}"
+               + (f" --configs {args.configs}" if args.configs else ""))
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}
+Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
+prior preservation with the same 20 class images, 64 px) with one thing changed; training seeds
+{', '.join(map(str, seeds))} on {len(subjects)} subjects, evaluated as --part methods (25 toy prompts,
+{EVALUATION['images_per_prompt']} images each, {EVALUATION['inference_steps']} steps, guidance {GUIDANCE}, evaluation seed 0 for every run).
+A difference is paired: the row's run minus LoRA's with the same subject and training seed; mean
+and 95% normal interval over the pairs. PRES: lower is better. The noise floor is the LoRA recipe
+against itself with another training seed (paired by subject): a difference inside it is noise.
+Command: `{command}`
+
+| paired difference | pairs | fidelity | alignment | PRES | DIV | trainable parameters | training time |
+| --- | ---: | --- | --- | --- | --- | ---: | ---: |
+{chr(10).join(diff_rows)}
+
+Absolute values (mean and 95% interval over every run of the row, all seeds):
+
+| config | runs | fidelity | alignment | PRES | DIV | trainable parameters | training time | evaluation time |
+| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: |
+{chr(10).join(abs_rows)}
+
+Differences seen (the interval excludes 0): {'; '.join(seen_lines) or 'none'}; every other difference
+in the table: no difference seen.
+
+Noise floor, half-width of its interval ({n_noise} pairs): {'; '.join(floor_lines) or 'not measured (needs LoRA at two seeds)'}.
+
+Claims of the seed papers:
+{chr(10).join(claims)}
+
+Settings (learning rate of an adapter: the toy LoRA lr {CONFIGS['lora']['lr']:g} times the ratio of the method's
+default lr to LoRA's {_lora_default_lr():g}, the papers' gap carried over; ranks as LoRA's where the method has one):
+{chr(10).join(setting_lines)}
+{ema_note}"""
+    heading = "## Toy world: adapters and training options"
+    if args.dry_run:
+        return f"{heading} (dry run, not written to {args.results})\n\n{body}"
+    return write_section(args.results, heading, body)
+
+
+def _claim_krona(results, seeds, paired, params, noise) -> str:
+    """DiffuseKronA: fidelity at least LoRA's with fewer parameters."""
+    if not any(results.get(("krona", seed)) for seed in seeds):
+        return "- DiffuseKronA, \"fidelity at least LoRA's with fewer parameters\": not measured (no krona runs)."
+    fid = paired("krona", "fidelity")
+    fewer = params("krona") < params("lora")
+    seen = _seen(fid)
+    m = mean_interval(fid)
+    numbers = (f"krona {params('krona'):,} trainable parameters against LoRA's {params('lora'):,}; fidelity "
+               f"minus LoRA's {_diff_cell(fid)} over {len(fid)} pairs")
+    if not fewer:
+        verdict = "contradicted on parameters (not fewer)"
+    elif seen == "worse":
+        verdict = "contradicted: fidelity below LoRA's (the interval is below 0)"
+    elif seen == "better":
+        verdict = "holds: fidelity above LoRA's (the interval is above 0) with fewer parameters"
+    elif seen == "too few pairs":
+        verdict = "not seen: too few pairs for an interval"
+    else:
+        verdict = (f"not seen: fewer parameters, and no fidelity difference seen; the data allow a loss "
+                   f"of up to {-m['low']:.3f} or a gain of up to {m['high']:.3f}; " + _budget(fid, noise["fidelity"], "fidelity"))
+    return f"- DiffuseKronA, \"fidelity at least LoRA's with fewer parameters\": {verdict} ({numbers})."
+
+
+def _claim_tlora(results, seeds, paired, params, noise) -> str:
+    """Transformed LoRA: better than LoRA (fidelity and alignment) at equal or fewer parameters."""
+    if not any(results.get(("tlora", seed)) for seed in seeds):
+        return ("- Transformed LoRA, \"better than LoRA at equal or fewer parameters\": not measured (no tlora "
+                "runs; the method is skipped until it is in METHODS, or not in --configs).")
+    seen = {m: _seen(paired("tlora", m)) for m in ("fidelity", "alignment")}
+    numbers = (f"tlora {params('tlora'):,} trainable parameters against LoRA's {params('lora'):,}; minus LoRA's: "
+               + ", ".join(f"{NAMES[m]} {_diff_cell(paired('tlora', m))}" for m in seen)
+               + f" over {len(paired('tlora', 'fidelity'))} pairs")
+    better = [m for m, v in seen.items() if v == "better"]
+    worse = [m for m, v in seen.items() if v == "worse"]
+    if params("tlora") > params("lora"):
+        verdict = "contradicted on parameters (more than LoRA's)"
+    elif "too few pairs" in seen.values():
+        verdict = "not seen: too few pairs for an interval"
+    elif better and not worse:
+        verdict = f"holds: {' and '.join(NAMES[m] for m in better)} above LoRA's, nothing below"
+    elif worse and not better:
+        verdict = f"contradicted: {' and '.join(NAMES[m] for m in worse)} below LoRA's"
+    elif better and worse:
+        verdict = f"mixed: {NAMES[better[0]]} above LoRA's, {NAMES[worse[0]]} below"
+    else:
+        verdict = "not seen: no difference seen; " + "; ".join(
+            _budget(paired("tlora", m), noise[m], m) for m in seen)
+    return f"- Transformed LoRA, \"better than LoRA at equal or fewer parameters\": {verdict} ({numbers})."
+
+
 def main() -> None:
     global WORK, JSON_OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["evaluator", "base", "methods", "lora-sweep"], required=True)
+    parser.add_argument("--part", choices=["evaluator", "base", "methods", "lora-sweep", "adapters"], required=True)
     parser.add_argument("--renders", type=int, default=2000, help="evaluator: fresh renders")
     parser.add_argument("--scenes", type=int, default=128, help="base: prompts per group")
-    parser.add_argument("--subjects", type=int, default=10, help="methods: subjects for LoRA")
+    parser.add_argument("--subjects", type=int, default=10, help="methods: subjects for LoRA; adapters: subjects")
     parser.add_argument("--conv", type=int, default=10, help="methods: subjects for LoRA on attention and convolutions")
     parser.add_argument("--no-prior", type=int, default=5, help="methods: subjects for LoRA without prior")
     parser.add_argument("--others", type=int, default=3, help="methods: subjects for full and textual inversion")
     parser.add_argument("--sweep", default="lr=3e-3,steps=100;lr=1e-3,steps=200;prior_loss_weight=3;steps=400",
                         help="lora-sweep: LoRA settings to try beside the `lora` row's, e.g. 'lr=1e-3,steps=200;rank=4'")
-    parser.add_argument("--steps", type=int, help="methods: override every method's steps (a smoke run)")
-    parser.add_argument("--work", default=str(WORK), help="folder for the runs")
-    parser.add_argument("--json-out", help="methods: also collect every run's result in this JSON file")
-    parser.add_argument("--from-json", help="methods: write the table from results collected in this file")
+    parser.add_argument("--seeds", default="0,1", help="adapters: training seeds, e.g. 0,1")
+    parser.add_argument("--configs", help=f"adapters: rows to run (lora always), from {','.join(ADAPTER_CHANGES)}")
+    parser.add_argument("--steps", type=int, help="override every method's steps (a smoke run)")
+    parser.add_argument("--eval-images", type=int, help="images per prompt of the evaluation (a smoke run)")
+    parser.add_argument("--eval-steps", type=int, help="denoising steps of the evaluation (a smoke run)")
+    parser.add_argument("--dry-run", action="store_true", help="adapters: print the report, do not write it")
+    parser.add_argument("--work", help="folder for the runs (default benchmarks/_work/toyworld; a smoke "
+                        "run's default is a folder of its own inside it)")
+    parser.add_argument("--json-out", help="methods, adapters: also collect every run's result in this JSON file")
+    parser.add_argument("--from-json", help="methods, adapters: write the table from results collected in this file")
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    WORK = Path(args.work)
-    JSON_OUT = Path(args.json_out) if args.json_out else None
-    WORK.mkdir(parents=True, exist_ok=True)
+    args.smoke = bool(args.steps or args.eval_images or args.eval_steps)
     if args.steps:
         for config in CONFIGS.values():
             config["steps"] = args.steps
-    parts = {"evaluator": part_evaluator, "base": part_base, "methods": part_methods, "lora-sweep": part_lora_sweep}
+    if args.eval_images:
+        EVALUATION["images_per_prompt"] = args.eval_images
+    if args.eval_steps:
+        EVALUATION["inference_steps"] = args.eval_steps
+    # a smoke run never leaves its runs where a real run would read them back as finished
+    WORK = Path(args.work) if args.work else WORK / (
+        f"smoke-steps{args.steps or 'x'}-images{EVALUATION['images_per_prompt']}-eval{EVALUATION['inference_steps']}"
+        if args.smoke else "")
+    JSON_OUT = Path(args.json_out) if args.json_out else None
+    WORK.mkdir(parents=True, exist_ok=True)
+    parts = {"evaluator": part_evaluator, "base": part_base, "methods": part_methods, "lora-sweep": part_lora_sweep,
+             "adapters": part_adapters}
     print(parts[args.part](args))
 
 
