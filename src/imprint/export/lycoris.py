@@ -57,14 +57,12 @@ def run_modules(run: Path, metadata: dict) -> dict[str, tuple[dict[str, torch.Te
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     scales: dict[str, float] = {}
     if method in ("lora", "dora", "pivotal"):
-        rank = hp.get("rank")
-        alpha = float(hp.get("alpha") or rank or 0)
         for key, value in _read(run / "pytorch_lora_weights.safetensors").items():
             module, kind = _split(key)
             grouped.setdefault(module, {})[kind] = value
         for module, tensors in grouped.items():
-            r = tensors["lora_A.weight"].shape[0]
-            scales[module] = alpha / (rank or r)
+            rank = hp.get("rank") or tensors["lora_A.weight"].shape[0]  # None: the adapters' own width
+            scales[module] = float(hp.get("alpha") or rank) / rank      # None: alpha = rank, as training did
     elif method in ("loha", "lokr"):
         folders = sorted(p for p in (run / "adapter").iterdir() if p.is_dir()) if (run / "adapter").is_dir() else []
         if not folders:
@@ -133,20 +131,20 @@ def merged_deltas(run: Path, metadata: dict, family_cls) -> dict[str, torch.Tens
 
     from imprint.methods import METHODS
 
-    model = metadata.get("base_model", "")
-    base, tuned = family_cls.load_pipeline(model), family_cls.load_pipeline(model)
+    layers = (torch.nn.Linear, torch.nn.Conv2d)
+    tuned = family_cls.load_pipeline(metadata.get("base_model", ""))
+    before = {part: {n: m.weight.detach().float().clone() for n, m in getattr(tuned, part).named_modules()
+                     if isinstance(m, layers)} for part in family_cls.kohya_prefixes}
     METHODS[metadata["method"]].load_into_pipeline(tuned, run, metadata)
     out = {}
     for part in family_cls.kohya_prefixes:
-        before = {n: m.weight for n, m in getattr(base, part).named_modules()
-                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
         for module in getattr(tuned, part).modules():
             if isinstance(module, BaseTunerLayer):
                 module.merge()
         for name, module in getattr(tuned, part).named_modules():
             name = name.replace(".base_layer", "")
-            if name in before and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                delta = module.weight.detach().float() - before[name].detach().float()
+            if name in before[part] and isinstance(module, layers):
+                delta = module.weight.detach().float() - before[part][name]
                 if delta.abs().max() > 0:
                     out[f"{part}.{name}"] = delta
     if not out:

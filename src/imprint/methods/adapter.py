@@ -8,6 +8,7 @@ here, so the methods differ in their maths and files, not in how they are wired 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,9 @@ class AdapterMethod(Method):
             targets += family.lora_conv_targets.get(part, [])
         return targets
 
+    @abstractmethod
     def peft_config(self, part: str, family):
         """The PEFT config of the adapter on `part`."""
-        raise NotImplementedError
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = []

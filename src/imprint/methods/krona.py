@@ -72,11 +72,7 @@ class KronA(LayerAdapterMethod):
 
     def make_layer(self, linear: nn.Linear, path: str) -> KronALinear:
         a1, a2 = self.settings.krona_a1, self.settings.krona_a2
-        f1, f2 = divisor_near(linear.out_features, a1), divisor_near(linear.in_features, a2)
-        if (f1, f2) != (a1, a2) and path != "probe":
-            log.debug("krona: %s (%dx%d) takes (a1, a2) = (%d, %d)", path, linear.out_features,
-                      linear.in_features, f1, f2)
-        return KronALinear(linear, f1, f2)
+        return KronALinear(linear, divisor_near(linear.out_features, a1), divisor_near(linear.in_features, a2))
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = super().add_trainables(family)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from imprint.util.errors import ImprintError
 log = logging.getLogger("imprint")
 
 
-class AdapterLinear(nn.Module):
+class AdapterLinear(nn.Module, ABC):
     imprint_adapter = True  # the family's adapters_disabled() switches layers with this flag
 
     def __init__(self, base: nn.Linear):
@@ -44,12 +45,12 @@ class AdapterLinear(nn.Module):
             return self.base_layer(x)
         return self.adapted_forward(x)
 
-    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    @abstractmethod
     def merged_weight(self) -> torch.Tensor:
         """The dense weight whose plain linear equals the adapted forward (float32)."""
-        raise NotImplementedError
 
 
 def inject(module: nn.Module, targets: list[str], make) -> dict[str, AdapterLinear]:
@@ -95,8 +96,9 @@ class LayerAdapterMethod(Method):
 
     WEIGHT_NAME = "adapter_weights.safetensors"
 
+    @abstractmethod
     def make_layer(self, linear: nn.Linear, path: str) -> AdapterLinear:
-        raise NotImplementedError
+        """The method's layer around one frozen linear (`path`: its place in the UNet)."""
 
     def trained_parts(self) -> set[str]:
         return {"unet"}
@@ -127,16 +129,23 @@ class LayerAdapterMethod(Method):
         names = {f.name for f in dataclasses.fields(cls.Settings)}
         hp = metadata.get("hyperparameters") or {}
         method = cls(cls.Settings(**{k: v for k, v in hp.items() if k in names}))
-        own = {n for n, _ in method.make_layer(nn.Linear(64, 64), "probe").named_parameters()
-               if not n.startswith("base_layer.")}
-        modules = sorted({key[len("unet."):].rsplit("." + n, 1)[0] for key in tensors for n in own
-                          if key.endswith("." + n) and key.startswith("unet.")})
+        # "unet.<linear's path>.<parameter name>": the longest prefix that names a linear is the module
+        linears = {n for n, m in pipe.unet.named_modules() if isinstance(m, nn.Linear)}
+        states: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            parts = key.split(".")[1:]
+            cut = next((i for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in linears), None)
+            if not key.startswith("unet.") or cut is None:
+                raise ImprintError(f"{path}: key {key!r} names no linear layer of the base model's UNet; "
+                                   "is this run of another base model?")
+            states.setdefault(".".join(parts[:cut]), {})[".".join(parts[cut:])] = value
         try:
-            layers = inject(pipe.unet, modules, method.make_layer)
+            layers = inject(pipe.unet, sorted(states), method.make_layer)
             merged = {}
             for module, layer in layers.items():
-                state = {n: tensors[f"unet.{module}.{n}"] for n in own}
-                layer.load_state_dict(state, strict=False)
+                missing = layer.load_state_dict(states[module], strict=False).missing_keys
+                if any(not k.startswith("base_layer.") for k in missing):
+                    raise KeyError(f"{module} lacks {missing[0]}")
                 merged[module] = layer.merged_weight().detach()
                 parent, _, name = module.rpartition(".")
                 setattr(pipe.unet.get_submodule(parent) if parent else pipe.unet, name, layer.base_layer)
