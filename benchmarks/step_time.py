@@ -62,12 +62,17 @@ def bare_step(args) -> None:
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
     unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet").to(device, dtype)
     unet.requires_grad_(False)
+    if args.attention == "classic":  # the attention before torch's SDPA: explicit softmax(QK^T)V
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    impl = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.adamw]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2, **impl)
     g = torch.Generator().manual_seed(0)
     side = args.resolution // 8
     latents = torch.randn(2, 4, side, side, generator=g).to(device)
@@ -95,14 +100,14 @@ def bare_step(args) -> None:
                       "peak_gpu_gib": peak_gpu}))
 
 
-def imprint_run(args, model: Path, out: Path) -> dict:
+def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
     steps = args.warmup + args.steps
     cmd = [sys.executable, "-m", "imprint.cli", "train", "--model", str(model),
            "--images", str(DREAMBENCH / "dog"), "--class-name", "dog", "--method", "lora",
            "--rank", "4", "--prior-preservation", "--class-images", str(DREAMBENCH / "cat"),
            "--num-class-images", "5", "--resolution", str(args.resolution), "--steps", str(steps),
            "--batch-size", "1", "--checkpoint-every", "0", "--no-final-samples",
-           "--mixed-precision", args.mixed_precision, "--seed", "0", "--output", str(out)]
+           "--mixed-precision", args.mixed_precision, "--seed", "0", "--output", str(out), *extra]
     wall, rss, code = run_measured(cmd, out.with_suffix(".log"))
     if code:
         raise SystemExit(f"imprint failed, see {out.with_suffix('.log')}")
@@ -138,6 +143,12 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--options", action="store_true",
+                        help="measure the step options instead (issue 13): imprint with --compile off / regional / "
+                             "full, and the bare step with SDPA or the classic attention and AdamW's loop / foreach / "
+                             "fused implementations")
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "classic"], help=argparse.SUPPRESS)
+    parser.add_argument("--adamw", default="loop", choices=["loop", "foreach", "fused"], help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,6 +158,8 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     model = build_model(WORK / "sd15-random")
     tag = f"{args.resolution}px-{args.mixed_precision}"
+    if args.options:
+        return step_options(args, model, tag)
     for stale in WORK.glob(f"*-{tag}*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
 
@@ -175,6 +188,60 @@ def main() -> None:
         print(f"  {script['step_s']:.3f} s/step, peak RSS {script_rss:.0f} MiB", flush=True)
 
     write_results(args, bare, bare_rss, ours, script)
+
+
+def run_bare(args, model: Path, log: Path, *extra: str) -> tuple[dict, float]:
+    cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--resolution", str(args.resolution),
+           "--mixed-precision", args.mixed_precision, "--device", args.device, *extra]
+    _, rss, code = run_measured(cmd, log)
+    if code:
+        raise SystemExit(f"bare step failed, see {log}")
+    return json.loads(log.read_text().strip().splitlines()[-1]), rss
+
+
+def step_options(args, model: Path, tag: str) -> None:
+    """--options: each step option against today's step (issue 13)."""
+    import diffusers
+    import torch
+
+    rows = []
+    base = None
+    for mode in ("off", "regional", "full"):
+        print(f"imprint --compile {mode} ...", flush=True)
+        out = WORK / f"options-imprint-{mode}-{tag}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = imprint_run(args, model, out, ("--compile", mode))
+        base = base or r
+        rows.append(f"| imprint `--compile {mode}` (today: off) | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f}x | "
+                    f"{r['wall_s']:.0f} s | {r['peak_rss_mib']:.0f} |")
+        print(f"  {r['step_s']:.3f} s/step, wall {r['wall_s']:.0f} s", flush=True)
+    bare_base = None
+    for label, extra in (("SDPA, AdamW loop (today)", ("--attention", "sdpa", "--adamw", "loop")),
+                         ("classic attention, AdamW loop", ("--attention", "classic", "--adamw", "loop")),
+                         ("SDPA, AdamW foreach", ("--attention", "sdpa", "--adamw", "foreach")),
+                         ("SDPA, AdamW fused", ("--attention", "sdpa", "--adamw", "fused"))):
+        print(f"bare step, {label} ...", flush=True)
+        b, rss = run_bare(args, model, WORK / f"options-bare-{extra[1]}-{extra[3]}-{tag}.log", *extra)
+        bare_base = bare_base or b
+        rows.append(f"| bare step: {label} | {b['step_s']:.3f} | {b['step_s'] / bare_base['step_s']:.2f}x | - | {rss:.0f} |")
+        print(f"  {b['step_s']:.3f} s/step", flush=True)
+    command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
+    body = "\n".join([
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}; SD1.5 architecture (random weights), LoRA r4, prior preservation, "
+        f"batch 1, {args.resolution} px, precision {args.mixed_precision}, device {args.device}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up (the compilation falls in the warm-up).",
+        f"Command: `{command}`",
+        "",
+        "| step | s/step | vs today's | process wall time | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *rows])
+    sys.path.insert(0, str(Path(__file__).parent))
+    from results_file import write_section
+
+    print(write_section(args.results, f"## Step options: compile, SDPA, AdamW implementation ({args.device}, "
+                        f"{args.resolution} px, issue 13)", body))
 
 
 def write_results(args, bare, bare_rss, ours, script) -> None:

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -471,6 +472,9 @@ def part_adapters(args) -> str:
         configs.insert(0, "lora")  # every row is a difference to it
     seeds = [int(s) for s in args.seeds.split(",")]
     subjects = SUBJECTS[:args.subjects]
+    if args.shard:  # this process trains every N-th subject; the report reads every finished run
+        k, n = args.shard
+        subjects = [s for i, s in enumerate(subjects) if i % n == k]
     settings, rules, skipped = {}, {}, {}
     for name in configs:
         settings[name], rules[name] = adapter_settings(name)
@@ -492,6 +496,13 @@ def part_adapters(args) -> str:
                 for name in runnable:
                     results[name, seed][subject.name] = run_one(
                         _run_name(name, seed), subject, cache, backend, dict(settings[name], seed=seed))
+        if args.shard:  # the other shards' finished runs, for the report
+            for subject in SUBJECTS[:args.subjects]:
+                for seed in seeds:
+                    for name in runnable:
+                        done = WORK / "runs" / _run_name(name, seed) / subject.name / "result.json"
+                        if done.exists():
+                            results[name, seed][subject.name] = json.loads(done.read_text())
 
     def difference(a: dict, b: dict, metric: str) -> float | None:
         """b - a; None where a metric is missing (DIV with one image per prompt)"""
@@ -530,13 +541,14 @@ def part_adapters(args) -> str:
         runs = runs_of(name)
         if not runs:
             continue
-        train_s = sum(r["train_s"] for r in runs) / len(runs)
+        # the median: a run that shared the cores with other work (a test run) is an outlier, not a cost
+        train_s = statistics.median(r["train_s"] for r in runs)
         if name != "lora":
             diff_rows.append(f"| {name} - lora | {len(paired(name, 'fidelity'))} | "
                              + " | ".join(_diff_cell(paired(name, m)) for m in METRICS)
                              + f" | {params(name):,} | {train_s:.0f} s |")
         abs_rows.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r['run'][m] for r in runs]) for m in METRICS)
-                        + f" | {params(name):,} | {train_s:.0f} s | {sum(r['eval_s'] for r in runs) / len(runs):.0f} s |")
+                        + f" | {params(name):,} | {train_s:.0f} s | {statistics.median(r['eval_s'] for r in runs):.0f} s |")
     diff_rows += [f"| {name} - lora | 0 | SKIPPED: {why} | - | - | - | - | - |" for name, why in skipped.items()]
     base_runs = runs_of("lora")
     if base_runs:
@@ -581,6 +593,21 @@ def part_adapters(args) -> str:
         setting_lines.append(f"- `{name}`: " + (", ".join(f"{k} {v}" for k, v in changed.items()) or "the recipe")
                              + f"; {rules[name]}" + (f" ({ADAPTER_NOTES[name]})" if name in ADAPTER_NOTES else ""))
     devices = sorted({r.get("device", "?") for runs in results.values() for r in runs.values()})
+    # how much of a run's fidelity its (subject, seed) fixes, whatever the row: the correlation,
+    # over the units, of each row's fidelity with LoRA's; high, a paired interval is narrower than the floor
+    correlations = {}
+    for name in runnable:
+        units = [(seed, s) for seed in seeds for s in results[name, seed] if s in results["lora", seed]]
+        if name != "lora" and len(units) >= 3:
+            a = [results["lora", seed][s]["run"]["fidelity"] for seed, s in units]
+            b = [results[name, seed][s]["run"]["fidelity"] for seed, s in units]
+            correlations[name] = statistics.correlation(a, b)
+    shared = ("Over the (subject, seed) units, the correlation of a row's fidelity with LoRA's: "
+              + ", ".join(f"{n} {r:.2f}" for n, r in correlations.items())
+              + ". Where it is high, the unit (subject and training seed) moves both runs together, and the "
+              "row's paired interval is narrower than the noise floor, which compares two seeds of one unit. "
+              "A row is read against its own interval; the floor says how far one run of a recipe lands "
+              "from another run of it." if correlations else "")
     smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
              f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
     command = (f"python benchmarks/toyworld_quality.py --part adapters --subjects {args.subjects} --seeds {args.seeds}"
@@ -609,6 +636,11 @@ Differences seen (the interval excludes 0): {'; '.join(seen_lines) or 'none'}; e
 in the table: no difference seen.
 
 Noise floor, half-width of its interval ({n_noise} pairs): {'; '.join(floor_lines) or 'not measured (needs LoRA at two seeds)'}.
+{shared}
+
+Times are medians over the row's runs. Runs made with --shard (two processes side by side, one
+thread each) took one core under a neighbour's load: compare the rows with each other, not with
+the single-process times elsewhere in this file.
 
 Claims of the seed papers:
 {chr(10).join(claims)}
@@ -674,6 +706,16 @@ def _claim_tlora(results, seeds, paired, params, noise) -> str:
     return f"- Transformed LoRA, \"better than LoRA at equal or fewer parameters\": {verdict} ({numbers})."
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be in 0..N-1")
+    return k, n
+
+
 def main() -> None:
     global WORK, JSON_OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -692,6 +734,8 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, help="images per prompt of the evaluation (a smoke run)")
     parser.add_argument("--eval-steps", type=int, help="denoising steps of the evaluation (a smoke run)")
     parser.add_argument("--dry-run", action="store_true", help="adapters: print the report, do not write it")
+    parser.add_argument("--shard", type=_shard, help="adapters: K/N, train only the subjects whose index is K mod N "
+                        "(run N processes with OMP_NUM_THREADS=1 on N cores); the report reads every finished run")
     parser.add_argument("--work", help="folder for the runs (default benchmarks/_work/toyworld; a smoke "
                         "run's default is a folder of its own inside it)")
     parser.add_argument("--json-out", help="methods, adapters: also collect every run's result in this JSON file")
