@@ -32,12 +32,20 @@ WORK = REPO / "benchmarks" / "_work"
 DREAMBENCH = REPO.parent / "shared" / "dreambench"
 
 
-def run_measured(args: list[str], log_path: Path, env=None) -> tuple[float, float, int]:
-    """-> (wall seconds, peak RSS in MiB, exit code) of one child process."""
+def run_measured(args: list[str], log_path: Path, env=None, timeout: float | None = None) -> tuple[float, float, int]:
+    """-> (wall seconds, peak RSS in MiB, exit code) of one child process; past `timeout` seconds
+    it is killed (exit code -9)."""
+    import threading
+
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer:
+            timer.cancel()
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_maxrss / 1024, code
@@ -100,7 +108,7 @@ def bare_step(args) -> None:
                       "peak_gpu_gib": peak_gpu}))
 
 
-def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
+def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = (), timeout: float | None = None) -> dict:
     steps = args.warmup + args.steps
     cmd = [sys.executable, "-m", "imprint.cli", "train", "--model", str(model),
            "--images", str(DREAMBENCH / "dog"), "--class-name", "dog", "--method", "lora",
@@ -108,7 +116,9 @@ def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = ()) -> di
            "--num-class-images", "5", "--resolution", str(args.resolution), "--steps", str(steps),
            "--batch-size", "1", "--checkpoint-every", "0", "--no-final-samples",
            "--mixed-precision", args.mixed_precision, "--seed", "0", "--output", str(out), *extra]
-    wall, rss, code = run_measured(cmd, out.with_suffix(".log"))
+    wall, rss, code = run_measured(cmd, out.with_suffix(".log"), timeout=timeout)
+    if code == -9 and timeout:
+        return {"timed_out": timeout}
     if code:
         raise SystemExit(f"imprint failed, see {out.with_suffix('.log')}")
     times = [json.loads(line)["time"] for line in open(out / "log.jsonl")]
@@ -147,6 +157,7 @@ def main() -> None:
                         help="measure the step options instead (issue 13): imprint with --compile off / regional / "
                              "full, and the bare step with SDPA or the classic attention and AdamW's loop / foreach / "
                              "fused implementations")
+    parser.add_argument("--option-timeout", type=float, default=15, help="--options: minutes a compiled run may take")
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "classic"], help=argparse.SUPPRESS)
     parser.add_argument("--adamw", default="loop", choices=["loop", "foreach", "fused"], help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
@@ -211,9 +222,14 @@ def step_options(args, model: Path, tag: str) -> None:
         print(f"imprint --compile {mode} ...", flush=True)
         out = WORK / f"options-imprint-{mode}-{tag}"
         shutil.rmtree(out, ignore_errors=True)
-        r = imprint_run(args, model, out, ("--compile", mode))
+        r = imprint_run(args, model, out, ("--compile", mode), timeout=args.option_timeout * 60 if mode != "off" else None)
+        if "timed_out" in r:
+            rows.append(f"| imprint `--compile {mode}` | not finished in {args.option_timeout:g} min "
+                        f"(compilation and {args.warmup + args.steps} steps) | - | - | - |")
+            print(f"  stopped after {args.option_timeout:g} min", flush=True)
+            continue
         base = base or r
-        rows.append(f"| imprint `--compile {mode}` (today: off) | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f}x | "
+        rows.append(f"| imprint `--compile {mode}`{' (today)' if mode == 'off' else ''} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f}x | "
                     f"{r['wall_s']:.0f} s | {r['peak_rss_mib']:.0f} |")
         print(f"  {r['step_s']:.3f} s/step, wall {r['wall_s']:.0f} s", flush=True)
     bare_base = None

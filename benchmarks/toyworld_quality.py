@@ -608,11 +608,15 @@ def part_adapters(args) -> str:
               "row's paired interval is narrower than the noise floor, which compares two seeds of one unit. "
               "A row is read against its own interval; the floor says how far one run of a recipe lands "
               "from another run of it." if correlations else "")
+    expected = len(runnable) * len(seeds) * args.subjects
+    finished = sum(len(runs) for runs in results.values())
+    partial = (f" INCOMPLETE: {finished} of the {expected} runs are finished (the part continues where it stopped); "
+               "a row's pairs column says how many it holds." if finished < expected else "")
     smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
              f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
     command = (f"python benchmarks/toyworld_quality.py --part adapters --subjects {args.subjects} --seeds {args.seeds}"
                + (f" --configs {args.configs}" if args.configs else ""))
-    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}
+    body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}{partial}
 Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
 prior preservation with the same 20 class images, 64 px) with one thing changed; training seeds
 {', '.join(map(str, seeds))} on {len(subjects)} subjects, evaluated as --part methods (25 toy prompts,
