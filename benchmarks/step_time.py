@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results_file import write_section  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
 DREAMBENCH = REPO.parent / "shared" / "dreambench"
@@ -253,9 +256,6 @@ def step_options(args, model: Path, tag: str) -> None:
         "| step | s/step | vs today's | process wall time | peak RSS (MiB) |",
         "| --- | ---: | ---: | ---: | ---: |",
         *rows])
-    sys.path.insert(0, str(Path(__file__).parent))
-    from results_file import write_section
-
     print(write_section(args.results, f"## Step options: compile, SDPA, AdamW implementation ({args.device}, "
                         f"{args.resolution} px, issue 13)", body))
 
@@ -288,9 +288,6 @@ def write_results(args, bare, bare_rss, ours, script) -> None:
     lines.append(row("bare UNet fwd+bwd+AdamW (batch 2)", bare, bare_rss))
     if bare.get("peak_gpu_gib"):
         lines.append(f"\nBare step peak GPU memory: {bare['peak_gpu_gib']:.2f} GiB")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from results_file import write_section
-
     section = write_section(args.results, lines[0], "\n".join(lines[2:]))
     print(section)
 

@@ -47,22 +47,16 @@ GUIDANCE = 6.0  # the toy-world evaluation's
 EVALUATION = dict(images_per_prompt=2, inference_steps=20)
 
 
-def phase_end(class_dir: Path) -> float | None:
-    """When the last class image was written (epoch seconds); None if none was."""
-    times = [p.stat().st_mtime for p in class_dir.iterdir() if p.suffix in (".png", ".jpg")]
-    return max(times) if times else None
-
-
 def timed(cmd: list[str], run: Path, class_dir: Path, env=None) -> dict:
     class_dir.mkdir(parents=True)
     start = time.time()
     wall, rss, code = run_measured(cmd, run.with_suffix(".log"), env)
     if code:
         raise SystemExit(f"{cmd[1]} failed (exit {code}), see {run.with_suffix('.log')}")
-    end = phase_end(class_dir)
-    made = sum(1 for p in class_dir.iterdir() if p.suffix in (".png", ".jpg"))
-    class_s = (end - start) if end else 0.0
-    return {"wall_s": wall, "class_s": class_s, "train_s": wall - class_s, "peak_rss_mib": rss, "class_images": made}
+    written = [p.stat().st_mtime for p in class_dir.iterdir() if p.suffix in (".png", ".jpg")]
+    class_s = max(written) - start if written else 0.0  # the phase ends when the last class image was written
+    return {"wall_s": wall, "class_s": class_s, "train_s": wall - class_s, "peak_rss_mib": rss,
+            "class_images": len(written)}
 
 
 def imprint_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Path, class_steps: int) -> list[str]:
@@ -176,11 +170,16 @@ def report(args, rows: dict, class_steps: list[int], subject, torch_version: str
     table = ["| trainer | class images rendered as | class images | training | wall time | vs script | "
              "peak RSS (MiB) | fidelity | alignment | PRES |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    how = {"script": "64 px (the pipeline's default), 50 steps, guidance 7.5, 4 per call"}
+    from imprint.image.sampling import images_per_call
+    from imprint.image.settings import PriorDataSettings
+
+    default_steps = PriorDataSettings().class_inference_steps
+    size = RECIPE["resolution"]
+    how = {"script": f"{size} px (the pipeline's default), 50 steps, guidance 7.5, 4 per call"}
     labels = {"script": "diffusers train_dreambooth_lora.py"}
     for n in class_steps:
-        how[f"imprint-{n}"] = (f"64 px (the training size), {n} steps" + (" (its default)" if n == 30 else "")
-                               + ", guidance 7.5, 16 per call")
+        how[f"imprint-{n}"] = (f"{size} px (the training size), {n} steps" + (" (its default)" if n == default_steps else "")
+                               + f", guidance 7.5, {images_per_call(size)} per call")
         labels[f"imprint-{n}"] = f"imprint train --class-inference-steps {n}"
     for name, label in labels.items():
         table.append(f"| {label} | {how[name]} | {mean(name, 'class_s'):.0f} s | {mean(name, 'train_s'):.0f} s | "

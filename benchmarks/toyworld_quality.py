@@ -142,6 +142,11 @@ def _pretrain_minutes(info: dict) -> float:
     return (sum(info["seconds"].values()) + info.get("seconds_vae_training", 0)) / 60
 
 
+def _result_file(config: str, subject_name: str) -> Path:
+    """Where a finished run of `config` on a subject keeps its result."""
+    return WORK / "runs" / config / subject_name / "result.json"
+
+
 def run_one(config: str, subject, cache: dict, backend, settings: dict | None = None) -> dict:
     """Train `config` (a CONFIGS name, or a run name for `settings`) on `subject` and evaluate it;
     a finished run (its result.json) is read back instead."""
@@ -151,7 +156,7 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
     from imprint.toyworld.subjects import write_subject
     from imprint.image.train import train
 
-    result_file = WORK / "runs" / config / subject.name / "result.json"
+    result_file = _result_file(config, subject.name)
     if result_file.exists():
         return json.loads(result_file.read_text())
     photos = write_subject(subject, WORK / "subjects" / subject.name)
@@ -500,7 +505,7 @@ def part_adapters(args) -> str:
             for subject in SUBJECTS[:args.subjects]:
                 for seed in seeds:
                     for name in runnable:
-                        done = WORK / "runs" / _run_name(name, seed) / subject.name / "result.json"
+                        done = _result_file(_run_name(name, seed), subject.name)
                         if done.exists():
                             results[name, seed][subject.name] = json.loads(done.read_text())
 
