@@ -363,13 +363,20 @@ ADAPTER_CHANGES = {
     # 200 steps every decay >= 0.96 gives the same average (see _ema_span in the report)
     "ema": dict(ema_decay=0.99),
     "prodigy": dict(optimizer="prodigy", lr=1.0),  # Prodigy estimates the step size; lr is its multiplier
+    # the two seed papers' adapters at another lr, to tell a recipe effect from the method's own:
+    # krona at LoRA's lr (its 5x lost alignment), tlora at 3.3x (it learned less than LoRA)
+    "krona-lr3e-3": dict(method="krona", krona_a1=4, krona_a2=64, lr=3e-3),
+    "tlora-lr1e-2": dict(method="tlora", lr=1e-2),
 }
+# the rows whose claims the noise floor could not settle at 2 seeds run at RAISED_SEEDS as well
+RAISED_CONFIGS = ("lora", "krona", "tlora", "krona-lr3e-3", "tlora-lr1e-2")
 # why a row's settings are what they are, in the report
 ADAPTER_NOTES = {
     "krona": "the paper's best (a1, a2)", "tlora": "its default ring ranks, the paper's smallest TLoRA(2,6)",
     "pivotal": "embedding lr: the toy textual_inversion row's", "snr": "the min-SNR paper's gamma",
     "noise-offset": "the README's example (Guttenberg's post used 0.1)", "ema": "see below",
     "prodigy": "lr is the multiplier of Prodigy's own step-size estimate: 1.0, its README's",
+    "krona-lr3e-3": "krona at LoRA's lr", "tlora-lr1e-2": "tlora at 3.3x LoRA's lr",
 }
 METRICS = ("fidelity", "alignment", "pres", "div")
 NAMES = {"fidelity": "fidelity", "alignment": "alignment", "pres": "PRES", "div": "DIV"}
@@ -476,6 +483,12 @@ def part_adapters(args) -> str:
     if "lora" not in configs:
         configs.insert(0, "lora")  # every row is a difference to it
     seeds = [int(s) for s in args.seeds.split(",")]
+    raised = [int(s) for s in args.raised_seeds.split(",") if s.strip()]
+
+    def seeds_of(name: str) -> list[int]:
+        return seeds + [s for s in raised if s not in seeds] if name in RAISED_CONFIGS else seeds
+
+    all_seeds = seeds + [s for s in raised if s not in seeds]
     subjects = SUBJECTS[:args.subjects]
     if args.shard:  # this process trains every N-th subject; the report reads every finished run
         k, n = args.shard
@@ -486,7 +499,7 @@ def part_adapters(args) -> str:
         if settings[name] is None:
             skipped[name] = rules[name]
     runnable = [c for c in configs if c not in skipped]
-    results: dict[tuple[str, int], dict[str, dict]] = {(c, seed): {} for c in runnable for seed in seeds}
+    results: dict[tuple[str, int], dict[str, dict]] = {(c, seed): {} for c in runnable for seed in seeds_of(c)}
     if args.from_json:  # results collected elsewhere (a device run): only the report
         for r in json.loads(Path(args.from_json).read_text()):
             seed = r.get("seed", 0)
@@ -497,14 +510,14 @@ def part_adapters(args) -> str:
         backend, cache = make_backend("toyworld"), {}
         # subject by subject, every config and seed: stopped at any point, the rows stay balanced
         for subject in subjects:
-            for seed in seeds:
-                for name in runnable:
+            for seed in all_seeds:
+                for name in (n for n in runnable if seed in seeds_of(n)):
                     results[name, seed][subject.name] = run_one(
                         _run_name(name, seed), subject, cache, backend, dict(settings[name], seed=seed))
         if args.shard:  # the other shards' finished runs, for the report
             for subject in SUBJECTS[:args.subjects]:
-                for seed in seeds:
-                    for name in runnable:
+                for name in runnable:
+                    for seed in seeds_of(name):
                         done = _result_file(_run_name(name, seed), subject.name)
                         if done.exists():
                             results[name, seed][subject.name] = json.loads(done.read_text())
@@ -516,13 +529,14 @@ def part_adapters(args) -> str:
 
     def paired(name: str, metric: str) -> list[float]:
         values = [difference(results["lora", seed][s], results[name, seed][s], metric)
-                  for seed in seeds for s in results["lora", seed] if s in results[name, seed]]
+                  for seed in seeds_of(name) if ("lora", seed) in results
+                  for s in results["lora", seed] if s in results[name, seed]]
         return [v for v in values if v is not None]
 
-    lora_seeds = [seed for seed in seeds if results.get(("lora", seed))]
+    # the noise floor: LoRA against LoRA, seeds paired in turn (1 - 0, 3 - 2, ...), each unit once
+    lora_seeds = [seed for seed in seeds_of("lora") if results.get(("lora", seed))]
     noise = {m: [] for m in METRICS}
-    if len(lora_seeds) >= 2:
-        first, second = lora_seeds[0], lora_seeds[1]
+    for first, second in zip(lora_seeds[0::2], lora_seeds[1::2]):
         for s in results["lora", first]:
             if s in results["lora", second]:
                 for m in METRICS:
@@ -532,13 +546,14 @@ def part_adapters(args) -> str:
     n_noise = len(noise["fidelity"])
 
     def params(name: str) -> int | None:
-        runs = [r for seed in seeds for r in results[name, seed].values()]
+        runs = runs_of(name)
         return runs[0]["trainable_parameters"] if runs else None
 
     def runs_of(name: str) -> list[dict]:
-        return [r for seed in seeds for r in results[name, seed].values()]
+        return [r for seed in seeds_of(name) for r in results[name, seed].values()]
 
-    floor_row = (f"| NOISE FLOOR: lora seed {lora_seeds[1]} - seed {lora_seeds[0]} | {n_noise} | "
+    floor_pairs = ", ".join(f"{b} - {a}" for a, b in zip(lora_seeds[0::2], lora_seeds[1::2]))
+    floor_row = (f"| NOISE FLOOR: lora seed {floor_pairs} | {n_noise} | "
                  + " | ".join(_diff_cell(noise[m]) for m in METRICS) + f" | {params('lora'):,} | - |"
                  if n_noise else "| NOISE FLOOR | 0 | needs LoRA at two seeds | - | - | - | - | - |")
     diff_rows, abs_rows = [floor_row], []
@@ -576,8 +591,13 @@ def part_adapters(args) -> str:
             verdict = _seen(paired(name, m), lower_is_better=m == "pres")
             if verdict in ("better", "worse"):
                 seen_lines.append(f"{name} {NAMES[m]} {mean_interval(paired(name, m))['mean']:+.3f} ({verdict})")
-    claims = [_claim_krona(results, seeds, paired, params, noise),
-              _claim_tlora(results, seeds, paired, params, noise)]
+    claims = [_claim_krona(results, all_seeds, paired, params, noise),
+              _claim_tlora(results, all_seeds, paired, params, noise)]
+    lr_rows = [n for n in ("krona-lr3e-3", "tlora-lr1e-2") if n in runnable and runs_of(n)]
+    if lr_rows:
+        claims.append("- At another lr (a check that the verdict is the method's, not the lr's): " + "; ".join(
+            f"{n}: " + ", ".join(f"{NAMES[m]} {_diff_cell(paired(n, m))}" for m in ("fidelity", "alignment"))
+            + f" over {len(paired(n, 'fidelity'))} pairs" for n in lr_rows) + ".")
     ema_note = ""
     if "ema" in runnable:
         steps, decay = CONFIGS["lora"]["steps"], ADAPTER_CHANGES["ema"]["ema_decay"]
@@ -602,7 +622,7 @@ def part_adapters(args) -> str:
     # over the units, of each row's fidelity with LoRA's; high, a paired interval is narrower than the floor
     correlations = {}
     for name in runnable:
-        units = [(seed, s) for seed in seeds for s in results[name, seed] if s in results["lora", seed]]
+        units = [(seed, s) for seed in seeds_of(name) for s in results[name, seed] if s in results["lora", seed]]
         if name != "lora" and len(units) >= 3:
             a = [results["lora", seed][s]["run"]["fidelity"] for seed, s in units]
             b = [results[name, seed][s]["run"]["fidelity"] for seed, s in units]
@@ -613,18 +633,20 @@ def part_adapters(args) -> str:
               "row's paired interval is narrower than the noise floor, which compares two seeds of one unit. "
               "A row is read against its own interval; the floor says how far one run of a recipe lands "
               "from another run of it." if correlations else "")
-    expected = len(runnable) * len(seeds) * args.subjects
+    expected = sum(len(seeds_of(n)) for n in runnable) * args.subjects
     finished = sum(len(runs) for runs in results.values())
     partial = (f" INCOMPLETE: {finished} of the {expected} runs are finished (the part continues where it stopped); "
                "a row's pairs column says how many it holds." if finished < expected else "")
     smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
              f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
     command = (f"python benchmarks/toyworld_quality.py --part adapters --subjects {args.subjects} --seeds {args.seeds}"
-               + (f" --configs {args.configs}" if args.configs else ""))
+               + f" --raised-seeds {args.raised_seeds}" + (f" --configs {args.configs}" if args.configs else ""))
+    raised_text = (f" (the rows {', '.join(n for n in RAISED_CONFIGS if n in runnable)} also at seeds "
+                   f"{', '.join(map(str, raised))}, to narrow the seed papers' intervals)" if raised else "")
     body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}{partial}
 Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
 prior preservation with the same 20 class images, 64 px) with one thing changed; training seeds
-{', '.join(map(str, seeds))} on {len(subjects)} subjects, evaluated as --part methods (25 toy prompts,
+{', '.join(map(str, seeds))} on {len(subjects)} subjects{raised_text}; evaluated as --part methods (25 toy prompts,
 {EVALUATION['images_per_prompt']} images each, {EVALUATION['inference_steps']} steps, guidance {GUIDANCE}, evaluation seed 0 for every run).
 A difference is paired: the row's run minus LoRA's with the same subject and training seed; mean
 and 95% normal interval over the pairs. PRES: lower is better. The noise floor is the LoRA recipe
@@ -738,6 +760,8 @@ def main() -> None:
     parser.add_argument("--sweep", default="lr=3e-3,steps=100;lr=1e-3,steps=200;prior_loss_weight=3;steps=400",
                         help="lora-sweep: LoRA settings to try beside the `lora` row's, e.g. 'lr=1e-3,steps=200;rank=4'")
     parser.add_argument("--seeds", default="0,1", help="adapters: training seeds, e.g. 0,1")
+    parser.add_argument("--raised-seeds", default="2,3", help="adapters: more training seeds for the rows "
+                        f"{','.join(RAISED_CONFIGS)} ('' for none)")
     parser.add_argument("--configs", help=f"adapters: rows to run (lora always), from {','.join(ADAPTER_CHANGES)}")
     parser.add_argument("--steps", type=int, help="override every method's steps (a smoke run)")
     parser.add_argument("--eval-images", type=int, help="images per prompt of the evaluation (a smoke run)")
