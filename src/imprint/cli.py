@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "  imprint toyworld subjects --output toy-subjects\n"
                "  imprint train --images toy-subjects/emblem_star --class-name star ...")
     toy.add_argument("action", choices=["subjects", "train-evaluator", "pretrain"],
-                     help="subjects: write the held-out subjects; train-evaluator: retrain the "
+                     help="subjects: write the held-out subjects (photos, class.txt and their true "
+                          "masks in masks/, for --masks); train-evaluator: retrain the "
                           "shipped evaluator (seeded, ~20 min on 2 cores); pretrain: train the base "
                           "model from scratch (seeded, resumable, < 2 h on 2 cores)")
     toy.add_argument("--output", help="subjects: folder for one sub-folder per subject; "

@@ -21,7 +21,7 @@ import torch
 
 from imprint.core.rng import batch_indices, step_generator
 
-ROWS_STREAM = 1  # the random stream of the subject rows (0: noise, 2: class rows)
+ROWS_STREAM = 1  # the random stream of the subject rows (0: noise, 2: class rows, 3: flips)
 
 
 @dataclass
@@ -30,6 +30,8 @@ class Bucket:
     images: list[int]       # the subject photos in it (indices into the folder's sorted list)
     mean: torch.Tensor      # their cached latent posteriors, in that order
     std: torch.Tensor
+    flipped: tuple[torch.Tensor, torch.Tensor] | None = None  # with --flip: the mirrored photos' posteriors
+    masks: torch.Tensor | None = None   # with masks: (N, 1, h, w) subject share per latent pixel
 
 
 def bucket_sizes(resolution: int) -> list[tuple[int, int]]:

@@ -48,6 +48,20 @@ class DataSettings:
                            "walks N shuffled copies of the photo list; the rows of a step (batch-size "
                            "subject rows, as many class rows) stay the same, so it changes the order and, "
                            "with --buckets, how evenly each bucket's batches fill", positive=True)
+    flip: bool = setting(False, "random horizontal flip of the subject photos (p 0.5 per row, seeded; the "
+                         "latents of both orientations are cached; masks flip with their photo; class "
+                         "images are not flipped)")
+    masks: str | None = setting(None, "folder of subject masks, one per photo with the photo's file stem "
+                                "(any image mode; non-zero = subject; a cut-out's alpha); used by "
+                                "--mask-loss-weight and the mask methods", shown_default="none")
+    auto_masks: bool = setting(False, "make the subject masks with a text-prompted segmentation model "
+                               "(--auto-mask-model), once; they are saved in the run folder's masks/ to "
+                               "inspect, fix and pass as --masks to a later run")
+    auto_mask_model: str = setting("CIDAS/clipseg-rd64-refined", "CLIPSeg model of --auto-masks (hub id or folder)")
+    auto_mask_prompt: str = setting("{class_name}", "text prompt of --auto-masks ({token} and {class_name} "
+                                    "filled in)")
+    auto_mask_threshold: float = setting(0.4, "--auto-masks: a pixel is subject where CLIPSeg's probability "
+                                         "is above this")
     noise_offset: float = setting(0.0, "offset noise (Guttenberg 2023): a per-channel constant of this "
                                   "scale added to the training noise, so the model can move an image's "
                                   "mean brightness; 0: off, e.g. 0.05")
@@ -186,6 +200,13 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
     if cfg.data.buckets and cfg.data.resolution % 64:
         raise ImprintError(f"--resolution {cfg.data.resolution}: with --buckets it must be a multiple of 64 "
                            "(the bucket sides step by resolution/8)")
+    if cfg.data.masks and cfg.data.auto_masks:
+        raise ImprintError("--masks and --auto-masks: give one (a folder of masks, or masks made by the model)")
+    if cfg.terms.get("mask") and cfg.terms["mask"].mask_loss_weight != 1 and not (cfg.data.masks or cfg.data.auto_masks):
+        raise ImprintError(f"--mask-loss-weight {cfg.terms['mask'].mask_loss_weight:g} needs subject masks: "
+                           "add --masks DIR or --auto-masks")
+    if not 0 < cfg.data.auto_mask_threshold < 1:
+        raise ImprintError(f"--auto-mask-threshold {cfg.data.auto_mask_threshold:g}: must be within (0, 1)")
     if cfg.trainer.lr <= 0:
         raise ImprintError(f"--lr must be > 0, got {cfg.trainer.lr}")
     if cfg.trainer.ema_decay and not 0 < cfg.trainer.ema_decay < 1:
@@ -198,7 +219,7 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
             raise ImprintError(f"--select-best {cfg.selection.select_best}: lambda must be within [0, 1]")
         if not cfg.trainer.checkpoint_every:
             raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
-    for name, section in (("instance_prompt", cfg.data), ("class_prompt", cfg.prior)):
+    for name, section in (("instance_prompt", cfg.data), ("class_prompt", cfg.prior), ("auto_mask_prompt", cfg.data)):
         try:
             cfg.fill(getattr(section, name))
         except (KeyError, IndexError, ValueError) as e:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 import imprint
 from imprint.core import checkpoint as ckpt
@@ -25,6 +26,7 @@ from imprint.families import load_family
 from imprint.image.buckets import Bucket, bucket_for, subject_rows
 from imprint.image.data import (SubjectImages, caption_path, fit_to_size, images_to_tensor, load_image_file,
                                 load_subject_images, read_captions)
+from imprint.image.masks import fit_mask, load_masks, to_latent_size
 from imprint.image.prior import ensure_class_images
 from imprint.image.sampling import sample, save_grid
 from imprint.image.settings import ImageRunConfig, build_config
@@ -37,6 +39,7 @@ from imprint.util.files import write_json_atomic
 log = logging.getLogger("imprint")
 
 # settings that may change when a run is resumed; any other change is a different run
+FLIP_STREAM = 3  # the random stream of --flip's coins (0: noise, 1: subject rows, 2: class rows)
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
                      "sample_prompt", "sample_inference_steps", "final_samples", "log_with"}
 
@@ -65,7 +68,7 @@ class SubjectTask(Task):
     name = "image"
 
     def __init__(self, cfg: ImageRunConfig, accelerator, subject: SubjectImages,
-                 captions: list[str | None] | None = None):
+                 captions: list[str | None] | None = None, masks: list | None = None):
         self.cfg, self.accelerator = cfg, accelerator
         self.device, self.frozen_dtype = accelerator.device, DTYPES[cfg.trainer.mixed_precision]
         self.family = family = load_family(cfg.run.model)
@@ -75,7 +78,7 @@ class SubjectTask(Task):
         family.to(self.device, self.frozen_dtype, self.method.float32_parts())
 
         # --- caches: everything the frozen parts compute, once ---------------------------
-        self.buckets = self.encode_subject(subject)
+        self.buckets = self.encode_subject(subject, masks)
         self.class_mean = self.class_std = self.class_prompt = None
         if cfg.prior.prior_preservation:
             self.class_prompt = class_prompt = cfg.fill(cfg.prior.class_prompt)
@@ -108,25 +111,35 @@ class SubjectTask(Task):
     def fill_prompt(self, text: str) -> str:
         return text.format(token=self.method.prompt_token(), class_name=self.cfg.data.class_name)
 
-    def encode_subject(self, subject: SubjectImages) -> list[Bucket]:
-        """The photos' latent posteriors, by bucket: one square bucket without --buckets."""
-        cfg, family = self.cfg, self.family
+    def encode_subject(self, subject: SubjectImages, masks: list | None = None) -> list[Bucket]:
+        """The photos' latent posteriors (and, with --flip, the mirrored photos'; with masks, the
+        masks at latent size, through the same resize and crop), by bucket: one square bucket
+        without --buckets."""
+        cfg = self.cfg
         if not cfg.data.buckets:
             resolution = cfg.data.resolution
-            return [Bucket((resolution, resolution), list(range(len(subject.images))),
-                           *family.encode_images(images_to_tensor(subject.images)))]
+            return [self.make_bucket((resolution, resolution), list(range(len(subject.images))), subject.images, masks)]
         by_size: dict[tuple[int, int], list[tuple[int, object]]] = {}
         for index, path in enumerate(subject.paths):
             image = load_image_file(path)
             size = bucket_for(*image.size, cfg.data.resolution)
             by_size.setdefault(size, []).append((index, fit_to_size(image, *size)))
-        buckets = []
-        for size, members in sorted(by_size.items()):
-            pixels = images_to_tensor([image for _, image in members])
-            buckets.append(Bucket(size, [index for index, _ in members], *family.encode_images(pixels)))
+        buckets = [self.make_bucket(size, [index for index, _ in members], [image for _, image in members], masks)
+                   for size, members in sorted(by_size.items())]
         log.info("aspect-ratio buckets: %s", ", ".join(f"{b.size[0]}x{b.size[1]} ({len(b.images)} photos)"
                                                        for b in buckets))
         return buckets
+
+    def make_bucket(self, size: tuple[int, int], members: list[int], images: list, masks: list | None) -> Bucket:
+        family = self.family
+        bucket = Bucket(size, members, *family.encode_images(images_to_tensor(images)))
+        if self.cfg.data.flip:
+            mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
+            bucket.flipped = family.encode_images(images_to_tensor(mirrored))
+        if masks is not None:
+            pixels = torch.stack([fit_mask(masks[i], *size) for i in members])
+            bucket.masks = to_latent_size(pixels, tuple(bucket.mean.shape[-2:]))
+        return bucket
 
     def pipe_prompt(self, text: str) -> str:
         return self.method.rewrite_prompt(text, self.prompt_metadata)
@@ -158,20 +171,32 @@ class SubjectTask(Task):
         number, rows = subject_rows(cfg.trainer.seed, index, cfg.data.batch_size, self.buckets, cfg.data.repeats,
                                     by_bucket=cfg.data.buckets)
         bucket = self.buckets[number]
-        latents = family.sample_latents(bucket.mean[rows], bucket.std[rows], generator)
-        groups = [(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows])]
+        mean, std = bucket.mean[rows], bucket.std[rows]
+        masks = bucket.masks[rows] if bucket.masks is not None else None
+        if bucket.flipped is not None:  # a coin per row, from a stream of its own
+            flips = torch.rand(len(rows), generator=step_generator(cfg.trainer.seed, FLIP_STREAM, index)) < 0.5
+            where = flips.reshape(-1, 1, 1, 1)
+            mean = torch.where(where, bucket.flipped[0][rows], mean)
+            std = torch.where(where, bucket.flipped[1][rows], std)
+            if masks is not None:
+                masks = torch.where(where, masks.flip(-1), masks)
+        latents = family.sample_latents(mean, std, generator)
+        groups = [(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows], masks)]
         if self.class_mean is not None:
             rows = batch_indices(cfg.trainer.seed, 2, index, cfg.data.batch_size, self.class_mean.shape[0])
             latents = family.sample_latents(self.class_mean[rows], self.class_std[rows], generator)
             roles, prompts = [CLASS] * len(rows), [self.class_prompt] * len(rows)
+            class_masks = torch.ones(len(rows), 1, *latents.shape[-2:]) if masks is not None else None
             if latents.shape[1:] == groups[0][0].shape[1:]:
                 first = groups[0]
-                groups[0] = (torch.cat([first[0], latents]), first[1] + roles, first[2] + prompts)
+                groups[0] = (torch.cat([first[0], latents]), first[1] + roles, first[2] + prompts,
+                             torch.cat([first[3], class_masks]) if masks is not None else None)
             else:
-                groups.append((latents, roles, prompts))
-        return [self.noised(latents, roles, prompts, generator) for latents, roles, prompts in groups]
+                groups.append((latents, roles, prompts, class_masks))
+        return [self.noised(*group, generator) for group in groups]
 
-    def noised(self, latents: torch.Tensor, roles: list[str], prompts: list[str], generator) -> Batch:
+    def noised(self, latents: torch.Tensor, roles: list[str], prompts: list[str], masks: torch.Tensor | None,
+               generator) -> Batch:
         cfg, family = self.cfg, self.family
         noise = torch.randn(latents.shape, generator=generator)
         if cfg.data.noise_offset:
@@ -184,7 +209,7 @@ class SubjectTask(Task):
             conditioning = {k: v[ids] for k, v in self.prompt_encodings.items()}
         return Batch(latents=latents, noise=noise, timesteps=timesteps.to(self.device),
                      noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=conditioning,
-                     roles=roles, captions=prompts)
+                     roles=roles, captions=prompts, masks=masks)
 
     def loss(self, step: int, micro: int):
         parts: dict[str, torch.Tensor] = {}
@@ -300,6 +325,21 @@ def checked_captions(cfg: ImageRunConfig, subject: SubjectImages) -> list[str | 
     return captions
 
 
+def subject_masks(cfg: ImageRunConfig, subject: SubjectImages, run: RunFolder, device) -> list | None:
+    """The photos' masks at their size: read from --masks, or made by --auto-masks into the run folder."""
+    folder = cfg.data.masks
+    if cfg.data.auto_masks:
+        from imprint.image.auto_masks import make_masks
+
+        folder = make_masks(subject.paths, run.path / "masks", cfg.data.auto_mask_model,
+                            cfg.fill(cfg.data.auto_mask_prompt), cfg.data.auto_mask_threshold, str(device))
+    if folder is None:
+        return None
+    masks = load_masks(subject.paths, folder, "--masks" if cfg.data.masks else "--auto-masks")
+    log.info("masks: %d from %s", len(masks), folder)
+    return masks
+
+
 def train(cfg: ImageRunConfig, scorer=None) -> Path:
     """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
     run = RunFolder(cfg.run.output)
@@ -315,7 +355,8 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
     captions = checked_captions(cfg, subject) if cfg.data.captions else None
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
     check_can_run(cfg.trainer, accelerator.device)  # a missing package is found before the model loads
-    task = SubjectTask(cfg, accelerator, subject, captions)
+    masks = subject_masks(cfg, subject, run, accelerator.device)
+    task = SubjectTask(cfg, accelerator, subject, captions, masks)
     run.create()
     run.write_config(cfg.to_dict())
     samples = Samples(task, run)

@@ -188,6 +188,11 @@ def draw_emblem(image: Image.Image, colours: tuple[str, str, str], cx: float, cy
 
 def render(scene: Scene, seed: int = 0) -> Image.Image:
     """The scene as a 64x64 RGB image; the seed jitters position, scale and texture."""
+    return render_with_mask(scene, seed)[0]
+
+
+def render_with_mask(scene: Scene, seed: int = 0) -> tuple[Image.Image, Image.Image]:
+    """The scene and its object's true mask ('L', 255 where the object covers at least half a pixel)."""
     rng = np.random.default_rng(seed)
     fx, fy = POSITIONS[scene.position]
     cx = fx * SIZE + rng.uniform(-2.5, 2.5)
@@ -198,4 +203,4 @@ def render(scene: Scene, seed: int = 0) -> Image.Image:
     image.paste(pattern_layer(scene.colour, scene.pattern, cx, cy, r), (0, 0), mask)
     if scene.emblem:  # on the moon, the emblem sits in the crescent's thick part
         draw_emblem(image, scene.emblem, cx - 0.5 * r if scene.shape == "moon" else cx, cy, r)
-    return image
+    return image, mask.point(lambda v: 255 if v >= 128 else 0)

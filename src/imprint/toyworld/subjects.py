@@ -1,6 +1,7 @@
 """Held-out subjects: specific object instances whose identity detail (a three-colour emblem)
 the base model's pre-training never shows. Each has 5 "photos" in varied scenes, positions and
-scales, written as a folder like a real subject's, and a class name (its shape)."""
+scales, written as a folder like a real subject's (with each photo's true mask in masks/), and a
+class name (its shape)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from imprint.toyworld.render import BACKGROUNDS, POSITIONS, SCALES, Scene, render
+from imprint.toyworld.render import BACKGROUNDS, POSITIONS, SCALES, Scene, render_with_mask
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ SUBJECTS_BY_NAME = {s.name: s for s in SUBJECTS}
 
 
 def write_subject(subject: Subject, folder: str | Path, count: int = 5) -> Path:
+    """The photos, their true masks in masks/ (for --masks), and class.txt."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
     for i, (scene, seed) in enumerate(subject.photo_scenes(count)):
-        render(scene, seed).save(folder / f"{i:02d}.png")
+        image, mask = render_with_mask(scene, seed)
+        image.save(folder / f"{i:02d}.png")
+        mask.save(folder / "masks" / f"{i:02d}.png")
     (folder / "class.txt").write_text(subject.class_name + "\n")
     return folder
 
