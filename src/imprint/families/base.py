@@ -82,6 +82,13 @@ class Family(ABC):
     def encode_prompts(self, tokens) -> dict[str, torch.Tensor]:
         """-> the conditioning dict the denoiser takes, batch first."""
 
+    def pooled_text_embeddings(self, tokens) -> torch.Tensor:
+        """(N, D): one vector per prompt from the text encoder (CLIP: its pooled EOS output)."""
+        from imprint.util.errors import ImprintError
+
+        raise ImprintError(f"family {self.name}: no pooled text encoding, which this loss term needs; "
+                           "drop the term's flag for this model")
+
     @abstractmethod
     def encode_for_sampling(self, prompts: list[str]) -> list:
         """Per prompt, what `sample(prompt_embeds=...)` needs, so sampling needs no text encoder."""

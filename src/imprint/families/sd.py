@@ -147,6 +147,9 @@ class StableDiffusionFamily(Family):
     def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": self.text_embeddings(tokens)}
 
+    def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(tokens.to(self.text_encoder.device)).pooler_output
+
     @torch.no_grad()
     def encode_for_sampling(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(prompt, empty negative prompt) embeddings, so sampling needs no text encoder."""

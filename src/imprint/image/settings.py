@@ -200,6 +200,13 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
     if cfg.data.buckets and cfg.data.resolution % 64:
         raise ImprintError(f"--resolution {cfg.data.resolution}: with --buckets it must be a multiple of 64 "
                            "(the bucket sides step by resolution/8)")
+    trained = METHODS[cfg.run.method](cfg.method).trained_parts()
+    for name, term in TERMS.items():
+        settings = cfg.terms.get(name)
+        if term.needs_trained_text_encoder and term(settings).enabled() and "text_encoder" not in trained:
+            switch = flag(dataclasses.fields(term.Settings)[0].name)  # a term's first setting switches it on
+            raise ImprintError(f"{switch}: its loss reaches only the text encoder, which --method {cfg.run.method} "
+                               "does not train; add --train-text-encoder, or use --method textual_inversion / pivotal")
     if cfg.data.masks and cfg.data.auto_masks:
         raise ImprintError("--masks and --auto-masks: give one (a folder of masks, or masks made by the model)")
     if cfg.terms.get("mask") and cfg.terms["mask"].mask_loss_weight != 1 and not (cfg.data.masks or cfg.data.auto_masks):
@@ -219,7 +226,10 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
             raise ImprintError(f"--select-best {cfg.selection.select_best}: lambda must be within [0, 1]")
         if not cfg.trainer.checkpoint_every:
             raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
-    for name, section in (("instance_prompt", cfg.data), ("class_prompt", cfg.prior), ("auto_mask_prompt", cfg.data)):
+    prompts = [("instance_prompt", cfg.data), ("class_prompt", cfg.prior), ("auto_mask_prompt", cfg.data)]
+    prompts += [(f.name, section) for section in cfg.terms.values() if section is not None
+                for f in dataclasses.fields(section) if f.name.endswith("_prompt")]  # the terms' prompts
+    for name, section in prompts:
         try:
             cfg.fill(getattr(section, name))
         except (KeyError, IndexError, ValueError) as e:

@@ -107,6 +107,8 @@ class SubjectTask(Task):
                 self.prompt_encodings = {k: v.to(self.device, self.frozen_dtype)
                                          for k, v in family.encode_prompts(self.prompt_tokens).items()}
         self.prompt_metadata = {"token": cfg.data.token, **self.method.metadata()}
+        with accelerator.autocast():
+            self.objective.setup(family, self.fill_prompt)
 
     def fill_prompt(self, text: str) -> str:
         return text.format(token=self.method.prompt_token(), class_name=self.cfg.data.class_name)

@@ -67,6 +67,11 @@ class TermContext:
         with self.autocast():
             return self.family.encode_prompts(self.family.tokenize(prompts))
 
+    def pooled_text(self, prompts: list[str]) -> torch.Tensor:
+        """The text encoder's pooled output per prompt (CLIP: the EOS token after the final norm)."""
+        with self.autocast():
+            return self.family.pooled_text_embeddings(self.family.tokenize(prompts))
+
 
 class LossTerm(ABC):
     """A part of the objective. `Settings` (a dataclass or None) holds its knobs, which become
@@ -76,6 +81,11 @@ class LossTerm(ABC):
     Settings = None
     group = "objective"         # the --help section and TOML table of its settings
     needs_text_encoder = False  # keep the text encoder after caching (for encode_prompts)
+    needs_trained_text_encoder = False  # its gradient reaches only what is trained in the text encoder
+
+    def setup(self, family, fill) -> None:
+        """Once, before the first step (and before a resume loads the trained state): the family
+        as the base model has it, and `fill`, which fills {token} / {class_name} in a prompt."""
 
     def __init__(self, settings=None):
         self.settings = settings
@@ -107,6 +117,10 @@ class Objective:
     @property
     def needs_text_encoder(self) -> bool:
         return any(t.needs_text_encoder for t in self.terms)
+
+    def setup(self, family, fill) -> None:
+        for term in self.terms:
+            term.setup(family, fill)
 
     def __call__(self, batch: Batch, family, prediction: torch.Tensor,
                  autocast=None) -> tuple[torch.Tensor, dict[str, float]]:
