@@ -258,3 +258,41 @@ def test_evaluate_with_a_missing_metric_model(evaluated, tmp_path, capsys):
                  "--images-per-prompt", "1")
     err = capsys.readouterr().err
     assert rc == 2 and "--dino-model" in err and "Traceback" not in err
+
+
+def test_blip_t_is_the_itc_cosine_and_reaches_the_report(evaluated, metric_models, tmp_path):
+    """ClassDiffusion's BLIP-T: the ITC cosine, checked against BLIP's parts computed directly."""
+    import json
+
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from conftest import draw_subject
+    from imprint.evaluate.dreambench import DreamBenchBackend
+    from imprint.tiny import save_blip_model
+
+    blip = save_blip_model(tmp_path / "blip")
+    dino, clip = metric_models
+    backend = DreamBenchBackend(dino_model=str(dino), clip_model=str(clip), blip_model=str(blip))
+    images = [Image.open(draw_subject(tmp_path / f"{i}.png", i, size=40)) for i in range(3)]
+    scores = backend.blip_text_alignment(images, "a red toy")
+    model, processor = backend.blip, backend.blip_processor
+    inputs = processor(images=images, text=["a red toy"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        image = F.normalize(model.vision_proj(model.vision_model(pixel_values=inputs["pixel_values"])[0][:, 0]), dim=-1)
+        text = F.normalize(model.text_proj(model.text_encoder(input_ids=inputs["input_ids"],
+                                                              attention_mask=inputs["attention_mask"])[0][:, 0]), dim=-1)
+    torch.testing.assert_close(scores, (image @ text.T)[:, 0])
+    assert backend.metrics[-1] == "blip_t"
+    # the command: --blip-model adds the column to metrics.json and the report (on a copy of the run)
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run, ignore=shutil.ignore_patterns("eval"))
+    (tmp_path / "prompts.txt").write_text("a {token} {class_name} on the beach\n")
+    assert run_cli("evaluate", run, "--prompts", tmp_path / "prompts.txt", "--images-per-prompt", "2",
+                   "--inference-steps", "2", "--dino-model", dino, "--clip-model", clip, "--blip-model", blip) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["metrics"][-1] == "blip_t" and -1 <= result["summary"]["blip_t"]["mean"] <= 1
+    assert "blip_t" in result["prompts"][0] and "blip_t" in result["images"][0]
+    assert "BLIP-T" in (run / "eval" / "report.html").read_text()

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", default="dreambench", help="metric backend (dreambench, toyworld)")
     ev.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO model (hub id or folder)")
     ev.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP model (hub id or folder)")
+    ev.add_argument("--blip-model", help="also score BLIP-T, ClassDiffusion's text alignment, with this BLIP "
+                    "image-text retrieval model, e.g. Salesforce/blip-itm-large-coco [default: off]")
     _add_inference_steps(ev, 30)
     ev.add_argument("--guidance-scale", type=float, default=7.5,
                     help="classifier-free guidance (the toy-world model: 6)")
@@ -240,7 +242,8 @@ def run_command(args: argparse.Namespace) -> int:
             seed=args.seed, prompts_file=args.prompts, metrics=args.metrics,
             inference_steps=args.inference_steps,
             resolution=args.resolution, guidance_scale=args.guidance_scale,
-            backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model})
+            backend_options={"dino_model": args.dino_model, "clip_model": args.clip_model,
+                             "blip_model": args.blip_model})
         for name, values in (("run", result["summary"]), ("base model", result["baseline"]["summary"]),
                              ("real images", result["real_images"]["summary"])):
             cells = "  ".join(f"{m} {values[m]['mean']:.3f}" for m in result["metrics"]

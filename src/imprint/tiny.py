@@ -218,3 +218,29 @@ def save_clipseg_model(folder: str | Path, seed: int = 0, image_size: int = 32) 
                                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def save_blip_model(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A BLIP image-text retrieval model with random weights and its processor, saved where
+    `imprint evaluate --blip-model` loads it as it loads Salesforce/blip-itm-large-coco."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor,
+                              BlipProcessor)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab = Path(scratch) / "vocab.txt"
+        vocab.write_text("\n".join(words) + "\n")
+        tokenizer = BertTokenizer(str(vocab))
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=16, image_text_hidden_size=16)
+    BlipForImageTextRetrieval(config).save_pretrained(folder, safe_serialization=True)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -6,6 +6,9 @@ prompt with the identifier removed (class word kept) and the image embedding. PR
 similarity of plain class-prompt images to the real images (lower: prior better kept).
 DIV: mean pairwise 1 - DINO cosine between images of the same prompt (the paper uses LPIPS;
 DINO keeps the metric models to two).
+BLIP-T (optional, --blip-model): ClassDiffusion's text-alignment metric, the cosine of BLIP's
+image-text contrastive (ITC) embeddings of the prompt (identifier removed) and the image, as its
+code (utils/blip2t.py) computes it with Salesforce/blip-itm-large-coco and use_itm_head=False.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class DreamBenchBackend(MetricBackend):
     metrics = ("dino", "clip_i", "clip_t", "pres", "div")
 
     def __init__(self, dino_model: str = "facebook/dino-vits16",
-                 clip_model: str = "openai/clip-vit-base-patch32", device: str = "cpu", **_):
+                 clip_model: str = "openai/clip-vit-base-patch32", device: str = "cpu",
+                 blip_model: str | None = None, **_):
         from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, ViTModel
 
         self.device = torch.device(device)
@@ -53,6 +57,16 @@ class DreamBenchBackend(MetricBackend):
             "div": "mean pairwise 1 - DINO cosine between images of the same prompt",
             "interval": "95% normal-approximation interval over prompts (PRES: over images)",
         }
+        self.blip = None
+        if blip_model:
+            from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+            self.blip = _load("blip", blip_model, lambda: BlipForImageTextRetrieval.from_pretrained(
+                blip_model, use_safetensors=True)).to(self.device).eval()
+            self.blip_processor = _load("blip", blip_model, lambda: BlipProcessor.from_pretrained(blip_model))
+            self.metrics = (*self.metrics, "blip_t")
+            self.protocol = {**self.protocol, "blip_t": f"cosine of {blip_model} ITC image and text embeddings "
+                             "(identifier removed, class kept), ClassDiffusion's BLIP-T"}
 
     # --- embeddings ---------------------------------------------------------------------
     @torch.no_grad()
@@ -71,6 +85,15 @@ class DreamBenchBackend(MetricBackend):
                                      truncation=True).to(self.device)
         return _features(self.clip.get_text_features(**inputs))
 
+    @torch.no_grad()
+    def blip_text_alignment(self, images: list[Image.Image], text: str) -> torch.Tensor:
+        """Per image: the ITC cosine of BLIP's image and text embeddings."""
+        inputs = self.blip_processor(images=images, text=[text] * len(images), return_tensors="pt",
+                                     padding=True).to(self.device)
+        scores = self.blip(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           pixel_values=inputs["pixel_values"], use_itm_head=False).itm_score
+        return scores[:, 0].float().cpu()  # (images, texts): every text is the same prompt
+
     # --- scores -------------------------------------------------------------------------
     def score(self, generated, text_prompts, real, class_images) -> Scores:
         real_dino, real_clip = self.dino_embeddings(real), self.clip_image_embeddings(real)
@@ -84,6 +107,8 @@ class DreamBenchBackend(MetricBackend):
                 "clip_i": similarity_to_reference(clip, real_clip),
                 "clip_t": similarity_to_reference(clip, text),
             }
+            if self.blip is not None:
+                per_image["blip_t"] = self.blip_text_alignment(images, text_prompts[prompt])
             for j in range(len(images)):
                 records.append({"prompt": prompt, "index": j,
                                 **{k: float(v[j]) for k, v in per_image.items()}})
@@ -92,7 +117,7 @@ class DreamBenchBackend(MetricBackend):
                          "div": diversity(dino)})
         pres = (similarity_to_reference(self.dino_embeddings(class_images), real_dino).tolist()
                 if class_images else [])
-        summary = {k: mean_interval(r[k] for r in rows) for k in ("dino", "clip_i", "clip_t", "div")}
+        summary = {k: mean_interval(r[k] for r in rows) for k in self.metrics if k != "pres"}
         summary["pres"] = mean_interval(pres)
         return Scores(summary=summary, prompts=rows, images=records)
 

@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-NAMES = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV",
+NAMES = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV", "blip_t": "BLIP-T",
          "fidelity": "fidelity", "alignment": "alignment"}
 
 STYLE = """
