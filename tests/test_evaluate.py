@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import DREAMBENCH, FAST, run_cli
+from imprint.util.errors import ImprintError
 from imprint.evaluate.metrics import (cosine_matrix, diversity, harmonic_reward, leave_one_out,
                                       mean_interval, similarity_to_reference)
 from imprint.evaluate.prompts import (LIVE_PROMPTS, OBJECT_PROMPTS, dreambench_prompts, is_live,
@@ -236,6 +237,26 @@ def test_selection_picks_highest_reward(tiny_model, subject_dir, tmp_path):
     key = next(k for k in result if k.endswith("to_q.lora_B.weight"))
     name = "unet." + key[len("unet."):].replace(".lora_B.weight", ".lora_B.default.weight")
     torch.testing.assert_close(result[key], best[name])
+
+
+def test_early_stop_patience_ends_the_run_and_keeps_the_best(tiny_model, subject_dir, tmp_path):
+    from imprint.image.settings import build_config
+    from imprint.image.train import train
+
+    table = iter([(0.1, 0.3), (0.8, 0.3), (0.5, 0.3), (0.2, 0.3), (0.9, 0.3), (0.9, 0.3)])
+    run = tmp_path / "run"
+    cfg = build_config({}, dict(model=str(tiny_model), images=str(subject_dir), class_name="toy",
+                                output=str(run), steps=12, checkpoint_every=2, select_best=0.5,
+                                early_stop_patience=2, lr=1e-2, resolution=32, sample_inference_steps=2,
+                                final_samples=False))
+    train(cfg, scorer=lambda pipe: next(table))
+    meta = json.loads((run / "metadata.json").read_text())
+    # best at step 4; steps 6 and 8 do not beat it: stopped after step 8, never reaching 10's 0.9
+    assert sorted(map(int, meta["selection"]["scores"])) == [2, 4, 6, 8]
+    assert meta["steps"] == 8 and meta["stopped_early"] and meta["result_step"] == 4
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-1] == 8
+    with pytest.raises(ImprintError, match="--early-stop-patience stops on the checkpoints' reward"):
+        build_config({}, dict(model="m", images="i", class_name="toy", output="o", early_stop_patience=2))
 
 
 def test_selection_with_the_dreambench_scorer(tiny_model, metric_models, subject_dir, tmp_path):

@@ -75,7 +75,12 @@ class Callback:
 
     def on_step_end(self, step: int) -> None: ...
 
-    def on_train_end(self, step: int) -> None: ...
+    def should_stop(self, step: int) -> bool:
+        """After step `step` (and on resuming at it): end training here (early stopping)."""
+        return False
+
+    def on_train_end(self, step: int) -> None:
+        """`step`: the last step trained (settings.steps unless a callback stopped the run)."""
 
 
 def check_can_run(settings: TrainerSettings, device) -> None:
@@ -110,7 +115,12 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
     bar = tqdm(total=settings.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, disable=None)
     step_log, started = run.open_log(start, settings.log_with), time.time()
     accumulate = settings.gradient_accumulation_steps
-    for step in range(start, settings.steps):
+    last = settings.steps
+    # a run killed after its stop was decided stops again on resuming
+    steps = range(start, settings.steps) if not (start and _stop(callbacks, start)) else range(0)
+    if not steps:
+        last = start
+    for step in steps:
         parts: dict[str, float] = {}
         loss_value = 0.0
         for micro in range(accumulate):
@@ -141,11 +151,21 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
             write_checkpoint(done)
         for callback in callbacks:
             callback.on_step_end(done)
+        if done < settings.steps and _stop(callbacks, done):
+            last = done
+            break
     bar.close()
     step_log.close()
     for callback in callbacks:
-        callback.on_train_end(settings.steps)
+        callback.on_train_end(last)
     return ema
+
+
+def _stop(callbacks, step: int) -> bool:
+    stop = [c for c in callbacks if c.should_stop(step)]
+    if stop:
+        log.info("stopping early after step %d (%s)", step, ", ".join(type(c).__name__ for c in stop))
+    return bool(stop)
 
 
 def _resume(task: Task, run: RunFolder, resume: str | None, optimizer, scheduler, ema: EMA | None) -> int:

@@ -1,6 +1,8 @@
-"""Best-checkpoint selection (RPO, arXiv 2407.12164): every checkpoint is scored on a few
-validation prompts with the lambda-harmonic reward of image similarity to the subject and
-text alignment; the best-scoring one becomes the run's result."""
+"""Best-checkpoint selection, --select-best (the selection and early stopping of RPO, arXiv
+2407.12164; the method `rpo` is its preference loss): every checkpoint is scored on a few
+validation prompts with the lambda-harmonic reward of image similarity to the subject and text
+alignment; the best-scoring one becomes the run's result. With --early-stop-patience N, training
+stops once N scored checkpoints in a row have not beaten the best."""
 
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ class CheckpointSelector:
         log.info("step %d: image similarity %.4f, text alignment %.4f, reward %.4f",
                  step, image_similarity, text_alignment, entry["reward"])
         return entry
+
+    def steps_since_best(self) -> int:
+        """Scored checkpoints after the best one (0 when the latest is the best)."""
+        best = self.best_step()
+        return sum(1 for s in self.scores if best is not None and s > best)
 
     def best_step(self) -> int | None:
         if not self.scores:

@@ -93,9 +93,12 @@ class SampleSettings:
 
 @dataclass
 class SelectionSettings:
-    select_best: float | None = setting(None, "score every checkpoint with RPO's lambda-harmonic reward "
+    select_best: float | None = setting(None, "score every checkpoint with the lambda-harmonic reward (from RPO) "
                                         "and make the best one the result; the value is lambda, e.g. 0.5")
     select_prompts: int = setting(4, "validation prompts of --select-best", positive=True)
+    early_stop_patience: int = setting(0, "with --select-best: stop training once N scored checkpoints in a "
+                                       "row have not beaten the best reward (RPO's early stopping); 0: "
+                                       "train all --steps", non_negative=True)
     metrics: str = setting("dreambench", "metric backend of --select-best")
     dino_model: str = setting("facebook/dino-vits16", "DINO model of the metrics (hub id or folder)")
     clip_model: str = setting("openai/clip-vit-base-patch32", "CLIP model of the metrics (hub id or folder)")
@@ -226,6 +229,8 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
             raise ImprintError(f"--select-best {cfg.selection.select_best}: lambda must be within [0, 1]")
         if not cfg.trainer.checkpoint_every:
             raise ImprintError("--select-best scores checkpoints: set --checkpoint-every > 0")
+    elif cfg.selection.early_stop_patience:
+        raise ImprintError("--early-stop-patience stops on the checkpoints' reward: add --select-best LAMBDA")
     prompts = [("instance_prompt", cfg.data), ("class_prompt", cfg.prior), ("auto_mask_prompt", cfg.data)]
     prompts += [(f.name, section) for section in cfg.terms.values() if section is not None
                 for f in dataclasses.fields(section) if f.name.endswith("_prompt")]  # the terms' prompts

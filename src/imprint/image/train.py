@@ -271,6 +271,8 @@ class Selection(Callback):
 
         self.task, self.run = task, run
         self.selector = CheckpointSelector(task.cfg.selection.select_best, scorer or self.dreambench_scorer(subject_images))
+        self.patience = task.cfg.selection.early_stop_patience
+        self.stopped_at: int | None = None
 
     def dreambench_scorer(self, subject_images):
         from imprint.evaluate.backends import make_backend
@@ -301,8 +303,15 @@ class Selection(Callback):
         write_json_atomic(self.path, self.selector.summary())
         return {self.selector.best_step()}
 
+    def should_stop(self, step: int) -> bool:
+        if self.patience and step in self.selector.scores and self.selector.steps_since_best() >= self.patience:
+            self.stopped_at = step
+            return True
+        return False
+
     def on_train_end(self, step: int) -> None:
-        self.on_checkpoint(step)
+        if step not in self.selector.scores:
+            self.on_checkpoint(step)
         best = self.selector.best_step()
         if best != step:
             _, trainable, _ = ckpt.load_checkpoint(self.run.path / "checkpoints" / f"{ckpt.PREFIX}{best}")
@@ -370,8 +379,9 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
     if ema:
         ema.copy_to_model()
     files = task.method.save_result(task.family, run.path)
+    trained = selection.stopped_at if selection and selection.stopped_at else cfg.trainer.steps
     if cfg.samples.final_samples:
-        samples.write(cfg.trainer.steps)
+        samples.write(trained)
     summary = selection.selector.summary() if selection else None
     run.write_metadata({
         "imprint_version": imprint.__version__,
@@ -380,10 +390,11 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
         "token": cfg.data.token,
         "class_name": cfg.data.class_name,
         "instance_prompt": task.instance_prompt,
-        "steps": cfg.trainer.steps,
+        "steps": trained,
+        "stopped_early": trained < cfg.trainer.steps,
         "files": files,
         "hyperparameters": cfg.to_dict(),  # the same values as config.json
-        "result_step": summary["best_step"] if summary else cfg.trainer.steps,
+        "result_step": summary["best_step"] if summary else trained,
         "selection": summary,
         "trainable_parameters": sum(t.numel() for t in task.trainable_state().values()),
         **task.method.metadata(),
