@@ -25,12 +25,14 @@ runs in a folder of its own).
 
   python benchmarks/toyworld_quality.py --part methods [--subjects 10] [--others 3]
   python benchmarks/toyworld_quality.py --part adapters [--subjects 10] [--seeds 0,1] [--configs lora,krona]
+  python benchmarks/toyworld_quality.py --part objectives [--subjects 10] [--seeds 0,1] [--configs mask,spl]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass, field
 import json
 import logging
 import math
@@ -167,6 +169,8 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
         shutil.rmtree(run)
     start = time.time()
     values = dict(COMMON, **(settings or CONFIGS[config]))
+    if values.get("masks") is True:  # the subject's true masks, written beside its photos
+        values["masks"] = str(photos / "masks")
     train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
                                 output=str(run), class_images=str(WORK / "class" / subject.class_name))))
     trained = time.time()
@@ -382,20 +386,21 @@ METRICS = ("fidelity", "alignment", "pres", "div")
 NAMES = {"fidelity": "fidelity", "alignment": "alignment", "pres": "PRES", "div": "DIV"}
 
 
-def adapter_settings(name: str) -> tuple[dict | None, str]:
+def adapter_settings(name: str, changes: dict | None = None) -> tuple[dict | None, str]:
     """The run settings of an ADAPTER_CHANGES row and how its lr was chosen; None where its
     method is not in METHODS (yet). An adapter's lr: the toy LoRA lr times the ratio of the
     method's default lr to LoRA's (krona 5e-4 / 1e-4: 5x), the paper-scale gap carried over."""
     from imprint.methods import METHODS
 
-    settings = dict(CONFIGS["lora"], **ADAPTER_CHANGES[name])
+    changes = ADAPTER_CHANGES if changes is None else changes
+    settings = dict(CONFIGS["lora"], **changes[name])
     method = settings["method"]
     if method not in METHODS:
         return None, f"method `{method}` is not in imprint.methods.METHODS yet"
     fields = {f.name for f in dataclasses.fields(METHODS[method].Settings)}
     if "rank" not in fields:  # krona, tlora: their size is their own settings
         settings.pop("rank")
-    if "lr" in ADAPTER_CHANGES[name]:
+    if "lr" in changes[name]:
         return settings, f"lr {settings['lr']:g} (set)"
     if method == "lora":
         return settings, f"lr {settings['lr']:g} (the recipe's)"
@@ -474,19 +479,26 @@ def _budget(values: list[float], noise: list[float], metric: str) -> str:
 
 
 def part_adapters(args) -> str:
+    return _paired_part(args, ADAPTERS)
+
+
+def _paired_part(args, spec: "PairedPart") -> str:
+    """A table of rows, each its base row (LoRA, or the row spec.bases names) with one thing
+    changed, as paired differences beside LoRA's noise floor; finished runs are read back."""
     from imprint.evaluate.backends import make_backend
 
-    configs = args.configs.split(",") if args.configs else list(ADAPTER_CHANGES)
-    unknown = [c for c in configs if c not in ADAPTER_CHANGES]
+    configs = args.configs.split(",") if args.configs else list(spec.changes)
+    unknown = [c for c in configs if c not in spec.changes]
     if unknown:
-        raise SystemExit(f"--configs {','.join(unknown)}: unknown; choose from {','.join(ADAPTER_CHANGES)}")
-    if "lora" not in configs:
-        configs.insert(0, "lora")  # every row is a difference to it
+        raise SystemExit(f"--configs {','.join(unknown)}: unknown; choose from {','.join(spec.changes)}")
+    for base in ["lora", *dict.fromkeys(spec.bases.values())]:
+        if base not in configs:
+            configs.insert(0 if base == "lora" else 1, base)  # every row is a difference to its base
     seeds = [int(s) for s in args.seeds.split(",")]
     raised = [int(s) for s in args.raised_seeds.split(",") if s.strip()]
 
     def seeds_of(name: str) -> list[int]:
-        return seeds + [s for s in raised if s not in seeds] if name in RAISED_CONFIGS else seeds
+        return seeds + [s for s in raised if s not in seeds] if name in spec.raised else seeds
 
     all_seeds = seeds + [s for s in raised if s not in seeds]
     subjects = SUBJECTS[:args.subjects]
@@ -495,7 +507,7 @@ def part_adapters(args) -> str:
         subjects = [s for i, s in enumerate(subjects) if i % n == k]
     settings, rules, skipped = {}, {}, {}
     for name in configs:
-        settings[name], rules[name] = adapter_settings(name)
+        settings[name], rules[name] = adapter_settings(name, spec.changes)
         if settings[name] is None:
             skipped[name] = rules[name]
     runnable = [c for c in configs if c not in skipped]
@@ -528,9 +540,10 @@ def part_adapters(args) -> str:
         return None if x is None or y is None else y - x
 
     def paired(name: str, metric: str) -> list[float]:
-        values = [difference(results["lora", seed][s], results[name, seed][s], metric)
-                  for seed in seeds_of(name) if ("lora", seed) in results
-                  for s in results["lora", seed] if s in results[name, seed]]
+        base = spec.bases.get(name, "lora")
+        values = [difference(results[base, seed][s], results[name, seed][s], metric)
+                  for seed in seeds_of(name) if (base, seed) in results
+                  for s in results[base, seed] if s in results[name, seed]]
         return [v for v in values if v is not None]
 
     # the noise floor: LoRA against LoRA, seeds paired in turn (1 - 0, 3 - 2, ...), each unit once
@@ -564,7 +577,7 @@ def part_adapters(args) -> str:
         # the median: a run that shared the cores with other work (a test run) is an outlier, not a cost
         train_s = statistics.median(r["train_s"] for r in runs)
         if name != "lora":
-            diff_rows.append(f"| {name} - lora | {len(paired(name, 'fidelity'))} | "
+            diff_rows.append(f"| {name} - {spec.bases.get(name, 'lora')} | {len(paired(name, 'fidelity'))} | "
                              + " | ".join(_diff_cell(paired(name, m)) for m in METRICS)
                              + f" | {params(name):,} | {train_s:.0f} s |")
         abs_rows.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r['run'][m] for r in runs]) for m in METRICS)
@@ -591,16 +604,15 @@ def part_adapters(args) -> str:
             verdict = _seen(paired(name, m), lower_is_better=m == "pres")
             if verdict in ("better", "worse"):
                 seen_lines.append(f"{name} {NAMES[m]} {mean_interval(paired(name, m))['mean']:+.3f} ({verdict})")
-    claims = [_claim_krona(results, all_seeds, paired, params, noise),
-              _claim_tlora(results, all_seeds, paired, params, noise)]
-    lr_rows = [n for n in ("krona-lr3e-3", "tlora-lr1e-2") if n in runnable and runs_of(n)]
+    claims = spec.claims(results, all_seeds, paired, params, noise)
+    lr_rows = [n for n in ("krona-lr3e-3", "tlora-lr1e-2") if n in runnable and runs_of(n) and spec is ADAPTERS]
     if lr_rows:
         claims.append("- At another lr (a check that the verdict is the method's, not the lr's): " + "; ".join(
             f"{n}: " + ", ".join(f"{NAMES[m]} {_diff_cell(paired(n, m))}" for m in ("fidelity", "alignment"))
             + f" over {len(paired(n, 'fidelity'))} pairs" for n in lr_rows) + ".")
     ema_note = ""
     if "ema" in runnable:
-        steps, decay = CONFIGS["lora"]["steps"], ADAPTER_CHANGES["ema"]["ema_decay"]
+        steps, decay = CONFIGS["lora"]["steps"], spec.changes["ema"]["ema_decay"]
         centre, late = _ema_span(decay, steps)
         cap = steps / (9 + steps)  # at the last update, step steps - 1
         ema_note = (f"\nEMA {decay}: the core's warm-up caps the decay at (1 + step) / (10 + step), {cap:.3f} at the last "
@@ -613,10 +625,10 @@ def part_adapters(args) -> str:
             setting_lines.append(f"- `{name}`: SKIPPED, {skipped[name]}; run the part again once it is registered "
                                  "(finished runs are kept) to fill its row in")
             continue
-        changed = {k: v for k, v in settings[name].items() if CONFIGS["lora"].get(k) != v or k in ADAPTER_CHANGES[name]}
+        changed = {k: v for k, v in settings[name].items() if CONFIGS["lora"].get(k) != v or k in spec.changes[name]}
         changed.pop("lr", None)
         setting_lines.append(f"- `{name}`: " + (", ".join(f"{k} {v}" for k, v in changed.items()) or "the recipe")
-                             + f"; {rules[name]}" + (f" ({ADAPTER_NOTES[name]})" if name in ADAPTER_NOTES else ""))
+                             + f"; {rules[name]}" + (f" ({spec.notes[name]})" if name in spec.notes else ""))
     devices = sorted({r.get("device", "?") for runs in results.values() for r in runs.values()})
     # how much of a run's fidelity its (subject, seed) fixes, whatever the row: the correlation,
     # over the units, of each row's fidelity with LoRA's; high, a paired interval is narrower than the floor
@@ -639,16 +651,17 @@ def part_adapters(args) -> str:
                "a row's pairs column says how many it holds." if finished < expected else "")
     smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
              f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
-    command = (f"python benchmarks/toyworld_quality.py --part adapters --subjects {args.subjects} --seeds {args.seeds}"
+    command = (f"python benchmarks/toyworld_quality.py --part {spec.part} --subjects {args.subjects} --seeds {args.seeds}"
                + f" --raised-seeds {args.raised_seeds}" + (f" --configs {args.configs}" if args.configs else ""))
-    raised_text = (f" (the rows {', '.join(n for n in RAISED_CONFIGS if n in runnable)} also at seeds "
-                   f"{', '.join(map(str, raised))}, to narrow the seed papers' intervals)" if raised else "")
+    raised_text = (f" (the rows {', '.join(n for n in spec.raised if n in runnable)} also at seeds "
+                   f"{', '.join(map(str, raised))}, to narrow the seed papers' intervals)"
+                   if raised and any(n in runnable for n in spec.raised) else "")
     body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}{partial}
-Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
-prior preservation with the same 20 class images, 64 px) with one thing changed; training seeds
+{spec.intro}Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
+prior preservation with the same 20 class images, 64 px) with one thing changed{spec.base_text()}; training seeds
 {', '.join(map(str, seeds))} on {len(subjects)} subjects{raised_text}; evaluated as --part methods (25 toy prompts,
 {EVALUATION['images_per_prompt']} images each, {EVALUATION['inference_steps']} steps, guidance {GUIDANCE}, evaluation seed 0 for every run).
-A difference is paired: the row's run minus LoRA's with the same subject and training seed; mean
+A difference is paired: the row's run minus its base row's with the same subject and training seed; mean
 and 95% normal interval over the pairs. PRES: lower is better. The noise floor is the LoRA recipe
 against itself with another training seed (paired by subject): a difference inside it is noise.
 Command: `{command}`
@@ -680,7 +693,7 @@ Settings (learning rate of an adapter: the toy LoRA lr {CONFIGS['lora']['lr']:g}
 default lr to LoRA's {_lora_default_lr():g}, the papers' gap carried over; ranks as LoRA's where the method has one):
 {chr(10).join(setting_lines)}
 {ema_note}"""
-    heading = "## Toy world: adapters and training options"
+    heading = spec.heading
     if args.dry_run:
         return f"{heading} (dry run, not written to {args.results})\n\n{body}"
     return write_section(args.results, heading, body)
@@ -737,6 +750,79 @@ def _claim_tlora(results, seeds, paired, params, noise) -> str:
     return f"- Transformed LoRA, \"better than LoRA at equal or fewer parameters\": {verdict} ({numbers})."
 
 
+def _claim(paper: str, claim: str, name: str, paired, noise, better: tuple[str, ...],
+           kept: tuple[str, ...] = ()) -> str:
+    """A claim that row `name` raises the `better` metrics without lowering the `kept` ones,
+    judged on the paired intervals: holds, contradicted, or not seen (with the budget to see it)."""
+    head = f"- {paper}, \"{claim}\""
+    if not paired(name, better[0]):
+        return f"{head}: not measured (no {name} runs)."
+    seen = {m: _seen(paired(name, m), lower_is_better=m == "pres") for m in (*better, *kept)}
+    numbers = ", ".join(f"{NAMES[m]} {_diff_cell(paired(name, m))}" for m in seen) + \
+        f" over {len(paired(name, better[0]))} pairs"
+    if "too few pairs" in seen.values():
+        verdict = "not seen: too few pairs for an interval"
+    elif any(seen[m] == "worse" for m in (*better, *kept)):
+        verdict = "contradicted: " + " and ".join(f"{NAMES[m]} below its base's" for m in seen if seen[m] == "worse")
+    elif all(seen[m] == "better" for m in better):
+        verdict = "holds: " + " and ".join(f"{NAMES[m]} above its base's" for m in better) + \
+            (", " + " and ".join(NAMES[m] for m in kept) + " not lower" if kept else "")
+    else:
+        verdict = "not seen: " + "; ".join(_budget(paired(name, m), noise[m], m) for m in better if seen[m] != "better")
+    return f"{head}: {verdict} ({name} minus its base: {numbers})."
+
+
+@dataclass
+class PairedPart:
+    """A --part whose rows are paired differences to a base row."""
+    part: str
+    heading: str
+    changes: dict                  # row -> its changes to CONFIGS["lora"]
+    notes: dict                    # row -> why its settings are what they are
+    claims: object                 # (results, seeds, paired, params, noise) -> report lines
+    bases: dict = field(default_factory=dict)  # row -> the row it is compared with (default lora)
+    raised: tuple = ()             # rows also run at --raised-seeds
+    intro: str = ""
+
+    def base_text(self) -> str:
+        if not self.bases:
+            return ""
+        return " (or, where the table says so, another base row: " + ", ".join(
+            f"{row} against {base}" for row, base in self.bases.items()) + ")"
+
+
+ADAPTERS = PairedPart(
+    "adapters", "## Toy world: adapters and training options", ADAPTER_CHANGES, ADAPTER_NOTES,
+    lambda results, seeds, paired, params, noise: [_claim_krona(results, seeds, paired, params, noise),
+                                                   _claim_tlora(results, seeds, paired, params, noise)],
+    raised=RAISED_CONFIGS)
+
+# --part objectives (issue 14): each seed paper's loss term against its base recipe. The base
+# rows are the adapters part's own runs (same names and settings), read back, not retrained.
+OBJECTIVE_CHANGES = {
+    "lora": {},
+    "pivotal": ADAPTER_CHANGES["pivotal"],
+    # HiFi Tuner's mask guidance: the toy subjects' true masks, background weight 0 (the paper's M)
+    "mask": dict(masks=True, mask_loss_weight=0.0),
+    # ClassDiffusion's SPL at the paper's lambda 1, on pivotal tuning (a trained token, as the
+    # paper's Custom Diffusion base trains the new token's embedding)
+    "spl": dict(ADAPTER_CHANGES["pivotal"], spl_weight=1.0),
+}
+OBJECTIVES = PairedPart(
+    "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
+    {"mask": "true masks from the renderer; automatic (CLIPSeg) masks need its hub weights, not reachable here",
+     "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row"},
+    lambda results, seeds, paired, params, noise: [
+        _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
+        _claim("ClassDiffusion", "SPL raises alignment (CLIP-T) at little fidelity cost", "spl", paired, noise,
+               ("alignment",), ("fidelity",))],
+    bases={"spl": "pivotal"})
+
+
+def part_objectives(args) -> str:
+    return _paired_part(args, OBJECTIVES)
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(v) for v in text.split("/"))
@@ -750,7 +836,8 @@ def _shard(text: str) -> tuple[int, int]:
 def main() -> None:
     global WORK, JSON_OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["evaluator", "base", "methods", "lora-sweep", "adapters"], required=True)
+    parser.add_argument("--part", choices=["evaluator", "base", "methods", "lora-sweep", "adapters", "objectives"],
+                        required=True)
     parser.add_argument("--renders", type=int, default=2000, help="evaluator: fresh renders")
     parser.add_argument("--scenes", type=int, default=128, help="base: prompts per group")
     parser.add_argument("--subjects", type=int, default=10, help="methods: subjects for LoRA; adapters: subjects")
@@ -762,7 +849,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="adapters: training seeds, e.g. 0,1")
     parser.add_argument("--raised-seeds", default="2,3", help="adapters: more training seeds for the rows "
                         f"{','.join(RAISED_CONFIGS)} ('' for none)")
-    parser.add_argument("--configs", help=f"adapters: rows to run (lora always), from {','.join(ADAPTER_CHANGES)}")
+    parser.add_argument("--configs", help=f"adapters, objectives: rows to run (their base rows always); adapters: "
+                        f"{','.join(ADAPTER_CHANGES)}; objectives: {','.join(OBJECTIVE_CHANGES)}")
     parser.add_argument("--steps", type=int, help="override every method's steps (a smoke run)")
     parser.add_argument("--eval-images", type=int, help="images per prompt of the evaluation (a smoke run)")
     parser.add_argument("--eval-steps", type=int, help="denoising steps of the evaluation (a smoke run)")
@@ -792,7 +880,7 @@ def main() -> None:
     JSON_OUT = Path(args.json_out) if args.json_out else None
     WORK.mkdir(parents=True, exist_ok=True)
     parts = {"evaluator": part_evaluator, "base": part_base, "methods": part_methods, "lora-sweep": part_lora_sweep,
-             "adapters": part_adapters}
+             "adapters": part_adapters, "objectives": part_objectives}
     print(parts[args.part](args))
 
 
