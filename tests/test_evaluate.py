@@ -85,37 +85,6 @@ def test_prompt_lists_match_the_dreambench_file():
 
 
 # --- the command end to end on tiny models -----------------------------------------------------
-@pytest.fixture(scope="session")
-def metric_models(tmp_path_factory):
-    """Tiny random DINO-style ViT and CLIP, saved with their processors like the hub models."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig,
-                              ViTImageProcessor, ViTModel)
-
-    from imprint.tiny import build_tokenizer
-
-    root = tmp_path_factory.mktemp("metric-models")
-    torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=4, intermediate_size=37), add_pooling_layer=False)
-    vit.save_pretrained(root / "dino")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dino")
-    tokenizer = build_tokenizer(root / "tok")
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-                         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>")),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                     crop_size={"height": 32, "width": 32}),
-                  tokenizer=tokenizer).save_pretrained(root / "clip")
-    return root / "dino", root / "clip"
-
-
 @pytest.fixture(scope="module")
 def evaluated(tiny_model, metric_models, tmp_path_factory):
     from conftest import draw_subject

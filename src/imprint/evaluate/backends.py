@@ -58,6 +58,13 @@ class MetricBackend(ABC):
 
         return dreambench_prompts(token, class_name)
 
+    def training_prompts(self, token: str, class_name: str) -> list[str]:
+        """Prompts a method may train on (RPO's negatives): none of them is an evaluation prompt."""
+        return [f"a {token} {class_name} {place}" for place in (
+            "on the surface of the moon", "in a subway station", "in a desert at sunset", "under the sea",
+            "in a painting by Van Gogh")] + [f"a {token} {class_name} made of {stuff}" for stuff in ("lego", "glass")] \
+            + [f"a green {token} {class_name}"]
+
     @abstractmethod
     def score(self, generated: dict[str, list[Image.Image]], text_prompts: dict[str, str],
               real: list[Image.Image], class_images: list[Image.Image]) -> Scores:

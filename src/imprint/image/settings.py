@@ -210,6 +210,15 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
             switch = flag(dataclasses.fields(term.Settings)[0].name)  # a term's first setting switches it on
             raise ImprintError(f"{switch}: its loss reaches only the text encoder, which --method {cfg.run.method} "
                                "does not train; add --train-text-encoder, or use --method textual_inversion / pivotal")
+    if cfg.terms.get("rpo") and cfg.terms["rpo"].rpo_weight > 0:
+        if cfg.data.buckets:
+            raise ImprintError("--rpo-weight pairs each subject row with a square negative: drop --buckets")
+        if not METHODS[cfg.run.method].adapters_off_is_base:
+            raise ImprintError(f"--rpo-weight compares the model with the frozen base, which an adapter method "
+                               f"gives by switching its adapters off; --method {cfg.run.method} cannot: use lora, "
+                               "dora, loha, lokr, krona or tlora")
+        if not 0 <= cfg.terms["rpo"].rpo_lambda <= 1:
+            raise ImprintError(f"--rpo-lambda {cfg.terms['rpo'].rpo_lambda:g}: must be within [0, 1]")
     if cfg.data.masks and cfg.data.auto_masks:
         raise ImprintError("--masks and --auto-masks: give one (a folder of masks, or masks made by the model)")
     if cfg.terms.get("mask") and cfg.terms["mask"].mask_loss_weight != 1 and not (cfg.data.masks or cfg.data.auto_masks):
@@ -233,7 +242,8 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
         raise ImprintError("--early-stop-patience stops on the checkpoints' reward: add --select-best LAMBDA")
     prompts = [("instance_prompt", cfg.data), ("class_prompt", cfg.prior), ("auto_mask_prompt", cfg.data)]
     prompts += [(f.name, section) for section in cfg.terms.values() if section is not None
-                for f in dataclasses.fields(section) if f.name.endswith("_prompt")]  # the terms' prompts
+                for f in dataclasses.fields(section)
+                if f.name.endswith("_prompt") and isinstance(getattr(section, f.name), str)]  # the terms' prompts
     for name, section in prompts:
         try:
             cfg.fill(getattr(section, name))

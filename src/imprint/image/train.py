@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass, field
 import logging
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from imprint.image.sampling import sample, save_grid
 from imprint.image.settings import ImageRunConfig, build_config
 from imprint.methods import METHODS, Subject
 from imprint.objectives import Batch, Objective
-from imprint.objectives.base import CLASS, INSTANCE
+from imprint.objectives.base import CLASS, INSTANCE, NEGATIVE
 from imprint.util.errors import ImprintError
 from imprint.util.files import write_json_atomic
 
@@ -40,6 +41,7 @@ log = logging.getLogger("imprint")
 
 # settings that may change when a run is resumed; any other change is a different run
 FLIP_STREAM = 3  # the random stream of --flip's coins (0: noise, 1: subject rows, 2: class rows)
+PREFERENCE_STREAM = 4  # RPO's negatives and labels
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
                      "sample_prompt", "sample_inference_steps", "final_samples", "log_with"}
 
@@ -60,6 +62,35 @@ def check_resume(cfg: ImageRunConfig, run: RunFolder) -> None:
     if changed:
         raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
                            f"use the same settings as {run.config_path} or a new --output")
+
+
+@dataclass
+class Rows:
+    """Rows of a batch before noise: latents, roles, prompts, masks; `ties[i]`, a row whose noise
+    and timestep row i shares (or None); `extras`, per-row tensors for the terms."""
+    latents: torch.Tensor
+    roles: list[str]
+    prompts: list[str]
+    masks: torch.Tensor | None = None
+    ties: list[int | None] = field(default_factory=list)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.ties = self.ties or [None] * len(self.roles)
+
+    def cat(self, other: "Rows") -> "Rows":
+        """These rows, then `other`'s; other's ties and *_pair extras index the joined rows (so
+        they may name rows of self); an extra one side lacks is -1 there (no pair, no label)."""
+        n, m = len(self.roles), len(other.roles)
+        extras = {}
+        for key in {*self.extras, *other.extras}:
+            like = self.extras.get(key, other.extras.get(key))
+            mine = self.extras.get(key, torch.full((n,), -1, dtype=like.dtype))
+            theirs = other.extras.get(key, torch.full((m,), -1, dtype=like.dtype))
+            extras[key] = torch.cat([mine, theirs])
+        return Rows(torch.cat([self.latents, other.latents]), self.roles + other.roles, self.prompts + other.prompts,
+                    torch.cat([self.masks, other.masks]) if self.masks is not None else None,
+                    self.ties + other.ties, extras)
 
 
 class SubjectTask(Task):
@@ -88,6 +119,16 @@ class SubjectTask(Task):
                     cfg.data.resolution, cfg.trainer.seed, cfg.prior.class_inference_steps, family.pipeline)
             class_pixels = images_to_tensor([load_image_file(p, cfg.data.resolution) for p in class_paths])
             self.class_mean, self.class_std = family.encode_images(class_pixels)
+        self.negatives = None
+        if self.objective.has("rpo"):  # made by the base model, before the method changes it
+            from imprint.evaluate.backends import make_backend
+            from imprint.image.preference import make_negatives
+
+            backend = make_backend(cfg.selection.metrics, dino_model=cfg.selection.dino_model,
+                                   clip_model=cfg.selection.clip_model, device=str(self.device))
+            with accelerator.autocast():
+                self.negatives = make_negatives(cfg, family, subject.images, backend)
+            del backend
 
         torch.manual_seed(cfg.trainer.seed)  # adapter initialisation draws from the global generator
         self.params = self.method.prepare(family, Subject(cfg.data.token, cfg.data.class_name))
@@ -96,8 +137,12 @@ class SubjectTask(Task):
         # tokenized (and, with a frozen text encoder, encoded) once
         self.image_prompts = [self.fill_prompt(c) if c else self.instance_prompt
                               for c in captions or [None] * len(subject.paths)]
+        if self.negatives is not None:
+            self.negatives.prompts = [self.fill_prompt(self.negatives.templates[int(t)])
+                                      for t in self.negatives.prompt_of]
         self.prompts = list(dict.fromkeys([self.instance_prompt, *self.image_prompts]
-                                          + ([self.class_prompt] if self.class_prompt is not None else [])))
+                                          + ([self.class_prompt] if self.class_prompt is not None else [])
+                                          + (self.negatives.prompts if self.negatives is not None else [])))
         self.prompt_ids = {p: i for i, p in enumerate(self.prompts)}
         self.cache_text = "text_encoder" not in trained
         self.prompt_tokens = family.tokenize(self.prompts)
@@ -166,7 +211,8 @@ class SubjectTask(Task):
 
     def batches(self, step: int, micro: int) -> list[Batch]:
         """The rows of a step: one batch, or two (subject rows, then class rows) where a bucket's
-        shape is not the class images' square."""
+        shape is not the class images' square. With --rpo-weight, each subject row brings a
+        negative that shares its noise and timestep."""
         cfg, family = self.cfg, self.family
         index = step * cfg.trainer.gradient_accumulation_steps + micro
         generator = step_generator(cfg.trainer.seed, 0, index)
@@ -183,35 +229,53 @@ class SubjectTask(Task):
             if masks is not None:
                 masks = torch.where(where, masks.flip(-1), masks)
         latents = family.sample_latents(mean, std, generator)
-        groups = [(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows], masks)]
+        groups = [Rows(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows], masks)]
+        if self.negatives is not None:
+            groups[0] = groups[0].cat(self.negative_rows(index, [bucket.images[r] for r in rows], generator, masks))
         if self.class_mean is not None:
             rows = batch_indices(cfg.trainer.seed, 2, index, cfg.data.batch_size, self.class_mean.shape[0])
             latents = family.sample_latents(self.class_mean[rows], self.class_std[rows], generator)
-            roles, prompts = [CLASS] * len(rows), [self.class_prompt] * len(rows)
-            class_masks = torch.ones(len(rows), 1, *latents.shape[-2:]) if masks is not None else None
-            if latents.shape[1:] == groups[0][0].shape[1:]:
-                first = groups[0]
-                groups[0] = (torch.cat([first[0], latents]), first[1] + roles, first[2] + prompts,
-                             torch.cat([first[3], class_masks]) if masks is not None else None)
+            class_rows = Rows(latents, [CLASS] * len(rows), [self.class_prompt] * len(rows),
+                              torch.ones(len(rows), 1, *latents.shape[-2:]) if masks is not None else None)
+            if latents.shape[1:] == groups[0].latents.shape[1:]:
+                groups[0] = groups[0].cat(class_rows)
             else:
-                groups.append((latents, roles, prompts, class_masks))
-        return [self.noised(*group, generator) for group in groups]
+                groups.append(class_rows)
+        return [self.noised(group, generator) for group in groups]
 
-    def noised(self, latents: torch.Tensor, roles: list[str], prompts: list[str], masks: torch.Tensor | None,
-               generator) -> Batch:
+    def negative_rows(self, index: int, photos: list[int], generator, masks) -> "Rows":
+        """A negative per subject row (drawn uniformly), its label ~ Bernoulli(sigmoid(R_w - R_l)),
+        from a stream of their own; tied to their subject rows' noise and timestep."""
+        neg = self.negatives
+        draws = step_generator(self.cfg.trainer.seed, PREFERENCE_STREAM, index)
+        picks = torch.randint(len(neg.prompts), (len(photos),), generator=draws)
+        labels = (torch.rand(len(photos), generator=draws)
+                  < neg.label_probability(torch.tensor(photos), picks)).float()
+        latents = self.family.sample_latents(neg.mean[picks], neg.std[picks], generator)
+        n = len(photos)
+        return Rows(latents, [NEGATIVE] * n, [neg.prompts[int(j)] for j in picks],
+                    torch.ones(n, 1, *latents.shape[-2:]) if masks is not None else None,
+                    ties=list(range(n)), extras={"preference_pair": torch.arange(n), "preference_label": labels})
+
+    def noised(self, rows: "Rows", generator) -> Batch:
         cfg, family = self.cfg, self.family
+        latents = rows.latents
         noise = torch.randn(latents.shape, generator=generator)
         if cfg.data.noise_offset:
             noise += cfg.data.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
         timesteps = family.sample_timesteps(latents.shape[0], generator)
+        tied = [(i, t) for i, t in enumerate(rows.ties) if t is not None]
+        if tied:  # a row that shares another's noise and timestep (a negative and its subject row)
+            rows_, sources = torch.tensor([i for i, _ in tied]), torch.tensor([t for _, t in tied])
+            noise[rows_], timesteps[rows_] = noise[sources], timesteps[sources]
         noisy, target = family.noisy_input_and_target(latents, noise, timesteps)
         conditioning = None
         if self.prompt_encodings is not None:
-            ids = torch.tensor([self.prompt_ids[p] for p in prompts], device=self.device)
+            ids = torch.tensor([self.prompt_ids[p] for p in rows.prompts], device=self.device)
             conditioning = {k: v[ids] for k, v in self.prompt_encodings.items()}
         return Batch(latents=latents, noise=noise, timesteps=timesteps.to(self.device),
                      noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=conditioning,
-                     roles=roles, captions=prompts, masks=masks)
+                     roles=rows.roles, captions=rows.prompts, masks=rows.masks, extras=rows.extras)
 
     def loss(self, step: int, micro: int):
         parts: dict[str, torch.Tensor] = {}

@@ -38,6 +38,7 @@ class AdapterSettings:
 
 
 class AdapterMethod(Method):
+    adapters_off_is_base = True
     """Adapters on the denoiser's attention (and the text encoder's when asked); the base frozen."""
 
     Settings = AdapterSettings

@@ -44,6 +44,9 @@ class Method(ABC):
     summary = ""                 # one line for `imprint methods`
     Settings: type = NoSettings
     default_lr = 1e-4            # when --lr is not given
+    # switching the method's adapters off gives the base model back exactly: the frozen
+    # reference of RPO-like terms comes for free (family.reference_prediction)
+    adapters_off_is_base = False
 
     def __init__(self, settings=None):
         self.settings = settings if settings is not None else self.Settings()

@@ -88,6 +88,7 @@ def divisor_near(dimension: int, wanted: int) -> int:
 
 
 class LayerAdapterMethod(Method):
+    adapters_off_is_base = True
     """A method that trains imprint's own adapter layers on the UNet's attention projections.
 
     The result file holds each layer's parameters (`unet.<module path>.<parameter>`); loading it

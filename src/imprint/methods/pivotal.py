@@ -42,6 +42,7 @@ class PivotalSettings(AdapterSettings, TextualInversionSettings):
 @register
 class Pivotal(LoRA):
     name = "pivotal"
+    adapters_off_is_base = False  # the trained token embedding stays when the LoRA is off
     summary = "textual inversion + LoRA in one run (embedding frozen after a step); LoRA file + embedding file"
     Settings = PivotalSettings
     default_lr = 1e-4

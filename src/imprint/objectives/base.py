@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 TERMS: dict[str, type["LossTerm"]] = {}
 
-INSTANCE, CLASS = "instance", "class"
+INSTANCE, CLASS, NEGATIVE = "instance", "class", "negative"  # NEGATIVE: a base-model image (RPO)
 
 
 def register_term(cls: type["LossTerm"]) -> type["LossTerm"]:
@@ -37,10 +37,11 @@ class Batch:
     noisy: torch.Tensor
     target: torch.Tensor
     conditioning: dict[str, torch.Tensor]
-    roles: list[str]                                # INSTANCE or CLASS per row
+    roles: list[str]                                # INSTANCE, CLASS or NEGATIVE per row
     masks: torch.Tensor | None = None               # (B, 1, h, w) at latent size, 1 = subject
     captions: list[str] | None = None
     pixels: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row data a term needs (labels, pairs)
 
     def rows(self, role: str) -> torch.Tensor:
         return torch.tensor([r == role for r in self.roles])
@@ -53,15 +54,26 @@ class TermContext:
     """What a term may look at: the batch, the family, the prediction and the (weighted)
     per-row denoising error; the frozen reference prediction is computed once, on demand."""
 
-    def __init__(self, batch: Batch, family, prediction: torch.Tensor, row_errors: torch.Tensor, autocast=None):
+    def __init__(self, batch: Batch, family, prediction: torch.Tensor, row_errors: torch.Tensor, autocast=None,
+                 weight: torch.Tensor | None = None):
         self.batch, self.family, self.prediction, self.row_errors = batch, family, prediction, row_errors
         self.autocast = autocast or contextlib.nullcontext
+        self.weight = weight  # the terms' per-element weights on the error, or None
 
     @cached_property
     def reference_prediction(self) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
             return self.family.reference_prediction(self.batch.noisy, self.batch.timesteps,
                                                     self.batch.conditioning)
+
+    @cached_property
+    def reference_row_errors(self) -> torch.Tensor:
+        """The frozen model's per-row error, weighted as the trained model's (row_errors)."""
+        target = self.batch.target.to(self.prediction.device).float()
+        errors = F.mse_loss(self.reference_prediction.float(), target, reduction="none")
+        if self.weight is not None:
+            errors = errors * self.weight
+        return errors.mean(dim=list(range(1, errors.ndim)))
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         with self.autocast():
@@ -114,6 +126,10 @@ class Objective:
     def from_settings(cls, settings_by_term: dict[str, object]) -> "Objective":
         return cls([TERMS[name](settings_by_term.get(name)) for name in TERMS])
 
+    def has(self, name: str) -> bool:
+        """Whether the term `name` is on."""
+        return any(t.name == name for t in self.terms)
+
     @property
     def needs_text_encoder(self) -> bool:
         return any(t.needs_text_encoder for t in self.terms)
@@ -129,12 +145,16 @@ class Objective:
     def losses(self, batch: Batch, family, prediction: torch.Tensor, autocast=None) -> dict[str, torch.Tensor]:
         """Each term's loss over this batch (terms with nothing to add left out)."""
         errors = F.mse_loss(prediction.float(), batch.target.to(prediction.device).float(), reduction="none")
+        weights = None
         for term in self.terms:
             weight = term.weight(batch, family)
             if weight is not None:
-                errors = errors * weight.to(errors.device, errors.dtype)
+                weight = weight.to(errors.device, errors.dtype)
+                weights = weight if weights is None else weights * weight
+        if weights is not None:
+            errors = errors * weights
         row_errors = errors.mean(dim=list(range(1, errors.ndim)))
-        ctx = TermContext(batch, family, prediction, row_errors, autocast)
+        ctx = TermContext(batch, family, prediction, row_errors, autocast, weights)
         parts = {}
         for term in self.terms:
             value = term.loss(ctx)

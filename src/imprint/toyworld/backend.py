@@ -80,6 +80,13 @@ class ToyWorldBackend(MetricBackend):
     def default_prompts(self, token: str, class_name: str) -> list[str]:
         return toyworld_prompts(token, class_name)
 
+    def training_prompts(self, token: str, class_name: str) -> list[str]:
+        """8 toy prompts none of toyworld_prompts holds: other positions, colours it never names."""
+        positions = list(POSITIONS)
+        backgrounds = [phrase for phrase, _, _ in BACKGROUNDS.values()]
+        prompts = [f"a {token} {class_name} {backgrounds[i]}, {positions[(2 * i + 4) % len(positions)]}" for i in range(6)]
+        return prompts + [f"a {colour} {token} {class_name}" for colour in ("pink", "white")]
+
     def _read(self, images):
         from imprint.toyworld.evaluator import read_images
 
