@@ -542,7 +542,7 @@ def _paired_part(args, spec: "PairedPart") -> str:
     def paired(name: str, metric: str) -> list[float]:
         base = spec.bases.get(name, "lora")
         values = [difference(results[base, seed][s], results[name, seed][s], metric)
-                  for seed in seeds_of(name) if (base, seed) in results
+                  for seed in seeds_of(name) if (base, seed) in results and (name, seed) in results
                   for s in results[base, seed] if s in results[name, seed]]
         return [v for v in values if v is not None]
 
@@ -755,18 +755,20 @@ def _claim(paper: str, claim: str, name: str, paired, noise, better: tuple[str, 
     """A claim that row `name` raises the `better` metrics without lowering the `kept` ones,
     judged on the paired intervals: holds, contradicted, or not seen (with the budget to see it)."""
     head = f"- {paper}, \"{claim}\""
-    if not paired(name, better[0]):
+    first = (*better, *kept)[0]
+    if not paired(name, first):
         return f"{head}: not measured (no {name} runs)."
     seen = {m: _seen(paired(name, m), lower_is_better=m == "pres") for m in (*better, *kept)}
     numbers = ", ".join(f"{NAMES[m]} {_diff_cell(paired(name, m))}" for m in seen) + \
-        f" over {len(paired(name, better[0]))} pairs"
+        f" over {len(paired(name, first))} pairs"
     if "too few pairs" in seen.values():
         verdict = "not seen: too few pairs for an interval"
     elif any(seen[m] == "worse" for m in (*better, *kept)):
         verdict = "contradicted: " + " and ".join(f"{NAMES[m]} below its base's" for m in seen if seen[m] == "worse")
     elif all(seen[m] == "better" for m in better):
-        verdict = "holds: " + " and ".join(f"{NAMES[m]} above its base's" for m in better) + \
-            (", " + " and ".join(NAMES[m] for m in kept) + " not lower" if kept else "")
+        verdict = "holds: " + " and ".join([f"{NAMES[m]} above its base's" for m in better]
+                                           + [f"{NAMES[m]} not lower (the interval {_diff_cell(paired(name, m))} "
+                                              "is what the data allow)" for m in kept])
     else:
         verdict = "not seen: " + "; ".join(_budget(paired(name, m), noise[m], m) for m in better if seen[m] != "better")
     return f"{head}: {verdict} ({name} minus its base: {numbers})."
@@ -807,15 +809,22 @@ OBJECTIVE_CHANGES = {
     # ClassDiffusion's SPL at the paper's lambda 1, on pivotal tuning (a trained token, as the
     # paper's Custom Diffusion base trains the new token's embedding)
     "spl": dict(ADAPTER_CHANGES["pivotal"], spl_weight=1.0),
+    # RPO's preference loss at the paper's weight 1 and lambda_train 0, 4 negatives per training
+    # prompt (its SDXL script's count; the SD script's 16 would quadruple the rendering), rewards
+    # and labels from the toy world's evaluator
+    "rpo": dict(rpo_weight=1.0, rpo_images_per_prompt=4, metrics="toyworld"),
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
     {"mask": "true masks from the renderer; automatic (CLIPSeg) masks need its hub weights, not reachable here",
-     "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row"},
+     "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
+     "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
         _claim("ClassDiffusion", "SPL raises alignment (CLIP-T) at little fidelity cost", "spl", paired, noise,
-               ("alignment",), ("fidelity",))],
+               ("alignment",), ("fidelity",)),
+        _claim("RPO", "the preference loss keeps alignment with few negatives", "rpo", paired, noise, (),
+               ("alignment",))],
     bases={"spl": "pivotal"})
 
 
