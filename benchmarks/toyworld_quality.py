@@ -813,18 +813,24 @@ OBJECTIVE_CHANGES = {
     # prompt (its SDXL script's count; the SD script's 16 would quadruple the rendering), rewards
     # and labels from the toy world's evaluator
     "rpo": dict(rpo_weight=1.0, rpo_images_per_prompt=4, metrics="toyworld"),
+    # DomainStudio's three losses at the paper's weights (100 / 100 / 0.1), on the LoRA recipe's
+    # batch of 4 subject + 4 class rows; on subjects (a toy domain set is not built yet)
+    "domainstudio": dict(domainstudio_weight=1.0),
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
     {"mask": "true masks from the renderer; automatic (CLIPSeg) masks need its hub weights, not reachable here",
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
-     "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward"},
+     "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
+     "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
         _claim("ClassDiffusion", "SPL raises alignment (CLIP-T) at little fidelity cost", "spl", paired, noise,
                ("alignment",), ("fidelity",)),
         _claim("RPO", "the preference loss keeps alignment with few negatives", "rpo", paired, noise, (),
-               ("alignment",))],
+               ("alignment",)),
+        _claim("DomainStudio", "keeps diversity (DIV; here on subjects, not a domain set)", "domainstudio", paired,
+               noise, (), ("div",))],
     bases={"spl": "pivotal"})
 
 

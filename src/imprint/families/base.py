@@ -82,6 +82,18 @@ class Family(ABC):
     def encode_prompts(self, tokens) -> dict[str, torch.Tensor]:
         """-> the conditioning dict the denoiser takes, batch first."""
 
+    def predicted_x0(self, noisy, prediction, timesteps) -> torch.Tensor:
+        """The clean latents the model's prediction implies (for terms that look at images)."""
+        from imprint.util.errors import ImprintError
+
+        raise ImprintError(f"family {self.name}: no predicted-x0 formula, which this loss term needs")
+
+    def decode_latents(self, latents) -> torch.Tensor:
+        """Latents as the denoiser sees them -> pixels in [-1, 1], differentiable."""
+        from imprint.util.errors import ImprintError
+
+        raise ImprintError(f"family {self.name}: no latent decoder, which this loss term needs")
+
     def pooled_text_embeddings(self, tokens) -> torch.Tensor:
         """(N, D): one vector per prompt from the text encoder (CLIP: its pooled EOS output)."""
         from imprint.util.errors import ImprintError

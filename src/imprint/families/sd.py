@@ -190,6 +190,17 @@ class StableDiffusionFamily(Family):
         alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         return alphas / (1 - alphas)
 
+    def predicted_x0(self, noisy, prediction, timesteps):
+        alphas = self.noise_scheduler.alphas_cumprod.to(noisy.device)[timesteps.to(noisy.device)]
+        alpha = alphas.sqrt().reshape(-1, 1, 1, 1).to(noisy.dtype)
+        sigma = (1 - alphas).sqrt().reshape(-1, 1, 1, 1).to(noisy.dtype)
+        if self.prediction_type == "v_prediction":
+            return alpha * noisy - sigma * prediction
+        return (noisy - sigma * prediction) / alpha
+
+    def decode_latents(self, latents):
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
     def predict(self, noisy, timesteps, conditioning):
         return self.unet(noisy, timesteps, conditioning["prompt_embeds"], return_dict=False)[0]
 

@@ -219,6 +219,13 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
                                "dora, loha, lokr, krona or tlora")
         if not 0 <= cfg.terms["rpo"].rpo_lambda <= 1:
             raise ImprintError(f"--rpo-lambda {cfg.terms['rpo'].rpo_lambda:g}: must be within [0, 1]")
+    if cfg.terms.get("domainstudio") and cfg.terms["domainstudio"].domainstudio_weight > 0:
+        if not cfg.prior.prior_preservation or cfg.data.buckets:
+            raise ImprintError("--domainstudio-weight compares the subject rows with the class rows of the same "
+                               "step: add --prior-preservation (and drop --buckets)")
+        if cfg.data.batch_size < 3:
+            raise ImprintError(f"--domainstudio-weight needs --batch-size 3 or more (a row's distances are to the "
+                               f"other rows); got {cfg.data.batch_size}")
     if cfg.data.masks and cfg.data.auto_masks:
         raise ImprintError("--masks and --auto-masks: give one (a folder of masks, or masks made by the model)")
     if cfg.terms.get("mask") and cfg.terms["mask"].mask_loss_weight != 1 and not (cfg.data.masks or cfg.data.auto_masks):

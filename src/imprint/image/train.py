@@ -42,6 +42,7 @@ log = logging.getLogger("imprint")
 # settings that may change when a run is resumed; any other change is a different run
 FLIP_STREAM = 3  # the random stream of --flip's coins (0: noise, 1: subject rows, 2: class rows)
 PREFERENCE_STREAM = 4  # RPO's negatives and labels
+TERMS_STREAM = 5  # the loss terms' own draws (Batch.draws)
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
                      "sample_prompt", "sample_inference_steps", "final_samples", "log_with"}
 
@@ -241,7 +242,7 @@ class SubjectTask(Task):
                 groups[0] = groups[0].cat(class_rows)
             else:
                 groups.append(class_rows)
-        return [self.noised(group, generator) for group in groups]
+        return [self.noised(group, generator, index) for group in groups]
 
     def negative_rows(self, index: int, photos: list[int], generator, masks) -> "Rows":
         """A negative per subject row (drawn uniformly), its label ~ Bernoulli(sigmoid(R_w - R_l)),
@@ -257,7 +258,7 @@ class SubjectTask(Task):
                     torch.ones(n, 1, *latents.shape[-2:]) if masks is not None else None,
                     ties=list(range(n)), extras={"preference_pair": torch.arange(n), "preference_label": labels})
 
-    def noised(self, rows: "Rows", generator) -> Batch:
+    def noised(self, rows: "Rows", generator, index: int) -> Batch:
         cfg, family = self.cfg, self.family
         latents = rows.latents
         noise = torch.randn(latents.shape, generator=generator)
@@ -275,7 +276,8 @@ class SubjectTask(Task):
             conditioning = {k: v[ids] for k, v in self.prompt_encodings.items()}
         return Batch(latents=latents, noise=noise, timesteps=timesteps.to(self.device),
                      noisy=noisy.to(self.device, self.frozen_dtype), target=target, conditioning=conditioning,
-                     roles=rows.roles, captions=rows.prompts, masks=rows.masks, extras=rows.extras)
+                     roles=rows.roles, captions=rows.prompts, masks=rows.masks, extras=rows.extras,
+                     draws=step_generator(cfg.trainer.seed, TERMS_STREAM, index))
 
     def loss(self, step: int, micro: int):
         parts: dict[str, torch.Tensor] = {}

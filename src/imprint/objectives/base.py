@@ -42,6 +42,7 @@ class Batch:
     captions: list[str] | None = None
     pixels: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row data a term needs (labels, pairs)
+    draws: torch.Generator | None = None  # a term's own random draws, seeded by (seed, step): resumable
 
     def rows(self, role: str) -> torch.Tensor:
         return torch.tensor([r == role for r in self.roles])
