@@ -287,10 +287,20 @@ class SubjectTask(Task):
                     tokens = self.prompt_tokens[[self.prompt_ids[p] for p in batch.captions]]
                     batch.conditioning = {k: v.to(self.frozen_dtype)
                                           for k, v in self.family.encode_prompts(tokens).items()}
+                batch.conditioning = self.method.condition_subject_rows(batch.conditioning, batch.rows(INSTANCE))
                 prediction = self.family.predict(batch.noisy, batch.timesteps, batch.conditioning)
             for name, value in self.objective.losses(batch, self.family, prediction, self.accelerator.autocast).items():
                 parts[name] = parts[name] + value if name in parts else value
+        regularization = self.method.regularization()
+        if regularization is not None:
+            parts[f"{self.method.name}_regularization"] = regularization
         return self.objective.total(parts)
+
+    def pipeline(self):
+        """A pipeline over the live parts, sampling with what is being trained."""
+        pipe = self.family.pipeline()
+        self.method.wrap_pipeline(pipe)
+        return pipe
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.method.trainable_state_dict(self.family)
@@ -318,7 +328,7 @@ class Samples(Callback):
         # with --ema-decay the samples show the average, the weights the run will ship
         with self.ema.applied() if self.ema else contextlib.nullcontext(), \
                 self.task.accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
-            images = sample(self.task.family.pipeline(), self.prompts, self.cfg.data.resolution,
+            images = sample(self.task.pipeline(), self.prompts, self.cfg.data.resolution,
                             self.cfg.trainer.seed, self.cfg.samples.sample_inference_steps, images_per_prompt=2,
                             prompt_embeds=self.encodings)
         save_grid(images, self.run.path / "samples" / f"step-{step:06d}.png", cols=2)
@@ -365,7 +375,7 @@ class Selection(Callback):
 
     def on_checkpoint(self, step: int) -> set[int]:
         with self.task.accelerator.autocast():
-            self.selector.score(step, self.task.family.pipeline())
+            self.selector.score(step, self.task.pipeline())
         write_json_atomic(self.path, self.selector.summary())
         return {self.selector.best_step()}
 

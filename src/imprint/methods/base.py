@@ -78,6 +78,19 @@ class Method(ABC):
         """What generate needs to load the result, beyond the run config."""
         return {"prompt_token": self.prompt_token()}
 
+    def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor) -> dict:
+        """The denoiser's conditioning with the method's change on the subject's rows (`rows`, a
+        bool per row); most methods change weights, not conditioning."""
+        return conditioning
+
+    def regularization(self) -> torch.Tensor | None:
+        """A loss on the method's own parameters, added to every step's, or None."""
+        return None
+
+    def wrap_pipeline(self, pipe) -> None:
+        """Make a pipeline over the live parts sample with what is being trained (for methods
+        whose result is not in the parts' weights)."""
+
     def parameter_groups(self, params: list[torch.nn.Parameter]) -> list[dict]:
         """The optimizer's groups of `params`; a method whose parts learn at their own rate splits them."""
         return [{"params": params}]

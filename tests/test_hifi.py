@@ -1,0 +1,74 @@
+"""HiFi Tuner's subject vectors: written over the prompt's last vectors (subject rows only),
+their pull to the null text's, resume state, and the result in a pipeline."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import FAST, draw_subject, run_cli
+from imprint.methods.hifi import with_subject_vectors
+
+
+def test_vectors_replace_the_last_ones():
+    embeds = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    vectors = -torch.ones(2, 3)
+    out = with_subject_vectors(embeds, vectors)
+    torch.testing.assert_close(out[:, :2], embeds[:, :2])
+    torch.testing.assert_close(out[:, 2:], -torch.ones(2, 2, 3))
+
+
+def test_task_conditions_subject_rows_and_regularises(tiny_model, tmp_path):
+    from imprint.core.precision import make_accelerator
+    from imprint.image.data import load_subject_images
+    from imprint.image.settings import build_config
+    from imprint.image.train import SubjectTask
+
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i in range(2):
+        draw_subject(folder / f"{i}.png", i)
+    cfg = build_config({}, {"model": str(tiny_model), "images": str(folder), "class_name": "toy", "method": "hifi",
+                            "output": str(tmp_path / "run"), "resolution": 32, "batch_size": 2,
+                            "prior_preservation": True, "num_class_images": 2, "class_inference_steps": 2})
+    assert cfg.trainer.lr == 5e-3  # the paper's
+    task = SubjectTask(cfg, make_accelerator("no"), load_subject_images(folder, 32))
+    family, method = task.family, task.method
+    null = family.encode_prompts(family.tokenize([""]))["prompt_embeds"][0, -5:]
+    torch.testing.assert_close(method.vectors.detach(), null)  # c_s starts as phi_s
+    loss, parts = task.loss(0, 0)
+    assert parts["loss_hifi_regularization"] == 0
+    with torch.no_grad():
+        method.vectors.add_(0.5)
+    torch.testing.assert_close(method.regularization(), torch.tensor(1e-2 * 0.25))
+    batch = task.batches(0, 0)[0]
+    conditioned = method.condition_subject_rows(batch.conditioning, batch.rows("instance"))["prompt_embeds"]
+    for row, role in enumerate(batch.roles):
+        expected = method.vectors if role == "instance" else batch.conditioning["prompt_embeds"][row, -5:]
+        torch.testing.assert_close(conditioned[row, -5:], expected.detach().to(conditioned))
+        torch.testing.assert_close(conditioned[row, :-5], batch.conditioning["prompt_embeds"][row, :-5])
+    loss.backward()
+    assert method.vectors.grad is not None and method.vectors.grad.abs().sum() > 0
+
+
+def test_hifi_end_to_end_generates_with_its_vectors(tiny_model, tmp_path):
+    from imprint.image.generate import load_run_pipeline
+
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i in range(2):
+        draw_subject(folder / f"{i}.png", i)
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
+                   "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
+                   "--output", run) == 0
+    vectors = load_file(run / "hifi_vectors.safetensors")["subject_vectors"]
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["trainable_parameters"] == vectors.numel() == 5 * vectors.shape[1]
+    pipe, _, _ = load_run_pipeline(run)
+    positive, negative = pipe.encode_prompt("a photo of sks toy", "cpu", 1, True, "")
+    torch.testing.assert_close(positive[0, -5:], vectors)
+    assert not torch.allclose(negative[0, -5:], vectors)  # the negative prompt keeps its own
+    assert run_cli("generate", "--run", run, "a sks toy on the beach", "--num-images", "1",
+                   "--inference-steps", "2", "--output", tmp_path / "out") == 0
+    assert (tmp_path / "out" / "00-00.png").exists()
