@@ -816,22 +816,29 @@ OBJECTIVE_CHANGES = {
     # DomainStudio's three losses at the paper's weights (100 / 100 / 0.1), on the LoRA recipe's
     # batch of 4 subject + 4 class rows; on subjects (a toy domain set is not built yet)
     "domainstudio": dict(domainstudio_weight=1.0),
+    # HiFi Tuner, TI-based, against textual inversion (the methods part's row, same settings):
+    # its subject vectors with the regulariser, the true masks, the paper's lr
+    "textual_inversion": dict(method="textual_inversion", lr=5e-3, prior_preservation=False),
+    "hifi": dict(method="hifi", lr=5e-3, prior_preservation=False, masks=True, mask_loss_weight=0.0),
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
     {"mask": "true masks from the renderer; automatic (CLIPSeg) masks need its hub weights, not reachable here",
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
      "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
-     "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning"},
+     "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning",
+     "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
+        _claim("HiFi Tuner", "its TI-based tuning (vectors, regularisation, masks) raises fidelity over textual "
+               "inversion", "hifi", paired, noise, ("fidelity",)),
         _claim("ClassDiffusion", "SPL raises alignment (CLIP-T) at little fidelity cost", "spl", paired, noise,
                ("alignment",), ("fidelity",)),
         _claim("RPO", "the preference loss keeps alignment with few negatives", "rpo", paired, noise, (),
                ("alignment",)),
         _claim("DomainStudio", "keeps diversity (DIV; here on subjects, not a domain set)", "domainstudio", paired,
                noise, (), ("div",))],
-    bases={"spl": "pivotal"})
+    bases={"spl": "pivotal", "hifi": "textual_inversion"})
 
 
 def part_objectives(args) -> str:
