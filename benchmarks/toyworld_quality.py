@@ -819,7 +819,9 @@ OBJECTIVE_CHANGES = {
     # HiFi Tuner, TI-based, against textual inversion (the methods part's row, same settings):
     # its subject vectors with the regulariser, the true masks, the paper's lr
     "textual_inversion": dict(method="textual_inversion", lr=5e-3, prior_preservation=False),
-    "hifi": dict(method="hifi", lr=5e-3, prior_preservation=False, masks=True, mask_loss_weight=0.0),
+    # step-wise vectors for the evaluation sampler's 20 steps (the paper: its 50), 10 iterations each
+    "hifi": dict(method="hifi", lr=5e-3, prior_preservation=False, masks=True, mask_loss_weight=0.0,
+                 hifi_stepwise_steps=EVALUATION["inference_steps"]),
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
@@ -827,7 +829,7 @@ OBJECTIVES = PairedPart(
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
      "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
      "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning",
-     "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3"},
+     "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3, step-wise for 20 steps"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
         _claim("HiFi Tuner", "its TI-based tuning (vectors, regularisation, masks) raises fidelity over textual "

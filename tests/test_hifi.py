@@ -61,7 +61,7 @@ def test_hifi_end_to_end_generates_with_its_vectors(tiny_model, tmp_path):
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
-                   "--output", run) == 0
+                   "--hifi-stepwise-steps", "0", "--output", run) == 0
     vectors = load_file(run / "hifi_vectors.safetensors")["subject_vectors"]
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["trainable_parameters"] == vectors.numel() == 5 * vectors.shape[1]
@@ -72,3 +72,32 @@ def test_hifi_end_to_end_generates_with_its_vectors(tiny_model, tmp_path):
     assert run_cli("generate", "--run", run, "a sks toy on the beach", "--num-images", "1",
                    "--inference-steps", "2", "--output", tmp_path / "out") == 0
     assert (tmp_path / "out" / "00-00.png").exists()
+
+
+def test_stepwise_vectors_are_refined_and_used_at_their_step(tiny_model, tmp_path):
+    from imprint.image.generate import load_run_pipeline
+    from imprint.image.sampling import sample
+    from imprint.methods.hifi import nearest
+
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i in range(2):
+        draw_subject(folder / f"{i}.png", i)
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
+                   "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
+                   "--hifi-stepwise-steps", "3", "--hifi-stepwise-iterations", "2", "--output", run) == 0
+    tensors = load_file(run / "hifi_vectors.safetensors")
+    timesteps, stepwise = tensors["stepwise_timesteps"], tensors["stepwise_vectors"]
+    assert timesteps.shape == (3,) and stepwise.shape == (3, *tensors["subject_vectors"].shape)
+    assert (timesteps[:-1] > timesteps[1:]).all()  # refined from the highest timestep down
+    assert not torch.allclose(stepwise[0], stepwise[-1])  # each timestep its own
+    pipe, _, _ = load_run_pipeline(run)
+    seen = []
+    pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((int(args[1]), kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True)
+    sample(pipe, ["a photo of sks toy"], 32, 0, 3)
+    assert len(seen) >= 3  # one forward per sampler step (the solver may add one)
+    for t, hidden in seen:  # [negative, positive]: the positive row has the nearest timestep's vectors
+        torch.testing.assert_close(hidden[1, -5:], stepwise[nearest(timesteps, t)])

@@ -43,8 +43,11 @@ def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
         else:
             text = {"prompt_embeds": torch.cat([prompt_embeds[i][0] for i, _ in chunk]),
                     "negative_prompt_embeds": torch.cat([prompt_embeds[i][1] for i, _ in chunk])}
+        # a method whose conditioning changes per step installs its callback on the pipeline
+        per_step = getattr(pipe, "imprint_step_callback", None)
+        extra = dict(callback_on_step_end=per_step, callback_on_step_end_tensor_inputs=["prompt_embeds"]) if per_step else {}
         images += pipe(**text, height=resolution, width=resolution, num_inference_steps=steps,
-                       guidance_scale=guidance_scale, generator=generators).images
+                       guidance_scale=guidance_scale, generator=generators, **extra).images
     return images
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 import imprint
 from imprint.core import checkpoint as ckpt
@@ -210,7 +211,7 @@ class SubjectTask(Task):
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params
 
-    def batches(self, step: int, micro: int) -> list[Batch]:
+    def batches(self, step: int, micro: int, timestep: int | None = None) -> list[Batch]:
         """The rows of a step: one batch, or two (subject rows, then class rows) where a bucket's
         shape is not the class images' square. With --rpo-weight, each subject row brings a
         negative that shares its noise and timestep."""
@@ -242,7 +243,7 @@ class SubjectTask(Task):
                 groups[0] = groups[0].cat(class_rows)
             else:
                 groups.append(class_rows)
-        return [self.noised(group, generator, index) for group in groups]
+        return [self.noised(group, generator, index, timestep) for group in groups]
 
     def negative_rows(self, index: int, photos: list[int], generator, masks) -> "Rows":
         """A negative per subject row (drawn uniformly), its label ~ Bernoulli(sigmoid(R_w - R_l)),
@@ -258,13 +259,15 @@ class SubjectTask(Task):
                     torch.ones(n, 1, *latents.shape[-2:]) if masks is not None else None,
                     ties=list(range(n)), extras={"preference_pair": torch.arange(n), "preference_label": labels})
 
-    def noised(self, rows: "Rows", generator, index: int) -> Batch:
+    def noised(self, rows: "Rows", generator, index: int, timestep: int | None = None) -> Batch:
         cfg, family = self.cfg, self.family
         latents = rows.latents
         noise = torch.randn(latents.shape, generator=generator)
         if cfg.data.noise_offset:
             noise += cfg.data.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
         timesteps = family.sample_timesteps(latents.shape[0], generator)
+        if timestep is not None:  # every row at one timestep (a method's per-step refinement)
+            timesteps = torch.full_like(timesteps, timestep)
         tied = [(i, t) for i, t in enumerate(rows.ties) if t is not None]
         if tied:  # a row that shares another's noise and timestep (a negative and its subject row)
             rows_, sources = torch.tensor([i for i, _ in tied]), torch.tensor([t for _, t in tied])
@@ -279,9 +282,9 @@ class SubjectTask(Task):
                      roles=rows.roles, captions=rows.prompts, masks=rows.masks, extras=rows.extras,
                      draws=step_generator(cfg.trainer.seed, TERMS_STREAM, index))
 
-    def loss(self, step: int, micro: int):
+    def loss(self, step: int, micro: int, timestep: int | None = None):
         parts: dict[str, torch.Tensor] = {}
-        for batch in self.batches(step, micro):
+        for batch in self.batches(step, micro, timestep):
             with self.accelerator.autocast():
                 if not self.cache_text:  # the text encoder trains: its encodings change every step
                     tokens = self.prompt_tokens[[self.prompt_ids[p] for p in batch.captions]]
@@ -295,6 +298,25 @@ class SubjectTask(Task):
         if regularization is not None:
             parts[f"{self.method.name}_regularization"] = regularization
         return self.objective.total(parts)
+
+    def refine_per_timestep(self) -> None:
+        """After training, for methods that keep one state per sampling timestep (HiFi Tuner's
+        step-wise representations): from the highest timestep down, each state starts from the
+        previous one and takes `iterations` more steps of the run's loss at that timestep alone."""
+        plan = self.method.refinement_plan(self.family)
+        if plan is None:
+            return
+        timesteps, iterations = plan
+        optimizer = torch.optim.AdamW(self.params, lr=self.cfg.trainer.lr, weight_decay=self.cfg.trainer.weight_decay)
+        states, first = [], self.cfg.trainer.steps * self.cfg.trainer.gradient_accumulation_steps
+        for k, t in enumerate(tqdm(timesteps, desc="per-timestep refinement", unit="timestep", disable=None)):
+            for i in range(iterations):  # batches numbered after the training's: their own draws
+                loss, _ = self.loss(first + k * iterations + i, 0, timestep=int(t))
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            states.append(self.method.refinable_state())
+        self.method.set_refined(timesteps, states)
 
     def pipeline(self):
         """A pipeline over the live parts, sampling with what is being trained."""
@@ -454,6 +476,7 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
               callbacks=[c for c in (selection, samples) if c])
     if ema:
         ema.copy_to_model()
+    task.refine_per_timestep()
     files = task.method.save_result(task.family, run.path)
     trained = selection.stopped_at if selection and selection.stopped_at else cfg.trainer.steps
     if cfg.samples.final_samples:

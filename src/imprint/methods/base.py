@@ -87,6 +87,17 @@ class Method(ABC):
         """A loss on the method's own parameters, added to every step's, or None."""
         return None
 
+    def refinement_plan(self, family) -> tuple[list[int], int] | None:
+        """(sampling timesteps, iterations each) for a method that refines one state per
+        timestep after training (the task runs it), or None."""
+        return None
+
+    def refinable_state(self):
+        """The state a per-timestep refinement keeps after each timestep."""
+
+    def set_refined(self, timesteps: list[int], states: list) -> None:
+        """The states of every timestep, in refinement order."""
+
     def wrap_pipeline(self, pipe) -> None:
         """Make a pipeline over the live parts sample with what is being trained (for methods
         whose result is not in the parts' weights)."""

@@ -5,13 +5,20 @@ vectors c_s in the text encoder's output space stand for the subject, written ov
 Taken from the paper: n = 5; c_s starts as the last n vectors of the encoded null text (phi_s)
 and is pulled back to them by w_s ||c_s - phi_s||^2 (its parameter regularisation); the
 mask-guided loss is --masks with --mask-loss-weight 0 (objectives/mask.py); lr 5e-3 with Adam
-(our AdamW with the run's weight decay). Chosen here: w_s (the paper gives no value) 1e-2 on the
-squared error averaged over the n x d elements (not summed); c_s applies to the subject's rows
-only (class rows with prior preservation keep their plain prompt); the text encoder and UNet
-stay frozen. Not yet here: the step-wise representations (one c_s per sampling step, refined
-after training), reference-guided generation, the variant on top of LoRA / full fine-tuning.
+(our AdamW with the run's weight decay); the step-wise representations: after training, for
+each of the 50 sampling timesteps from the highest down, the vectors start from the previous
+timestep's and take 10 more steps of the same loss (masks and regulariser included) with every
+row noised at that timestep; sampling step t uses its own.
+Chosen here: w_s (the paper gives no value) 1e-2 on the squared error averaged over the n x d
+elements (not summed); c_s applies to the subject's rows only (class rows with prior
+preservation keep their plain prompt); the text encoder and UNet stay frozen; the refined
+timesteps are those of the sampler generate uses (DPM-Solver, not the paper's DDIM) at 50
+steps, and a sampler with other steps uses the nearest one's vectors; the refinement is not
+checkpointed (a run killed during it redoes it on resume). Not yet here: reference-guided
+generation, subject substitution, the variant on top of LoRA / full fine-tuning.
 The result is hifi_vectors.safetensors; a pipeline gets it by a wrapper of its encode_prompt
-that writes c_s over the prompt's last n vectors (the negative prompt's stay)."""
+that writes c_s over the prompt's last n vectors (the negative prompt's stay) and, step-wise, a
+step callback (image/sampling.py passes it to the pipeline)."""
 
 from __future__ import annotations
 
@@ -33,6 +40,11 @@ class HiFiSettings:
                                 positive=True)
     hifi_reg_weight: float = setting(1e-2, "weight w_s of the pull back to the null text's vectors (mean squared; "
                                      "the paper gives no value)", non_negative=True)
+    hifi_stepwise_steps: int = setting(50, "step-wise subject representations: after training, one set of vectors "
+                                       "per timestep of this many sampling steps (the paper's 50 DDIM steps), used "
+                                       "at that step when sampling; 0: one set for every step", non_negative=True)
+    hifi_stepwise_iterations: int = setting(10, "steps of refinement per timestep, each from the previous "
+                                            "timestep's vectors (the paper's 10)", positive=True)
 
 
 def with_subject_vectors(embeds: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -68,6 +80,20 @@ class HiFi(Method):
     def regularization(self) -> torch.Tensor:
         return self.settings.hifi_reg_weight * ((self.vectors - self.null_vectors.to(self.vectors)) ** 2).mean()
 
+    def refinement_plan(self, family):
+        if not self.settings.hifi_stepwise_steps:
+            return None
+        self.trained_vectors = self.vectors.detach().clone()
+        scheduler = family.pipeline().scheduler  # the sampler generate uses
+        scheduler.set_timesteps(self.settings.hifi_stepwise_steps)
+        return [int(t) for t in scheduler.timesteps], self.settings.hifi_stepwise_iterations
+
+    def refinable_state(self):
+        return self.vectors.detach().clone()
+
+    def set_refined(self, timesteps, states) -> None:
+        self.stepwise = (torch.tensor(timesteps), torch.stack(states))
+
     def wrap_pipeline(self, pipe) -> None:
         install(pipe, self.vectors.detach())
 
@@ -79,21 +105,47 @@ class HiFi(Method):
             self.vectors.copy_(state["subject_vectors"].to(self.vectors))
 
     def save_result(self, family, folder: Path) -> list[str]:
-        save_file(self.trainable_state_dict(family), str(folder / WEIGHT_NAME))
+        tensors = self.trainable_state_dict(family)
+        stepwise = getattr(self, "stepwise", None)
+        if stepwise is not None:  # the trained vectors, and one set per sampling timestep
+            tensors = {"subject_vectors": self.trained_vectors.float().cpu().contiguous(),
+                       "stepwise_timesteps": stepwise[0].contiguous(),
+                       "stepwise_vectors": stepwise[1].float().cpu().contiguous()}
+        save_file(tensors, str(folder / WEIGHT_NAME))
         return [WEIGHT_NAME]
 
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
-        install(pipe, load_file(str(folder / WEIGHT_NAME))["subject_vectors"])
+        tensors = load_file(str(folder / WEIGHT_NAME))
+        stepwise = (tensors["stepwise_timesteps"], tensors["stepwise_vectors"]) if "stepwise_vectors" in tensors else None
+        install(pipe, tensors["subject_vectors"], stepwise)
 
 
-def install(pipe, vectors: torch.Tensor) -> None:
-    """The pipeline's prompt encodings get the subject vectors (every prompt, not the negative)."""
+def nearest(timesteps: torch.Tensor, t) -> int:
+    """The index of the refined timestep nearest to the sampler's `t`."""
+    return int((timesteps.float() - float(t)).abs().argmin())
+
+
+def install(pipe, vectors: torch.Tensor, stepwise: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """The pipeline's prompt encodings get the subject vectors (every prompt, not the negative);
+    with step-wise ones, each sampling step gets those of the nearest refined timestep (the
+    first step those of the highest, then a step callback swaps them in for the next step)."""
     original = getattr(pipe, "_imprint_encode_prompt", pipe.encode_prompt)
+    first = vectors if stepwise is None else stepwise[1][nearest(stepwise[0], stepwise[0].max())]
 
     def encode_prompt(*args, **kwargs):
         positive, negative = original(*args, **kwargs)
-        return with_subject_vectors(positive, vectors), negative
+        return with_subject_vectors(positive, first), negative
+
+    def step_callback(pipe, i, t, kwargs):
+        timesteps = pipe.scheduler.timesteps
+        if i + 1 >= len(timesteps):
+            return {}
+        embeds = kwargs["prompt_embeds"]
+        half = embeds.shape[0] // 2 if pipe.do_classifier_free_guidance else 0  # [negative, positive]
+        step_vectors = stepwise[1][nearest(stepwise[0], timesteps[i + 1])]
+        return {"prompt_embeds": torch.cat([embeds[:half], with_subject_vectors(embeds[half:], step_vectors)])}
 
     pipe._imprint_encode_prompt = original
     pipe.encode_prompt = encode_prompt
+    pipe.imprint_step_callback = step_callback if stepwise is not None else None
