@@ -10,6 +10,14 @@ from conftest import FAST, draw_subject, run_cli
 from imprint.methods.hifi import with_subject_vectors
 
 
+def two_photos(tmp_path):
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i in range(2):
+        draw_subject(folder / f"{i}.png", i)
+    return folder
+
+
 def test_vectors_replace_the_last_ones():
     embeds = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     vectors = -torch.ones(2, 3)
@@ -24,10 +32,7 @@ def test_task_conditions_subject_rows_and_regularises(tiny_model, tmp_path):
     from imprint.image.settings import build_config
     from imprint.image.train import SubjectTask
 
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(2):
-        draw_subject(folder / f"{i}.png", i)
+    folder = two_photos(tmp_path)
     cfg = build_config({}, {"model": str(tiny_model), "images": str(folder), "class_name": "toy", "method": "hifi",
                             "output": str(tmp_path / "run"), "resolution": 32, "batch_size": 2,
                             "prior_preservation": True, "num_class_images": 2, "class_inference_steps": 2})
@@ -54,10 +59,7 @@ def test_task_conditions_subject_rows_and_regularises(tiny_model, tmp_path):
 def test_hifi_end_to_end_generates_with_its_vectors(tiny_model, tmp_path):
     from imprint.image.generate import load_run_pipeline
 
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(2):
-        draw_subject(folder / f"{i}.png", i)
+    folder = two_photos(tmp_path)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
@@ -79,10 +81,7 @@ def test_stepwise_vectors_are_refined_and_used_at_their_step(tiny_model, tmp_pat
     from imprint.image.sampling import sample
     from imprint.methods.hifi import nearest
 
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(2):
-        draw_subject(folder / f"{i}.png", i)
+    folder = two_photos(tmp_path)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
