@@ -172,7 +172,7 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
     if values.get("masks") is True:  # the subject's true masks, written beside its photos
         values["masks"] = str(photos / "masks")
     train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
-                                output=str(run), class_images=str(WORK / "class" / subject.class_name))))
+                                output=str(run), class_images=str(_class_folder(subject.class_name, values["seed"])))))
     trained = time.time()
     metrics = evaluate_run(run, metrics="toyworld", **EVALUATION, guidance_scale=GUIDANCE,
                            backend=backend, baseline_cache=cache)
@@ -189,6 +189,14 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
         JSON_OUT.write_text(json.dumps(done + [out], indent=1))
     print(json.dumps(out), flush=True)
     return out
+
+
+def _class_folder(class_name: str, seed: int) -> Path:
+    """The class images of one training seed (the core makes them with the run's seed): a folder per
+    seed, so that two shards on two seeds neither regenerate one folder in turn nor read it while the
+    other rewrites it (before this, runs at seeds 1-3 shared one folder: a run could have trained on
+    a mix of two seeds' class images, the same prompt and model, which is noise but not bias)."""
+    return WORK / "class" / (class_name if seed == 0 else f"{class_name}-seed{seed}")
 
 
 def _device() -> str:
@@ -797,7 +805,10 @@ ADAPTERS = PairedPart(
     "adapters", "## Toy world: adapters and training options", ADAPTER_CHANGES, ADAPTER_NOTES,
     lambda results, seeds, paired, params, noise: [_claim_krona(results, seeds, paired, params, noise),
                                                    _claim_tlora(results, seeds, paired, params, noise)],
-    raised=RAISED_CONFIGS)
+    raised=RAISED_CONFIGS,
+    intro="Class images: the core makes them with the run's training seed. These runs kept one class folder per "
+          "class for every seed, so two shards could regenerate it in turn, and a run may have trained on a mix of "
+          "two seeds' class images (one prompt, one model: noise, not bias); later parts use a folder per seed.\n")
 
 # --part objectives (issue 14): each seed paper's loss term against its base recipe. The base
 # rows are the adapters part's own runs (same names and settings), read back, not retrained.
