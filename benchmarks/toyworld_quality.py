@@ -499,9 +499,10 @@ def _paired_part(args, spec: "PairedPart") -> str:
     unknown = [c for c in configs if c not in spec.changes]
     if unknown:
         raise SystemExit(f"--configs {','.join(unknown)}: unknown; choose from {','.join(spec.changes)}")
-    for base in ["lora", *dict.fromkeys(spec.bases.values())]:
+    # every row is a difference to its base: LoRA (the noise floor too) and the bases of the rows asked for
+    for base in ["lora", *dict.fromkeys(spec.bases[c] for c in configs if c in spec.bases)]:
         if base not in configs:
-            configs.insert(0 if base == "lora" else 1, base)  # every row is a difference to its base
+            configs.insert(0 if base == "lora" else 1, base)
     seeds = [int(s) for s in args.seeds.split(",")]
     raised = [int(s) for s in args.raised_seeds.split(",") if s.strip()]
 
@@ -667,7 +668,7 @@ def _paired_part(args, spec: "PairedPart") -> str:
     body = f"""{time.strftime('%Y-%m-%d')}; the shipped toy-world model; runs on {', '.join(devices) or '-'}.{smoke}{partial}
 {spec.intro}Every row is the `lora` row of "Toy world: personalisation" (rank 8, lr {CONFIGS['lora']['lr']:g}, {CONFIGS['lora']['steps']} steps, batch 4,
 prior preservation with the same 20 class images, 64 px) with one thing changed{spec.base_text()}; training seeds
-{', '.join(map(str, seeds))} on {len(subjects)} subjects{raised_text}; evaluated as --part methods (25 toy prompts,
+{', '.join(map(str, seeds))} on {args.subjects} subjects{raised_text}; evaluated as --part methods (25 toy prompts,
 {EVALUATION['images_per_prompt']} images each, {EVALUATION['inference_steps']} steps, guidance {GUIDANCE}, evaluation seed 0 for every run).
 A difference is paired: the row's run minus its base row's with the same subject and training seed; mean
 and 95% normal interval over the pairs. PRES: lower is better. The noise floor is the LoRA recipe
@@ -701,7 +702,7 @@ Settings (learning rate of an adapter: the toy LoRA lr {CONFIGS['lora']['lr']:g}
 default lr to LoRA's {_lora_default_lr():g}, the papers' gap carried over; ranks as LoRA's where the method has one):
 {chr(10).join(setting_lines)}
 {ema_note}"""
-    heading = spec.heading
+    heading = f"{spec.heading}: {args.section}" if args.section else spec.heading
     if args.dry_run:
         return f"{heading} (dry run, not written to {args.results})\n\n{body}"
     return write_section(args.results, heading, body)
@@ -833,6 +834,9 @@ OBJECTIVE_CHANGES = {
     # step-wise vectors for the evaluation sampler's 20 steps (the paper: its 50), 10 iterations each
     "hifi": dict(method="hifi", lr=5e-3, prior_preservation=False, masks=True, mask_loss_weight=0.0,
                  hifi_stepwise_steps=EVALUATION["inference_steps"]),
+    # DisenBooth on the LoRA recipe (its rank, prior preservation kept): the image adapter reads the
+    # toy evaluator's pooled trunk, the toy world's only image model (it has no CLIP)
+    "disenbooth": dict(method="disenbooth", disenbooth_image_encoder="toyworld"),
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
@@ -840,6 +844,8 @@ OBJECTIVES = PairedPart(
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
      "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
      "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning",
+     "disenbooth": "the paper's weights 0.01 / 0.001; image encoder: the toy evaluator's trunk (the same network "
+                   "scores the runs: it shapes only the training-time f_i, generation uses f_s alone)",
      "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3, step-wise for 20 steps"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
@@ -850,7 +856,9 @@ OBJECTIVES = PairedPart(
         _claim("RPO", "the preference loss keeps alignment with few negatives", "rpo", paired, noise, (),
                ("alignment",)),
         _claim("DomainStudio", "keeps diversity (DIV; here on subjects, not a domain set)", "domainstudio", paired,
-               noise, (), ("div",))],
+               noise, (), ("div",)),
+        _claim("DisenBooth", "raises alignment (CLIP-T) and keeps fidelity", "disenbooth", paired, noise,
+               ("alignment",), ("fidelity",))],
     bases={"spl": "pivotal", "hifi": "textual_inversion"})
 
 
@@ -890,6 +898,8 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, help="images per prompt of the evaluation (a smoke run)")
     parser.add_argument("--eval-steps", type=int, help="denoising steps of the evaluation (a smoke run)")
     parser.add_argument("--dry-run", action="store_true", help="adapters: print the report, do not write it")
+    parser.add_argument("--section", help="adapters, objectives: write the table under the part's heading followed by "
+                        "this name (a table of some rows beside the part's full one), e.g. DisenBooth")
     parser.add_argument("--shard", type=_shard, help="adapters: K/N, train only the subjects whose index is K mod N "
                         "(run N processes with OMP_NUM_THREADS=1 on N cores); the report reads every finished run")
     parser.add_argument("--work", help="folder for the runs (default benchmarks/_work/toyworld; a smoke "

@@ -25,12 +25,17 @@ CASES = {
     "tlora": ["--method", "tlora", "--lr", "1e-2"],
     # the embedding freezes at 3, before the kill and the checkpoint the resume starts from (4)
     "pivotal": ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--freeze-embedding-at", "3"],
+    # the image adapter beside the LoRA; mirrored photos have features of their own; the toy
+    # evaluator as image encoder (shipped, no download)
+    "disenbooth": ["--method", "disenbooth", "--lr", "1e-2", "--rank", "2", "--flip", "--prior-preservation",
+                   "--num-class-images", "2", "--disenbooth-image-encoder", "toyworld"],
 }
 RESULT_FILES = {"lora": ["pytorch_lora_weights.safetensors"], "dora": ["pytorch_lora_weights.safetensors"],
                 "textual_inversion": ["learned_embeds.safetensors"], "krona": ["krona_weights.safetensors"],
                 "tlora": ["tlora_weights.safetensors"],
                 "loha": ["adapter/unet/adapter_model.safetensors"],
                 "pivotal": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
+                "disenbooth": ["pytorch_lora_weights.safetensors", "disenbooth_adapter.safetensors"],
                 "lokr": ["adapter/unet/adapter_model.safetensors", "adapter/text_encoder/adapter_model.safetensors"]}
 
 
@@ -62,7 +67,7 @@ def logged_steps(run):
 @pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4"),
                                          ("full", "step:3"), ("dora", "step:5"), ("loha", "step:3"),
                                          ("lokr", "step:5"), ("krona", "step:5"), ("tlora", "step:5"),
-                                         ("pivotal", "step:5")])
+                                         ("pivotal", "step:5"), ("disenbooth", "step:5")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]
     unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance")
     gen.add_argument("--resolution", type=int, help="image size (default: the training resolution)")
     gen.add_argument("--output", required=True, help="folder for the PNGs and grid.png")
+    gen.add_argument("--keep-appearance", metavar="IMAGE",
+                     help="disenbooth runs: keep this image's pose and background (adds its identity-irrelevant "
+                     "embedding to the prompt's)")
+    gen.add_argument("--appearance-weight", type=float, default=1.0,
+                     help="weight of --keep-appearance's embedding (default: 1.0)")
 
     export = _command(sub, "export", "write a run in another ecosystem's format",
                       "  imprint export runs/dog --format kohya --output dog_kohya.safetensors")
@@ -227,7 +232,8 @@ def run_command(args: argparse.Namespace) -> int:
         _positive(args, "num_images", "inference_steps", "resolution")
         paths = generate(args.run, args.prompts, args.output, model=args.model,
                          num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps,
-                         guidance_scale=args.guidance_scale, resolution=args.resolution)
+                         guidance_scale=args.guidance_scale, resolution=args.resolution,
+                         keep_appearance=args.keep_appearance, appearance_weight=args.appearance_weight)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "export":
         from imprint.export.kohya import export_kohya

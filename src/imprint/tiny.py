@@ -244,3 +244,18 @@ def save_blip_model(folder: str | Path, seed: int = 0, image_size: int = 32) -> 
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
                   tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def save_clip_vision_model(folder: str | Path, seed: int = 0, projection_dim: int = 16, image_size: int = 32) -> Path:
+    """A CLIP vision tower with its projection (random weights) and image processor, saved where a
+    CLIP vision model id (DisenBooth's --disenbooth-image-encoder) loads it as it loads the hub's."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, projection_dim=projection_dim)
+    CLIPVisionModelWithProjection(config).save_pretrained(folder, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder

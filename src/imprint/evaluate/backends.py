@@ -52,6 +52,13 @@ class MetricBackend(ABC):
     metrics: tuple[str, ...] = ()      # summary keys, in report order
     protocol: dict = {}                # the choices made, written into the report
 
+    image_feature_dim: int | None = None  # where image_features() is given
+
+    def image_features(self, images: list[Image.Image]):
+        """(N, image_feature_dim) features of the backend's image model, for methods that
+        condition on a photo (DisenBooth); only backends with `image_feature_dim` give them."""
+        raise ImprintError(f"the {self.name} metric backend gives no image features")
+
     def default_prompts(self, token: str, class_name: str) -> list[str]:
         """The evaluation prompts when the user gives no --prompts file."""
         from imprint.evaluate.prompts import dreambench_prompts

@@ -184,7 +184,8 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False, svd_ra
     run = Path(run)
     metadata = RunFolder(run).read_metadata(flag="export")
     method = metadata.get("method")
-    exportable = ("lora", "pivotal", *lycoris.ALGORITHMS, *lycoris.MERGED_ONLY)
+    lora_files = ("lora", "pivotal", "disenbooth")  # DisenBooth's LoRA: the identity, what generation uses
+    exportable = (*lora_files, *lycoris.ALGORITHMS, *lycoris.MERGED_ONLY)
     if method not in exportable:
         raise ImprintError(f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
                            f"{', '.join(exportable)}")
@@ -209,7 +210,7 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False, svd_ra
         tensors = lycoris.diff_state_dict(lycoris.merged_deltas(run, metadata, family), family)
         header = kohya_metadata(metadata, {}, int(rank), alpha)
         header.update(ss_network_module="lycoris.kohya", ss_network_args=json.dumps({"algo": "full"}))
-    elif method in ("lora", "pivotal"):
+    elif method in lora_files:
         tensors, header = _lora_file(run, metadata, family)
     else:
         tensors = lycoris.lycoris_state_dict(lycoris.run_modules(run, metadata), family)

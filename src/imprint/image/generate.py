@@ -51,9 +51,12 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
 
 def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
              num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float = 7.5,
-             resolution: int | None = None) -> list[Path]:
+             resolution: int | None = None, keep_appearance: str | Path | None = None,
+             appearance_weight: float = 1.0) -> list[Path]:
     output = make_folder(output, "--output")
     pipe, method, metadata = load_run_pipeline(run, model)
+    if keep_appearance is not None:
+        add_appearance(pipe, method, Path(run), metadata, Path(keep_appearance), appearance_weight)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
     written, all_images = [], []
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
@@ -66,3 +69,24 @@ def generate(run: str | Path, prompts: list[str], output: str | Path, model: str
         all_images += images
     save_grid(all_images, output / "grid.png", cols=num_images)
     return written
+
+
+def add_appearance(pipe, method, run: Path, metadata: dict, image_path: Path, weight: float) -> None:
+    """--keep-appearance: the run's method makes the images keep that image's pose and background
+    (DisenBooth adds the image's identity-irrelevant embedding to the prompt's)."""
+    from imprint.image.data import load_image_file
+    from imprint.image.image_encoder import ImageEncoder
+
+    encoder = method.appearance_encoder(run, metadata)
+    if encoder is None:
+        raise ImprintError(f"--keep-appearance: run {run} was trained with method {method.name}, which takes no "
+                           "appearance image; train with --method disenbooth, or leave the flag out")
+    if not image_path.is_file():
+        raise ImprintError(f"--keep-appearance {image_path}: no such image file; pass the path of a photo")
+    try:
+        image = load_image_file(image_path)
+    except ImprintError as e:
+        raise ImprintError(f"--keep-appearance: {e}") from e
+    features = ImageEncoder(encoder, "--keep-appearance").encode([image])
+    method.add_appearance(pipe, run, metadata, features, weight)
+    log.info("appearance of %s added (weight %g)", image_path, weight)

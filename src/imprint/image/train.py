@@ -132,8 +132,9 @@ class SubjectTask(Task):
                 self.negatives = make_negatives(cfg, family, subject.images, backend)
             del backend
 
+        self.photo_features = self.encode_photos(subject)
         torch.manual_seed(cfg.trainer.seed)  # adapter initialisation draws from the global generator
-        self.params = self.method.prepare(family, Subject(cfg.data.token, cfg.data.class_name))
+        self.params = self.method.prepare(family, Subject(cfg.data.token, cfg.data.class_name, self.photo_features))
         self.instance_prompt = self.fill_prompt(cfg.data.instance_prompt)
         # each photo's prompt: its caption, or the instance prompt; each distinct prompt is
         # tokenized (and, with a frozen text encoder, encoded) once
@@ -178,6 +179,22 @@ class SubjectTask(Task):
         log.info("aspect-ratio buckets: %s", ", ".join(f"{b.size[0]}x{b.size[1]} ({len(b.images)} photos)"
                                                        for b in buckets))
         return buckets
+
+    def encode_photos(self, subject: SubjectImages) -> torch.Tensor | None:
+        """The method's image encoder's features of each photo as trained (square; with --flip the
+        mirrored photos' after them), once; None for methods that read none."""
+        name = self.method.photo_encoder(self.family)
+        if name is None:
+            return None
+        from imprint.image.image_encoder import ImageEncoder
+
+        images = list(subject.images)
+        if self.cfg.data.flip:
+            images += [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in subject.images]
+        encoder = ImageEncoder(name, self.method.photo_encoder_flag, self.device)
+        features = encoder.encode(images)
+        log.info("photo features: %d from %s (%d wide)", len(images), name, features.shape[-1])
+        return features
 
     def make_bucket(self, size: tuple[int, int], members: list[int], images: list, masks: list | None) -> Bucket:
         family = self.family
@@ -231,7 +248,13 @@ class SubjectTask(Task):
             if masks is not None:
                 masks = torch.where(where, masks.flip(-1), masks)
         latents = family.sample_latents(mean, std, generator)
-        groups = [Rows(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows], masks)]
+        extras = {}
+        if self.photo_features is not None:  # each row's photo (a mirrored one counts after the photos)
+            photos = torch.tensor([bucket.images[r] for r in rows])
+            n_photos = len(self.image_prompts)  # one prompt per photo
+            extras["photo"] = photos + n_photos * flips.long() if bucket.flipped is not None else photos
+        groups = [Rows(latents, [INSTANCE] * len(rows), [self.image_prompts[bucket.images[r]] for r in rows], masks,
+                       extras=extras)]
         if self.negatives is not None:
             groups[0] = groups[0].cat(self.negative_rows(index, [bucket.images[r] for r in rows], generator, masks))
         if self.class_mean is not None:
@@ -290,9 +313,12 @@ class SubjectTask(Task):
                     tokens = self.prompt_tokens[[self.prompt_ids[p] for p in batch.captions]]
                     batch.conditioning = {k: v.to(self.frozen_dtype)
                                           for k, v in self.family.encode_prompts(tokens).items()}
-                batch.conditioning = self.method.condition_subject_rows(batch.conditioning, batch.rows(INSTANCE))
+                plain, rows = batch.conditioning, batch.rows(INSTANCE)
+                batch.conditioning = self.method.condition_subject_rows(plain, rows, batch)
                 prediction = self.family.predict(batch.noisy, batch.timesteps, batch.conditioning)
-            for name, value in self.objective.losses(batch, self.family, prediction, self.accelerator.autocast).items():
+                own = self.method.losses(batch, rows, self.family, plain)
+            terms = self.objective.losses(batch, self.family, prediction, self.accelerator.autocast)
+            for name, value in {**terms, **own}.items():
                 parts[name] = parts[name] + value if name in parts else value
         regularization = self.method.regularization()
         if regularization is not None:

@@ -28,6 +28,9 @@ class Subject:
 
     token: str
     class_name: str
+    # (N, D) features of each photo from the method's photo_encoder (and, with --flip, N more:
+    # the mirrored photos'), for methods that condition on the photo itself; else None
+    photo_features: torch.Tensor | None = None
 
 
 @dataclass
@@ -78,10 +81,23 @@ class Method(ABC):
         """What generate needs to load the result, beyond the run config."""
         return {"prompt_token": self.prompt_token()}
 
-    def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor) -> dict:
+    photo_encoder_flag = ""  # the flag that chooses photo_encoder, for errors
+
+    def photo_encoder(self, family) -> str | None:
+        """The frozen image encoder (a name the task's image encoder loads) whose features of each
+        photo the method reads (Subject.photo_features, and a row's photo in batch.extras["photo"]),
+        or None."""
+        return None
+
+    def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor, batch=None) -> dict:
         """The denoiser's conditioning with the method's change on the subject's rows (`rows`, a
-        bool per row); most methods change weights, not conditioning."""
+        bool per row, of `batch`); most methods change weights, not conditioning."""
         return conditioning
+
+    def losses(self, batch, rows: torch.Tensor, family, plain: dict) -> dict[str, torch.Tensor]:
+        """Losses of the method's own beside the objective's (named, added to the step's), given
+        the batch, its subject rows and `plain`, its conditioning before condition_subject_rows."""
+        return {}
 
     def regularization(self) -> torch.Tensor | None:
         """A loss on the method's own parameters, added to every step's, or None."""
@@ -138,6 +154,18 @@ class Method(ABC):
     @abstractmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
         """Apply a finished run to a diffusers pipeline of its base model."""
+
+    @classmethod
+    def appearance_encoder(cls, folder: Path, metadata: dict) -> str | None:
+        """The image encoder whose features of an image `add_appearance` takes (generate's
+        --keep-appearance), or None where the method has no use for one."""
+        return None
+
+    @classmethod
+    def add_appearance(cls, pipe, folder: Path, metadata: dict, features: torch.Tensor, weight: float) -> None:
+        """Make the pipeline's images keep the appearance (pose, background) of an image whose
+        encoder features are `features` (1, D)."""
+        raise NotImplementedError(f"{cls.name} takes no appearance image")
 
     @classmethod
     def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:

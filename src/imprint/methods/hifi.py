@@ -71,7 +71,7 @@ class HiFi(Method):
         self.vectors = torch.nn.Parameter(null.clone())
         return [self.vectors]
 
-    def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor) -> dict:
+    def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor, batch=None) -> dict:
         embeds = conditioning["prompt_embeds"]
         replaced = with_subject_vectors(embeds, self.vectors)
         rows = rows.to(embeds.device).reshape(-1, 1, 1)

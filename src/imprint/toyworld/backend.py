@@ -77,6 +77,16 @@ class ToyWorldBackend(MetricBackend):
             "interval": "95% normal-approximation interval over prompts (PRES: over images)",
         }
 
+    image_feature_dim = 64  # the evaluator's pooled trunk (4 x its width 16)
+
+    @torch.no_grad()
+    def image_features(self, images):
+        """The evaluator's pooled trunk: what it reads every attribute from (background and
+        position too), before the identity head."""
+        from imprint.toyworld.evaluator import to_tensor
+
+        return self.model.features(to_tensor(images)).mean(dim=(2, 3))
+
     def default_prompts(self, token: str, class_name: str) -> list[str]:
         return toyworld_prompts(token, class_name)
 
