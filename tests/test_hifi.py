@@ -3,6 +3,7 @@ their pull to the null text's, resume state, and the result in a pipeline."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -100,3 +101,60 @@ def test_stepwise_vectors_are_refined_and_used_at_their_step(tiny_model, tmp_pat
     assert len(seen) >= 3  # one forward per sampler step (the solver may add one)
     for t, hidden in seen:  # [negative, positive]: the positive row has the nearest timestep's vectors
         torch.testing.assert_close(hidden[1, -5:], stepwise[nearest(timesteps, t)])
+
+
+def test_hifi_on_lora_trains_both_and_refines_the_vectors_alone(tiny_model, tmp_path):
+    """--hifi-base lora: the LoRA at its own lr beside the vectors; the step-wise refinement leaves the
+    LoRA as trained (the same file as a run without it); the pipeline gets LoRA and vectors."""
+    from imprint.image.generate import load_run_pipeline
+    from imprint.image.settings import build_config
+    from imprint.methods import METHODS
+
+    folder = two_photos(tmp_path)
+    cfg = build_config({}, {"model": "m", "images": "i", "class_name": "toy", "output": "o", "method": "hifi",
+                            "hifi_base": "lora"})
+    assert cfg.method.hifi_base_lr == METHODS["lora"].default_lr and cfg.trainer.lr == 5e-3
+    common = ["--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
+              "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--hifi-base", "lora", "--rank", "2",
+              "--hifi-base-lr", "1e-2", "--lr", "0.5"]
+    assert run_cli("train", *common, "--hifi-stepwise-steps", "0", "--output", tmp_path / "plain") == 0
+    assert run_cli("train", *common, "--hifi-stepwise-steps", "2", "--hifi-stepwise-iterations", "2",
+                   "--output", tmp_path / "stepwise") == 0
+    plain, stepwise = tmp_path / "plain", tmp_path / "stepwise"
+    lora_a, lora_b = (load_file(run / "pytorch_lora_weights.safetensors") for run in (plain, stepwise))
+    assert lora_a.keys() == lora_b.keys() and any(k.endswith("lora_B.weight") for k in lora_a)
+    for key in lora_a:
+        torch.testing.assert_close(lora_a[key], lora_b[key])
+    assert any(lora_a[k].abs().sum() > 0 for k in lora_a if k.endswith("lora_B.weight"))  # trained
+    vectors = load_file(stepwise / "hifi_vectors.safetensors")
+    torch.testing.assert_close(vectors["subject_vectors"], load_file(plain / "hifi_vectors.safetensors")["subject_vectors"])
+    assert not torch.allclose(vectors["stepwise_vectors"][-1], vectors["subject_vectors"])  # refined
+    meta = json.loads((plain / "metadata.json").read_text())
+    assert meta["trainable_parameters"] == sum(v.numel() for v in lora_a.values()) + vectors["subject_vectors"].numel()
+
+    pipe, _, _ = load_run_pipeline(plain)
+    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+    positive, _ = pipe.encode_prompt("a photo of sks toy", "cpu", 1, True, "")
+    torch.testing.assert_close(positive[0, -5:], load_file(plain / "hifi_vectors.safetensors")["subject_vectors"])
+
+
+def test_hifi_on_full_fine_tuning_and_text_encoder_needs_a_base(tiny_model, tmp_path):
+    from imprint.image.generate import load_run_pipeline
+    from imprint.image.settings import build_config
+    from imprint.util.errors import ImprintError
+
+    with pytest.raises(ImprintError, match="--hifi-base"):
+        build_config({}, {"model": "m", "images": "i", "class_name": "toy", "output": "o", "method": "hifi",
+                          "train_text_encoder": True})
+    folder = two_photos(tmp_path)
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
+                   "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--hifi-base", "full",
+                   "--hifi-base-lr", "1e-3", "--hifi-stepwise-steps", "0", "--output", run) == 0
+    assert (run / "unet" / "diffusion_pytorch_model.safetensors").exists() and (run / "hifi_vectors.safetensors").exists()
+    trained = load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
+    pipe, _, _ = load_run_pipeline(run)
+    name = next(iter(trained))
+    torch.testing.assert_close(pipe.unet.state_dict()[name], trained[name])
+    base = load_file(tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(base[k], trained[k]) for k in trained)  # full fine-tuning moved the UNet

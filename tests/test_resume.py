@@ -25,6 +25,9 @@ CASES = {
     "tlora": ["--method", "tlora", "--lr", "1e-2"],
     # the embedding freezes at 3, before the kill and the checkpoint the resume starts from (4)
     "pivotal": ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--freeze-embedding-at", "3"],
+    # HiFi Tuner's vectors on top of a LoRA (two lr groups), with its mask-free loss and regulariser
+    "hifi": ["--method", "hifi", "--lr", "5e-2", "--hifi-base", "lora", "--rank", "2", "--hifi-base-lr", "1e-2",
+             "--hifi-stepwise-steps", "0"],
     # the image adapter beside the LoRA; mirrored photos have features of their own; the toy
     # evaluator as image encoder (shipped, no download)
     "disenbooth": ["--method", "disenbooth", "--lr", "1e-2", "--rank", "2", "--flip", "--prior-preservation",
@@ -36,6 +39,7 @@ RESULT_FILES = {"lora": ["pytorch_lora_weights.safetensors"], "dora": ["pytorch_
                 "loha": ["adapter/unet/adapter_model.safetensors"],
                 "pivotal": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
                 "disenbooth": ["pytorch_lora_weights.safetensors", "disenbooth_adapter.safetensors"],
+                "hifi": ["pytorch_lora_weights.safetensors", "hifi_vectors.safetensors"],
                 "lokr": ["adapter/unet/adapter_model.safetensors", "adapter/text_encoder/adapter_model.safetensors"]}
 
 
@@ -67,7 +71,8 @@ def logged_steps(run):
 @pytest.mark.parametrize("method,kill", [("lora", "step:5"), ("textual_inversion", "checkpoint:4"),
                                          ("full", "step:3"), ("dora", "step:5"), ("loha", "step:3"),
                                          ("lokr", "step:5"), ("krona", "step:5"), ("tlora", "step:5"),
-                                         ("pivotal", "step:5"), ("disenbooth", "step:5")])
+                                         ("pivotal", "step:5"), ("disenbooth", "step:5"),
+                                         ("hifi", "step:5")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]
     unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)

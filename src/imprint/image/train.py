@@ -333,7 +333,11 @@ class SubjectTask(Task):
         if plan is None:
             return
         timesteps, iterations = plan
-        optimizer = torch.optim.AdamW(self.params, lr=self.cfg.trainer.lr, weight_decay=self.cfg.trainer.weight_decay)
+        refined = self.method.refinable_parameters()
+        fixed = [p for p in self.params if all(p is not q for q in refined)]  # no gradient: the weights stay
+        for p in fixed:
+            p.requires_grad_(False)
+        optimizer = torch.optim.AdamW(refined, lr=self.cfg.trainer.lr, weight_decay=self.cfg.trainer.weight_decay)
         states, first = [], self.cfg.trainer.steps * self.cfg.trainer.gradient_accumulation_steps
         for k, t in enumerate(tqdm(timesteps, desc="per-timestep refinement", unit="timestep", disable=None)):
             for i in range(iterations):  # batches numbered after the training's: their own draws
@@ -342,6 +346,8 @@ class SubjectTask(Task):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             states.append(self.method.refinable_state())
+        for p in fixed:
+            p.requires_grad_(True)
         self.method.set_refined(timesteps, states)
 
     def pipeline(self):

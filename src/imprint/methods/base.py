@@ -108,6 +108,10 @@ class Method(ABC):
         timestep after training (the task runs it), or None."""
         return None
 
+    def refinable_parameters(self) -> list[torch.nn.Parameter]:
+        """What a per-timestep refinement optimises."""
+        return []
+
     def refinable_state(self):
         """The state a per-timestep refinement keeps after each timestep."""
 

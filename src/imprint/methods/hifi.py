@@ -14,8 +14,12 @@ elements (not summed); c_s applies to the subject's rows only (class rows with p
 preservation keep their plain prompt); the text encoder and UNet stay frozen; the refined
 timesteps are those of the sampler generate uses (DPM-Solver, not the paper's DDIM) at 50
 steps, and a sampler with other steps uses the nearest one's vectors; the refinement is not
-checkpointed (a run killed during it redoes it on resume). Not yet here: reference-guided
-generation, subject substitution, the variant on top of LoRA / full fine-tuning.
+checkpointed (a run killed during it redoes it on resume). The paper also puts the vectors on
+top of LoRA and of full fine-tuning: --hifi-base lora / full trains that method's weights beside
+them (its own lr, --hifi-base-lr, defaulting to that method's; the vectors keep --lr), its files
+saved beside the vectors; the step-wise refinement then refines the vectors only, the weights
+fixed (chosen: the paper refines c_s^t alone). Not yet here: reference-guided generation, subject
+substitution.
 The result is hifi_vectors.safetensors; a pipeline gets it by a wrapper of its encode_prompt
 that writes c_s over the prompt's last n vectors (the negative prompt's stay) and, step-wise, a
 step callback (image/sampling.py passes it to the pipeline)."""
@@ -28,14 +32,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from imprint.methods.base import Method, register
+from imprint.methods.adapter import AdapterSettings
+from imprint.methods.base import METHODS, Method, register
+from imprint.methods.full import FullSettings
+from imprint.util.errors import ImprintError
 from imprint.util.settings import setting
 
 WEIGHT_NAME = "hifi_vectors.safetensors"
 
 
 @dataclass
-class HiFiSettings:
+class HiFiSettings(AdapterSettings):
+    hifi_base: str = setting("none", "what trains beside the subject vectors: none (the paper's TI-based variant), "
+                             "lora (a LoRA as --method lora: --rank, --alpha, --lora-targets, --train-text-encoder) or "
+                             "full (every UNet weight, as --method full)", choices=("none", "lora", "full"))
+    hifi_base_lr: float | None = setting(None, "learning rate of --hifi-base's weights (the vectors use --lr)",
+                                         positive=True, shown_default="that method's default lr")
     hifi_vectors: int = setting(5, "learned vectors written over the last ones of the encoded prompt (the paper's 5)",
                                 positive=True)
     hifi_reg_weight: float = setting(1e-2, "weight w_s of the pull back to the null text's vectors (mean squared; "
@@ -45,6 +57,25 @@ class HiFiSettings:
                                        "at that step when sampling; 0: one set for every step", non_negative=True)
     hifi_stepwise_iterations: int = setting(10, "steps of refinement per timestep, each from the previous "
                                             "timestep's vectors (the paper's 10)", positive=True)
+
+
+    def resolve(self) -> None:
+        super().resolve()
+        if self.hifi_base == "none" and self.train_text_encoder:
+            raise ImprintError("--train-text-encoder: with --method hifi it needs --hifi-base lora or full "
+                               "(the TI-based variant trains the vectors only)")
+        if self.hifi_base != "none" and self.hifi_base_lr is None:
+            self.hifi_base_lr = METHODS[self.hifi_base].default_lr
+
+
+def base_method(settings: HiFiSettings) -> Method | None:
+    """The method whose weights train beside the vectors (--hifi-base), or None."""
+    if settings.hifi_base == "lora":
+        return METHODS["lora"](AdapterSettings(settings.rank, settings.alpha, settings.lora_targets,
+                                               settings.train_text_encoder))
+    if settings.hifi_base == "full":
+        return METHODS["full"](FullSettings(settings.train_text_encoder))
+    return None
 
 
 def with_subject_vectors(embeds: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -60,16 +91,34 @@ class HiFi(Method):
     Settings = HiFiSettings
     default_lr = 5e-3
 
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self.base = base_method(self.settings)
+
     def trained_parts(self) -> set[str]:
-        return set()  # only c_s, which no part of the model holds
+        return self.base.trained_parts() if self.base else set()  # c_s: no part of the model holds it
+
+    def float32_parts(self) -> set[str]:
+        return self.base.float32_parts() if self.base else set()
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
+        self.base_params = self.base.prepare(family, self.subject) if self.base else []
         n = self.settings.hifi_vectors
         with torch.no_grad():
             null = family.encode_prompts(family.tokenize([""]))["prompt_embeds"][0, -n:].float()
         self.null_vectors = null.detach().clone()
         self.vectors = torch.nn.Parameter(null.clone())
-        return [self.vectors]
+        return [*self.base_params, self.vectors]
+
+    def parameter_groups(self, params):
+        if not self.base:
+            return [{"params": params}]
+        return [{"params": [p for p in params if p is not self.vectors], "lr": self.settings.hifi_base_lr},
+                {"params": [self.vectors]}]
+
+    def after_optimizer_step(self, family, step: int) -> None:
+        if self.base:
+            self.base.after_optimizer_step(family, step)
 
     def condition_subject_rows(self, conditioning: dict, rows: torch.Tensor, batch=None) -> dict:
         embeds = conditioning["prompt_embeds"]
@@ -88,6 +137,9 @@ class HiFi(Method):
         scheduler.set_timesteps(self.settings.hifi_stepwise_steps)
         return [int(t) for t in scheduler.timesteps], self.settings.hifi_stepwise_iterations
 
+    def refinable_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.vectors]  # the base's weights stay as trained
+
     def refinable_state(self):
         return self.vectors.detach().clone()
 
@@ -98,24 +150,31 @@ class HiFi(Method):
         install(pipe, self.vectors.detach())
 
     def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
-        return {"subject_vectors": self.vectors.detach().float().cpu().contiguous()}
+        state = self.base.trainable_state_dict(family) if self.base else {}
+        return {**state, "subject_vectors": self.vectors.detach().float().cpu().contiguous()}
 
     def load_trainable_state_dict(self, family, state: dict[str, torch.Tensor]) -> None:
+        if self.base:
+            self.base.load_trainable_state_dict(family, state)
         with torch.no_grad():
             self.vectors.copy_(state["subject_vectors"].to(self.vectors))
 
     def save_result(self, family, folder: Path) -> list[str]:
-        tensors = self.trainable_state_dict(family)
+        files = self.base.save_result(family, folder) if self.base else []
+        tensors = {"subject_vectors": self.vectors.detach().float().cpu().contiguous()}
         stepwise = getattr(self, "stepwise", None)
         if stepwise is not None:  # the trained vectors, and one set per sampling timestep
             tensors = {"subject_vectors": self.trained_vectors.float().cpu().contiguous(),
                        "stepwise_timesteps": stepwise[0].contiguous(),
                        "stepwise_vectors": stepwise[1].float().cpu().contiguous()}
         save_file(tensors, str(folder / WEIGHT_NAME))
-        return [WEIGHT_NAME]
+        return files + [WEIGHT_NAME]
 
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
+        base = (metadata.get("hyperparameters") or {}).get("hifi_base", "none")
+        if base != "none":
+            METHODS[base].load_into_pipeline(pipe, folder, metadata)
         tensors = load_file(str(folder / WEIGHT_NAME))
         stepwise = (tensors["stepwise_timesteps"], tensors["stepwise_vectors"]) if "stepwise_vectors" in tensors else None
         install(pipe, tensors["subject_vectors"], stepwise)
