@@ -155,20 +155,23 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
     from imprint.image.settings import build_config
     from imprint.image.evaluate_run import evaluate_run
     from imprint.toyworld.pretrain import MODEL_DIR
-    from imprint.toyworld.subjects import write_subject
+    from imprint.toyworld.subjects import write_domain, write_subject
     from imprint.image.train import train
 
     result_file = _result_file(config, subject.name)
     if result_file.exists():
         return json.loads(result_file.read_text())
-    photos = write_subject(subject, WORK / "subjects" / subject.name)
+    values = dict(COMMON, **(settings or CONFIGS[config]))
+    if values.pop("domain", False):  # the subject's domain set (its emblem on every colour), not its photos
+        photos = write_domain(subject, WORK / "domains" / subject.name)
+    else:
+        photos = write_subject(subject, WORK / "subjects" / subject.name)
     run = result_file.parent
     if run.exists():
         import shutil
 
         shutil.rmtree(run)
     start = time.time()
-    values = dict(COMMON, **(settings or CONFIGS[config]))
     if values.get("masks") is True:  # the subject's true masks, written beside its photos
         values["masks"] = str(photos / "masks")
     train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
@@ -834,6 +837,10 @@ OBJECTIVE_CHANGES = {
     # step-wise vectors for the evaluation sampler's 20 steps (the paper: its 50), 10 iterations each
     "hifi": dict(method="hifi", lr=5e-3, prior_preservation=False, masks=True, mask_loss_weight=0.0,
                  hifi_stepwise_steps=EVALUATION["inference_steps"]),
+    # DomainStudio on what it was made for, a domain set: 10 images sharing the subject's shape and
+    # emblem (the "style") on every colour and pattern, against the LoRA recipe on the same sets
+    "lora-domain": dict(domain=True),
+    "domainstudio-domain": dict(domain=True, domainstudio_weight=1.0),
     # DisenBooth on the LoRA recipe (its rank, prior preservation kept): the image adapter reads the
     # toy evaluator's pooled trunk, the toy world's only image model (it has no CLIP)
     "disenbooth": dict(method="disenbooth", disenbooth_image_encoder="toyworld"),
@@ -844,6 +851,7 @@ OBJECTIVES = PairedPart(
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
      "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
      "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning",
+     "lora-domain": "the LoRA recipe on the domain sets", "domainstudio-domain": "the paper's weights on the domain sets",
      "disenbooth": "the paper's weights 0.01 / 0.001; image encoder: the toy evaluator's trunk (the same network "
                    "scores the runs: it shapes only the training-time f_i, generation uses f_s alone)",
      "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3, step-wise for 20 steps"},
@@ -857,9 +865,11 @@ OBJECTIVES = PairedPart(
                ("alignment",)),
         _claim("DomainStudio", "keeps diversity (DIV; here on subjects, not a domain set)", "domainstudio", paired,
                noise, (), ("div",)),
+        _claim("DomainStudio", "keeps diversity (DIV) on a domain set", "domainstudio-domain", paired, noise, (),
+               ("div",)),
         _claim("DisenBooth", "raises alignment (CLIP-T) and keeps fidelity", "disenbooth", paired, noise,
                ("alignment",), ("fidelity",))],
-    bases={"spl": "pivotal", "hifi": "textual_inversion"})
+    bases={"spl": "pivotal", "hifi": "textual_inversion", "domainstudio-domain": "lora-domain"})
 
 
 def part_objectives(args) -> str:

@@ -67,6 +67,20 @@ def test_subject_photos_are_stable():
     assert all((a == b).all() for a, b in zip(first, again))
 
 
+def test_domain_set_shares_shape_and_emblem_and_varies_the_rest(tmp_path):
+    from imprint.toyworld.subjects import domain_scenes, write_domain
+
+    subject = SUBJECTS[1]
+    scenes = [scene for scene, _ in domain_scenes(subject)]
+    assert {(s.shape, s.emblem) for s in scenes} == {(subject.shape, subject.emblem)}
+    assert len({s.colour for s in scenes}) == 8 and len({s.background for s in scenes}) > 1
+    folder = write_domain(subject, tmp_path / "domain")
+    loaded = load_subject_images(folder, 64)
+    assert len(loaded.images) == 10 and len(list((folder / "masks").glob("*.png"))) == 10
+    assert [np.asarray(render(s, seed)) for s, seed in domain_scenes(subject)][3].tobytes() == \
+        np.asarray(loaded.images[3]).tobytes()  # reproducible
+
+
 # --- the evaluator and its metric backend ------------------------------------------------------
 from imprint.toyworld.backend import ToyWorldBackend, parse_prompt, toyworld_prompts  # noqa: E402
 

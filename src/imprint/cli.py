@@ -142,12 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     toy = _command(sub, "toyworld", "the toy world: write its held-out subjects as photo folders",
                    "  imprint toyworld subjects --output toy-subjects\n"
                "  imprint train --images toy-subjects/emblem_star --class-name star ...")
-    toy.add_argument("action", choices=["subjects", "train-evaluator", "pretrain"],
+    toy.add_argument("action", choices=["subjects", "domains", "train-evaluator", "pretrain"],
                      help="subjects: write the held-out subjects (photos, class.txt and their true "
-                          "masks in masks/, for --masks); train-evaluator: retrain the "
+                          "masks in masks/, for --masks); domains: a domain (style) set per subject, 10 "
+                          "images sharing its shape and emblem on every colour and pattern; train-evaluator: retrain the "
                           "shipped evaluator (seeded, ~20 min on 2 cores); pretrain: train the base "
                           "model from scratch (seeded, resumable, < 2 h on 2 cores)")
-    toy.add_argument("--output", help="subjects: folder for one sub-folder per subject; "
+    toy.add_argument("--output", help="subjects, domains: folder for one sub-folder per subject; "
                                       "train-evaluator: the .safetensors file (default: the shipped one); "
                                       "pretrain: the model folder to write (required)")
     toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
@@ -260,13 +261,14 @@ def run_command(args: argparse.Namespace) -> int:
         from imprint.evaluate.compare import compare_runs
 
         print(compare_runs(args.runs, args.output), end="")
-    elif args.command == "toyworld" and args.action == "subjects":
-        from imprint.toyworld.subjects import SUBJECTS, write_subjects
+    elif args.command == "toyworld" and args.action in ("subjects", "domains"):
+        from imprint.toyworld.subjects import SUBJECTS, write_domain, write_subjects
 
         if not args.output:
-            raise ImprintError("toyworld subjects: --output FOLDER is required")
+            raise ImprintError(f"toyworld {args.action}: --output FOLDER is required")
         make_folder(args.output, "--output")
-        folders = write_subjects(args.output)
+        folders = (write_subjects(args.output) if args.action == "subjects"
+                   else [write_domain(s, Path(args.output) / s.name) for s in SUBJECTS])
         for subject, folder in zip(SUBJECTS, folders):
             print(f"{folder}  class {subject.class_name}")
     elif args.command == "toyworld" and args.action == "pretrain":

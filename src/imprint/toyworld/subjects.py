@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from imprint.toyworld.render import BACKGROUNDS, POSITIONS, SCALES, Scene, render_with_mask
+from imprint.toyworld.render import BACKGROUNDS, COLOURS, PATTERNS, POSITIONS, SCALES, Scene, render_with_mask
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,32 @@ def write_subject(subject: Subject, folder: str | Path, count: int = 5) -> Path:
     folder = Path(folder)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     for i, (scene, seed) in enumerate(subject.photo_scenes(count)):
+        image, mask = render_with_mask(scene, seed)
+        image.save(folder / f"{i:02d}.png")
+        mask.save(folder / "masks" / f"{i:02d}.png")
+    (folder / "class.txt").write_text(subject.class_name + "\n")
+    return folder
+
+
+def domain_scenes(subject: Subject, count: int = 10) -> list[tuple[Scene, int]]:
+    """(scene, seed) of each image of the subject's domain set: its shape and emblem (what the
+    domain shares, as a style does) on objects of every colour and pattern, in varied scenes,
+    fixed by name. A domain set, unlike a subject's photos, varies what its class varies."""
+    rng = random.Random(f"imprint-toyworld-domain-{subject.name}")
+    scenes = []
+    for i in range(count):
+        scene = Scene(subject.shape, list(COLOURS)[i % len(COLOURS)], rng.choice(PATTERNS),
+                      rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)), rng.choice(list(SCALES)),
+                      subject.emblem)
+        scenes.append((scene, rng.randrange(2**31)))
+    return scenes
+
+
+def write_domain(subject: Subject, folder: str | Path, count: int = 10) -> Path:
+    """The subject's domain set (domain_scenes), written as write_subject writes photos."""
+    folder = Path(folder)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    for i, (scene, seed) in enumerate(domain_scenes(subject, count)):
         image, mask = render_with_mask(scene, seed)
         image.save(folder / f"{i:02d}.png")
         mask.save(folder / "masks" / f"{i:02d}.png")
