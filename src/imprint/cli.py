@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--keep-appearance", metavar="IMAGE",
                      help="disenbooth runs: keep this image's pose and background (adds its identity-irrelevant "
                      "embedding to the prompt's)")
+    gen.add_argument("--reference-guidance", action="store_true",
+                     help="HiFi Tuner's reference-guided generation: each image is generated twice from its noise, "
+                     "the second time with the subject photo nearest the first (by --reference-features) aligned "
+                     "to it, DDIM-inverted and steering the subject's region; needs the run's subject masks")
+    gen.add_argument("--reference-masks", metavar="DIR", help="--reference-guidance: the subject photos' masks "
+                     "(default: the run's --masks, or the masks --auto-masks made in the run folder)")
+    gen.add_argument("--reference-segmenter", default="CIDAS/clipseg-rd64-refined",
+                     help="--reference-guidance: CLIPSeg model that finds the subject in the first image, prompted "
+                     "with the class name (default: CIDAS/clipseg-rd64-refined)")
+    gen.add_argument("--reference-features", default="facebook/dino-vits16",
+                     help="--reference-guidance: image model that picks the nearest subject photo, the paper's DINO "
+                     "(hub id or folder; 'toyworld' for the toy world) (default: facebook/dino-vits16)")
     gen.add_argument("--appearance-weight", type=float, default=1.0,
                      help="weight of --keep-appearance's embedding (default: 1.0)")
 
@@ -234,7 +246,9 @@ def run_command(args: argparse.Namespace) -> int:
         paths = generate(args.run, args.prompts, args.output, model=args.model,
                          num_images=args.num_images, seed=args.seed, inference_steps=args.inference_steps,
                          guidance_scale=args.guidance_scale, resolution=args.resolution,
-                         keep_appearance=args.keep_appearance, appearance_weight=args.appearance_weight)
+                         keep_appearance=args.keep_appearance, appearance_weight=args.appearance_weight,
+                         reference_guidance=args.reference_guidance, reference_masks=args.reference_masks,
+                         reference_segmenter=args.reference_segmenter, reference_features=args.reference_features)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "export":
         from imprint.export.kohya import export_kohya

@@ -10,10 +10,11 @@ from tqdm.auto import tqdm
 
 from imprint.core.run_folder import RunFolder
 from imprint.families import family_class, resolve_model
+from imprint.image.reference_guidance import reference_guided, run_references
 from imprint.image.sampling import sample, save_grid
 from imprint.methods import METHODS
 from imprint.util.errors import ImprintError
-from imprint.util.files import make_folder
+from imprint.util.files import make_folder, write_json_atomic
 
 log = logging.getLogger("imprint")
 
@@ -52,22 +53,36 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
 def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
              num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float = 7.5,
              resolution: int | None = None, keep_appearance: str | Path | None = None,
-             appearance_weight: float = 1.0) -> list[Path]:
+             appearance_weight: float = 1.0, reference_guidance: bool = False, reference_masks: str | None = None,
+             reference_segmenter: str = "CIDAS/clipseg-rd64-refined",
+             reference_features: str = "facebook/dino-vits16") -> list[Path]:
     output = make_folder(output, "--output")
     pipe, method, metadata = load_run_pipeline(run, model)
     if keep_appearance is not None:
         add_appearance(pipe, method, Path(run), metadata, Path(keep_appearance), appearance_weight)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
-    written, all_images = [], []
+    references = (run_references(run, metadata, resolution, reference_masks, reference_segmenter, reference_features)
+                  if reference_guidance else None)
+    written, all_images, chosen = [], [], []
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
         text = method.rewrite_prompt(prompt, metadata)
-        images = sample(pipe, [text], resolution, seed + 1000 * i, inference_steps, num_images, guidance_scale)
+        if references is None:
+            images = sample(pipe, [text], resolution, seed + 1000 * i, inference_steps, num_images, guidance_scale)
+        else:  # HiFi Tuner's reference-guided generation, image by image
+            images = []
+            for j in range(num_images):
+                image, info = reference_guided(pipe, text, *references, metadata.get("class_name", ""), resolution,
+                                               seed + 1000 * i + j, inference_steps, guidance_scale)
+                images.append(image)
+                chosen.append({"prompt": prompt, "image": f"{i:02d}-{j:02d}.png", **info})
         for j, image in enumerate(images):
             path = output / f"{i:02d}-{j:02d}.png"
             image.save(path)
             written.append(path)
         all_images += images
     save_grid(all_images, output / "grid.png", cols=num_images)
+    if chosen:
+        write_json_atomic(output / "reference_guidance.json", chosen)
     return written
 
 

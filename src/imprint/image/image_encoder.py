@@ -1,9 +1,14 @@
-"""Frozen image encoders: one feature vector per photo (DisenBooth's identity-irrelevant
-branch reads them). A transformers CLIP vision model by hub id or folder gives its projected
-image embedding (`image_embeds`, not normalised: what open_clip's `encode_image` gives the
-DisenBooth code); `toyworld` gives the toy world's metric backend's image features (the
-toy evaluator's pooled trunk: the toy world has no CLIP, its evaluator is the one model that
-has learned to see it), found like every backend, so this module imports no world."""
+"""Frozen image encoders: one feature vector per image, for methods that read photos.
+
+- A transformers CLIP vision model (hub id or folder) gives its projected image embedding
+  (`image_embeds`, not normalised: what open_clip's `encode_image` gives the DisenBooth code,
+  whose identity-irrelevant branch reads it).
+- Any other transformers vision model, such as DINO (`facebook/dino-vits16`, HiFi Tuner's choice
+  of the reference photo), gives its CLS token.
+- `toyworld` gives the toy world's metric backend's image features (the toy evaluator's pooled
+  trunk: the toy world has no CLIP, its evaluator is the one model that has learned to see it),
+  found like every backend, so this module imports no world.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from PIL import Image
 from imprint.util.errors import ImprintError
 
 TOYWORLD = "toyworld"
+CLIP_TYPES = ("clip", "clip_vision_model")
 
 
 class ImageEncoder:
@@ -26,21 +32,28 @@ class ImageEncoder:
             self.backend = make_backend(name)
             self.dim = self.backend.image_feature_dim
             return
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
 
         try:
-            self.processor = CLIPImageProcessor.from_pretrained(name)
-            self.model = CLIPVisionModelWithProjection.from_pretrained(name, use_safetensors=True)
-        except (OSError, ValueError) as e:
+            self.is_clip = AutoConfig.from_pretrained(name).model_type in CLIP_TYPES
+            self.processor = AutoImageProcessor.from_pretrained(name)
+            if self.is_clip:
+                self.model = CLIPVisionModelWithProjection.from_pretrained(name, use_safetensors=True)
+                self.dim = self.model.config.projection_dim
+            else:
+                self.model = AutoModel.from_pretrained(name, use_safetensors=True, add_pooling_layer=False)
+                self.dim = self.model.config.hidden_size
+        except (OSError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ImprintError(f"{flag} {name}: cannot load a CLIP vision model ({first}); pass a hub id such as "
-                               "openai/clip-vit-large-patch14, a local folder with model.safetensors, or '{TOYWORLD}'") from e
+            raise ImprintError(f"{flag} {name}: cannot load an image encoder ({first}); pass a hub id such as "
+                               f"openai/clip-vit-large-patch14 or facebook/dino-vits16, a local folder with "
+                               f"model.safetensors, or '{TOYWORLD}'") from e
         self.model = self.model.to(self.device).eval()
-        self.dim = self.model.config.projection_dim
 
     @torch.no_grad()
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         if self.name == TOYWORLD:
             return self.backend.image_features(images).float().to(self.device)
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        return self.model(pixel_values=pixels.to(self.device, self.model.dtype)).image_embeds.float()
+        out = self.model(pixel_values=pixels.to(self.device, self.model.dtype))
+        return (out.image_embeds if self.is_clip else out.last_hidden_state[:, 0]).float()

@@ -18,8 +18,8 @@ checkpointed (a run killed during it redoes it on resume). The paper also puts t
 top of LoRA and of full fine-tuning: --hifi-base lora / full trains that method's weights beside
 them (its own lr, --hifi-base-lr, defaulting to that method's; the vectors keep --lr), its files
 saved beside the vectors; the step-wise refinement then refines the vectors only, the weights
-fixed (chosen: the paper refines c_s^t alone). Not yet here: reference-guided generation, subject
-substitution.
+fixed (chosen: the paper refines c_s^t alone). Its reference-guided generation is
+image/reference_guidance.py (`generate --reference-guidance`); not yet here: subject substitution.
 The result is hifi_vectors.safetensors; a pipeline gets it by a wrapper of its encode_prompt
 that writes c_s over the prompt's last n vectors (the negative prompt's stay) and, step-wise, a
 step callback (image/sampling.py passes it to the pipeline)."""
@@ -205,6 +205,10 @@ def install(pipe, vectors: torch.Tensor, stepwise: tuple[torch.Tensor, torch.Ten
         step_vectors = stepwise[1][nearest(stepwise[0], timesteps[i + 1])]
         return {"prompt_embeds": torch.cat([embeds[:half], with_subject_vectors(embeds[half:], step_vectors)])}
 
+    def prompt_at(positive: torch.Tensor, t) -> torch.Tensor:  # for samplers of imprint's own
+        return with_subject_vectors(positive, vectors if stepwise is None else stepwise[1][nearest(stepwise[0], t)])
+
     pipe._imprint_encode_prompt = original
     pipe.encode_prompt = encode_prompt
     pipe.imprint_step_callback = step_callback if stepwise is not None else None
+    pipe.imprint_prompt_at = prompt_at
