@@ -25,6 +25,13 @@ CASES = {
     "tlora": ["--method", "tlora", "--lr", "1e-2"],
     # the embedding freezes at 3, before the kill and the checkpoint the resume starts from (4)
     "pivotal": ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--freeze-embedding-at", "3"],
+    # the seed papers' loss terms: SPL (pooled text of the trained token) and DomainStudio (its own
+    # draws per step) on pivotal tuning; RPO (negatives made once, labels drawn per step) on LoRA,
+    # rewarded by the shipped toy evaluator
+    "terms": ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--spl-weight", "1", "--domainstudio-weight",
+              "1", "--prior-preservation", "--num-class-images", "3", "--batch-size", "3"],
+    "rpo": ["--method", "lora", "--lr", "1e-2", "--rank", "2", "--rpo-weight", "1", "--rpo-images-per-prompt", "1",
+            "--metrics", "toyworld"],
     # HiFi Tuner's vectors on top of a LoRA (two lr groups), with its mask-free loss and regulariser
     "hifi": ["--method", "hifi", "--lr", "5e-2", "--hifi-base", "lora", "--rank", "2", "--hifi-base-lr", "1e-2",
              "--hifi-stepwise-steps", "0"],
@@ -40,6 +47,8 @@ RESULT_FILES = {"lora": ["pytorch_lora_weights.safetensors"], "dora": ["pytorch_
                 "pivotal": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
                 "disenbooth": ["pytorch_lora_weights.safetensors", "disenbooth_adapter.safetensors"],
                 "hifi": ["pytorch_lora_weights.safetensors", "hifi_vectors.safetensors"],
+                "terms": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
+                "rpo": ["pytorch_lora_weights.safetensors"],
                 "lokr": ["adapter/unet/adapter_model.safetensors", "adapter/text_encoder/adapter_model.safetensors"]}
 
 
@@ -72,7 +81,7 @@ def logged_steps(run):
                                          ("full", "step:3"), ("dora", "step:5"), ("loha", "step:3"),
                                          ("lokr", "step:5"), ("krona", "step:5"), ("tlora", "step:5"),
                                          ("pivotal", "step:5"), ("disenbooth", "step:5"),
-                                         ("hifi", "step:5")])
+                                         ("hifi", "step:5"), ("terms", "step:5"), ("rpo", "step:5")])
 def test_kill_and_resume_equals_unbroken(method, kill, tiny_model, subject_dir, tmp_path):
     extra = CASES[method]
     unbroken = train(tiny_model, subject_dir, tmp_path / "unbroken", extra)
