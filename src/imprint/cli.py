@@ -1,4 +1,4 @@
-"""imprint's commands: train, generate, export, evaluate, compare, toyworld, demo, methods.
+"""imprint's commands: train, generate, edit, export, evaluate, compare, toyworld, demo, methods.
 Thin: parse, call, report. The train flags are generated from the settings dataclasses."""
 
 from __future__ import annotations
@@ -112,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                      "(hub id or folder; 'toyworld' for the toy world) (default: facebook/dino-vits16)")
     gen.add_argument("--appearance-weight", type=float, default=1.0,
                      help="weight of --keep-appearance's embedding (default: 1.0)")
+
+    ed = _command(sub, "edit", "put the run's subject in place of an object of a real photo (HiFi Tuner's "
+                  "subject substitution)",
+                  '  imprint edit --run runs/dog --image cat.jpg --source-prompt "a photo of a cat on a sofa" '
+                  "--replace cat --output dog-on-sofa.png")
+    ed.add_argument("--run", required=True, help="run folder made by imprint train")
+    ed.add_argument("--image", required=True, help="the photo to edit")
+    ed.add_argument("--source-prompt", required=True, help="a caption of the photo")
+    ed.add_argument("--replace", required=True, help="the caption's word for the object the subject replaces")
+    ed.add_argument("--output", required=True, help="the image file to write")
+    ed.add_argument("--model", help="base model (default: the one the run was trained on)")
+    _add_inference_steps(ed, 50)
+    ed.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
+    ed.add_argument("--null-steps", type=int, default=10,
+                    help="Adam steps of the null-text inversion per denoising step (default: 10)")
+    ed.add_argument("--resolution", type=int, help="image size (default: the training resolution)")
 
     export = _command(sub, "export", "write a run in another ecosystem's format",
                       "  imprint export runs/dog --format kohya --output dog_kohya.safetensors")
@@ -250,6 +266,14 @@ def run_command(args: argparse.Namespace) -> int:
                          reference_guidance=args.reference_guidance, reference_masks=args.reference_masks,
                          reference_segmenter=args.reference_segmenter, reference_features=args.reference_features)
         print(f"{len(paths)} images and grid.png written to {args.output}")
+    elif args.command == "edit":
+        from imprint.image.generate import edit
+
+        _positive(args, "inference_steps", "resolution", "null_steps")
+        written = edit(args.run, args.image, args.source_prompt, args.replace, args.output, model=args.model,
+                       inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
+                       null_steps=args.null_steps, resolution=args.resolution)
+        print(f"wrote {written}")
     elif args.command == "export":
         from imprint.export.kohya import export_kohya
 

@@ -105,3 +105,37 @@ def add_appearance(pipe, method, run: Path, metadata: dict, image_path: Path, we
     features = ImageEncoder(encoder, "--keep-appearance").encode([image])
     method.add_appearance(pipe, run, metadata, features, weight)
     log.info("appearance of %s added (weight %g)", image_path, weight)
+
+
+def edit(run: str | Path, image: str | Path, source_prompt: str, replace: str, output: str | Path,
+         model: str | None = None, inference_steps: int = 50, guidance_scale: float = 7.5, null_steps: int = 10,
+         resolution: int | None = None) -> Path:
+    """HiFi Tuner's subject substitution: `replace` (a word of the photo's caption) becomes the
+    run's subject (its token and class), the rest of the photo kept."""
+    from imprint.image.data import load_image_file
+    from imprint.image.substitution import substitute
+    from imprint.methods.base import replace_word
+
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ImprintError(f"--output {output}: give an image file name (.png, .jpg or .webp)")
+    if not Path(image).is_file():
+        raise ImprintError(f"--image {image}: no such file; pass the photo to edit")
+    if replace_word(source_prompt, replace, "\0") == source_prompt:
+        raise ImprintError(f"--replace {replace!r}: not a word of --source-prompt {source_prompt!r}; name the word "
+                           "that says what the photo's object is")
+    photo = load_image_file(Path(image))
+    pipe, method, metadata = load_run_pipeline(run, model)
+    resolution = resolution or metadata["hyperparameters"]["resolution"]
+    subject_words = f"{metadata['token']} {metadata['class_name']}"
+    target = method.rewrite_prompt(replace_word(source_prompt, replace, subject_words), metadata)
+    subject_words = method.rewrite_prompt(subject_words, metadata)
+    own_tail = (metadata["hyperparameters"].get("hifi_vectors") or 0) if metadata.get("method") == "hifi" else 0
+    log.info("editing %s: %r -> %r", image, source_prompt, target)
+    result = substitute(pipe, photo, source_prompt, replace, subject_words, target, resolution, inference_steps,
+                        guidance_scale, null_steps, own_tail)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    result.save(partial)
+    partial.replace(output)
+    return output

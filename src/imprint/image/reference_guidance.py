@@ -16,8 +16,8 @@ SAM segmentation; I_g1 is segmented by CLIPSeg (the --auto-masks model) prompted
 name; the reference prompt c_r is "a photo of a {class_name}" (the paper captions I_r with BLIP-2,
 which is not shipped here); T is fitted by Adam on the symmetric chamfer distance between the two
 masks' pixel sets, started from their centroids and areas (the paper's one-way nearest-point sum
-can shrink T(M_r) onto one point of M_g); where I_g1's mask is empty, T is the identity. Not here:
-the paper's subject substitution (its image editing task).
+can shrink T(M_r) onto one point of M_g); where I_g1's mask is empty, T is the identity. The paper's subject substitution is
+image/substitution.py.
 """
 
 from __future__ import annotations
@@ -155,8 +155,9 @@ class Sampler:
     def positive_at(self, t) -> torch.Tensor:
         return self.prompt_at(self.positive, t) if self.prompt_at else self.positive
 
-    def step(self, x: torch.Tensor, t, negative: torch.Tensor | None = None) -> torch.Tensor:
-        output = guided_output(self.pipe.unet, x, t, self.positive_at(t),
+    def step(self, x: torch.Tensor, t, negative: torch.Tensor | None = None,
+             positive: torch.Tensor | None = None) -> torch.Tensor:
+        output = guided_output(self.pipe.unet, x, t, self.positive_at(t) if positive is None else positive,
                                self.negative if negative is None else negative, self.guidance)
         return self.scheduler.step(output, t, x).prev_sample
 

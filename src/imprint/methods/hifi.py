@@ -19,7 +19,8 @@ top of LoRA and of full fine-tuning: --hifi-base lora / full trains that method'
 them (its own lr, --hifi-base-lr, defaulting to that method's; the vectors keep --lr), its files
 saved beside the vectors; the step-wise refinement then refines the vectors only, the weights
 fixed (chosen: the paper refines c_s^t alone). Its reference-guided generation is
-image/reference_guidance.py (`generate --reference-guidance`); not yet here: subject substitution.
+image/reference_guidance.py (`generate --reference-guidance`), its subject substitution
+image/substitution.py (`imprint edit`).
 The result is hifi_vectors.safetensors; a pipeline gets it by a wrapper of its encode_prompt
 that writes c_s over the prompt's last n vectors (the negative prompt's stay) and, step-wise, a
 step callback (image/sampling.py passes it to the pipeline)."""
