@@ -50,6 +50,15 @@ def draw_subject(path: Path, index: int, size: int = 48) -> Path:
     return path
 
 
+def photo_folder(root: Path, count: int) -> Path:
+    """root/subject with `count` drawn photos."""
+    folder = root / "subject"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        draw_subject(folder / f"{i}.png", i)
+    return folder
+
+
 @pytest.fixture
 def subject_dir(tmp_path) -> Path:
     folder = tmp_path / "subject"

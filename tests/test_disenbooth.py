@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import FAST, draw_subject, run_cli
+from conftest import FAST, photo_folder, run_cli
 from imprint.methods.disenbooth import ImageAdapter, contrastive
 
 
@@ -19,14 +19,6 @@ def clip_vision(tmp_path_factory):
     from imprint.tiny import save_clip_vision_model
 
     return save_clip_vision_model(tmp_path_factory.mktemp("clip-vision") / "clip", projection_dim=16)
-
-
-def three_photos(tmp_path):
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(3):
-        draw_subject(folder / f"{i}.png", i)
-    return folder
 
 
 def test_image_adapter_is_mlp_of_masked_features_plus_their_projection():
@@ -63,7 +55,7 @@ def task_for(tiny_model, tmp_path, encoder, **extra):
     from imprint.image.settings import build_config
     from imprint.image.train import SubjectTask
 
-    folder = three_photos(tmp_path)
+    folder = photo_folder(tmp_path, 3)
     cfg = build_config({}, {"model": str(tiny_model), "images": str(folder), "class_name": "toy",
                             "method": "disenbooth", "disenbooth_image_encoder": str(encoder),
                             "output": str(tmp_path / "run"), "resolution": 32, "batch_size": 2,
@@ -114,7 +106,7 @@ def test_disenbooth_end_to_end_and_keep_appearance(tiny_model, tmp_path, clip_vi
     from imprint.image.image_encoder import ImageEncoder
     from imprint.util.errors import ImprintError
 
-    folder = three_photos(tmp_path)
+    folder = photo_folder(tmp_path, 3)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "disenbooth", "--lr", "1e-2",

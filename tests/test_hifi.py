@@ -7,16 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FAST, draw_subject, run_cli
+from conftest import FAST, photo_folder, run_cli
 from imprint.methods.hifi import with_subject_vectors
-
-
-def two_photos(tmp_path):
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(2):
-        draw_subject(folder / f"{i}.png", i)
-    return folder
 
 
 def test_vectors_replace_the_last_ones():
@@ -33,7 +25,7 @@ def test_task_conditions_subject_rows_and_regularises(tiny_model, tmp_path):
     from imprint.image.settings import build_config
     from imprint.image.train import SubjectTask
 
-    folder = two_photos(tmp_path)
+    folder = photo_folder(tmp_path, 2)
     cfg = build_config({}, {"model": str(tiny_model), "images": str(folder), "class_name": "toy", "method": "hifi",
                             "output": str(tmp_path / "run"), "resolution": 32, "batch_size": 2,
                             "prior_preservation": True, "num_class_images": 2, "class_inference_steps": 2})
@@ -60,7 +52,7 @@ def test_task_conditions_subject_rows_and_regularises(tiny_model, tmp_path):
 def test_hifi_end_to_end_generates_with_its_vectors(tiny_model, tmp_path):
     from imprint.image.generate import load_run_pipeline
 
-    folder = two_photos(tmp_path)
+    folder = photo_folder(tmp_path, 2)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "3",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
@@ -82,7 +74,7 @@ def test_stepwise_vectors_are_refined_and_used_at_their_step(tiny_model, tmp_pat
     from imprint.image.sampling import sample
     from imprint.methods.hifi import nearest
 
-    folder = two_photos(tmp_path)
+    folder = photo_folder(tmp_path, 2)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--lr", "0.5",
@@ -110,7 +102,7 @@ def test_hifi_on_lora_trains_both_and_refines_the_vectors_alone(tiny_model, tmp_
     from imprint.image.settings import build_config
     from imprint.methods import METHODS
 
-    folder = two_photos(tmp_path)
+    folder = photo_folder(tmp_path, 2)
     cfg = build_config({}, {"model": "m", "images": "i", "class_name": "toy", "output": "o", "method": "hifi",
                             "hifi_base": "lora"})
     assert cfg.method.hifi_base_lr == METHODS["lora"].default_lr and cfg.trainer.lr == 5e-3
@@ -146,7 +138,7 @@ def test_hifi_on_full_fine_tuning_and_text_encoder_needs_a_base(tiny_model, tmp_
     with pytest.raises(ImprintError, match="--hifi-base"):
         build_config({}, {"model": "m", "images": "i", "class_name": "toy", "output": "o", "method": "hifi",
                           "train_text_encoder": True})
-    folder = two_photos(tmp_path)
+    folder = photo_folder(tmp_path, 2)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--hifi-base", "full",

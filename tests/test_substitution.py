@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST, draw_subject, run_cli
+from conftest import FAST, draw_subject, photo_folder, run_cli
 from imprint.image.reference_guidance import Sampler, invert
 from imprint.image.substitution import CrossAttentionMaps, null_text_inversion, token_mapping
 
@@ -85,10 +85,7 @@ def test_null_text_inversion_retraces_the_photo_better_than_plain_inversion(pipe
 
 
 def test_edit_end_to_end(tiny_model, tmp_path, capsys):
-    folder = tmp_path / "subject"
-    folder.mkdir()
-    for i in range(2):
-        draw_subject(folder / f"{i}.png", i)
+    folder = photo_folder(tmp_path, 2)
     run = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--images", folder, "--class-name", "toy", *FAST, "--steps", "2",
                    "--checkpoint-every", "0", "--no-final-samples", "--method", "hifi", "--hifi-stepwise-steps", "2",
