@@ -10,8 +10,8 @@ subject a toy-world subject, so the runs fit a 2-core CPU and the result can be 
 How each renders its class images (the difference is part of what is measured):
   script   its own loop: StableDiffusionPipeline at the pipeline's default size (the model's
            64 px), 50 steps of the model's scheduler, guidance 7.5, --sample_batch_size 4
-  imprint  at the training size (64 px), --class-inference-steps (default 30) of the model's
-           scheduler, its guidance default, several images per call
+  imprint  at the training size (64 px), --class-inference-steps (its default, 15) of DPM-Solver++,
+           its guidance default, several images per call
 
 Wall time is the trainer process's, start to exit. The split into "class images" and "training"
 is read from the class folder: the phase ends when the last class image was written (its mtime),
@@ -107,8 +107,8 @@ def main() -> None:
     parser.add_argument("--diffusers-script", required=True, help="path to examples/dreambooth/train_dreambooth_lora.py")
     parser.add_argument("--num-class-images", type=int, default=200, help="class images each trainer generates")
     parser.add_argument("--subject", default="striped_circle", help="toy-world subject (one the toy LoRA recipe learns)")
-    parser.add_argument("--imprint-class-steps", default="30",
-                        help="imprint rows: its --class-inference-steps, one row each, e.g. 30,20 (30: its default)")
+    parser.add_argument("--imprint-class-steps", default="15",
+                        help="imprint rows: its --class-inference-steps, one row each, e.g. 15,30 (15: its default)")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="training steps (fewer: a smoke run)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer (alternating)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))

@@ -821,6 +821,10 @@ OBJECTIVE_CHANGES = {
     "pivotal": ADAPTER_CHANGES["pivotal"],
     # HiFi Tuner's mask guidance: the toy subjects' true masks, background weight 0 (the paper's M)
     "mask": dict(masks=True, mask_loss_weight=0.0),
+    # the same with automatic masks: --auto-masks with the toy world's own text-prompted segmenter
+    # (a small CLIPSeg trained on renders, toyworld/segmenter), prompted with the class name
+    "mask-auto": dict(auto_masks=True, auto_mask_model=str(Path(__file__).parents[1] / "src" / "imprint" / "toyworld"
+                                                           / "segmenter"), mask_loss_weight=0.0),
     # ClassDiffusion's SPL at the paper's lambda 1, on pivotal tuning (a trained token, as the
     # paper's Custom Diffusion base trains the new token's embedding)
     "spl": dict(ADAPTER_CHANGES["pivotal"], spl_weight=1.0),
@@ -847,7 +851,9 @@ OBJECTIVE_CHANGES = {
 }
 OBJECTIVES = PairedPart(
     "objectives", "## Toy world: personalisation objectives", OBJECTIVE_CHANGES,
-    {"mask": "true masks from the renderer; automatic (CLIPSeg) masks need its hub weights, not reachable here",
+    {"mask": "true masks from the renderer",
+     "mask-auto": "masks made by --auto-masks with the toy segmenter (CLIPSeg's architecture trained on renders; "
+                  "the hub's CLIPSeg weights are not reachable here)",
      "spl": "the paper's lambda 1, on pivotal", "pivotal": "the adapters part's pivotal row",
      "rpo": "weight 1, lambda_train 0, 4 negatives per training prompt, the toy evaluator's reward",
      "domainstudio": "the paper's weights, LoRA instead of its full fine-tuning",
@@ -857,6 +863,8 @@ OBJECTIVES = PairedPart(
      "textual_inversion": "the methods part's row", "hifi": "5 vectors, w_s 1e-2 (chosen), true masks, the paper's lr 5e-3, step-wise for 20 steps"},
     lambda results, seeds, paired, params, noise: [
         _claim("HiFi Tuner", "mask guidance raises fidelity", "mask", paired, noise, ("fidelity",)),
+        _claim("HiFi Tuner", "mask guidance raises fidelity, with automatic masks", "mask-auto", paired, noise,
+               ("fidelity",)),
         _claim("HiFi Tuner", "its TI-based tuning (vectors, regularisation, masks) raises fidelity over textual "
                "inversion", "hifi", paired, noise, ("fidelity",)),
         _claim("ClassDiffusion", "SPL raises alignment (CLIP-T) at little fidelity cost", "spl", paired, noise,

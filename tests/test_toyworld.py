@@ -151,3 +151,20 @@ def test_evaluate_with_the_toyworld_backend(tiny_model, tmp_path):
         assert key in result["summary"] and key in result["baseline"]["summary"]
     assert result["real_images"]["summary"]["fidelity"]["mean"] > 0.5  # the subject's photos agree
     assert "fidelity" in (run / "eval" / "report.html").read_text()
+
+
+def test_segmenter_trains_into_a_clipseg_folder_that_auto_masks_load(tmp_path):
+    from imprint.image.auto_masks import load_segmenter, segment
+    from imprint.toyworld.segmenter import train_segmenter
+
+    folder = train_segmenter(tmp_path / "seg", steps=3, batch_size=4)
+    processor, network = load_segmenter(str(folder))
+    mask = segment(processor, network, render(Scene("star", "red", "plain", "grass")), "star", 0.4)
+    assert mask.size == (64, 64) and mask.mode == "L"
+
+
+def test_shipped_segmenter_finds_the_object():
+    """The shipped toy segmenter's masks on fresh renders, thresholded as --auto-masks does."""
+    from imprint.toyworld.segmenter import mask_iou
+
+    assert mask_iou(count=64) > 0.8

@@ -170,16 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     toy = _command(sub, "toyworld", "the toy world: write its held-out subjects as photo folders",
                    "  imprint toyworld subjects --output toy-subjects\n"
                "  imprint train --images toy-subjects/emblem_star --class-name star ...")
-    toy.add_argument("action", choices=["subjects", "domains", "train-evaluator", "pretrain"],
+    toy.add_argument("action", choices=["subjects", "domains", "train-evaluator", "train-segmenter", "pretrain"],
                      help="subjects: write the held-out subjects (photos, class.txt and their true "
                           "masks in masks/, for --masks); domains: a domain (style) set per subject, 10 "
                           "images sharing its shape and emblem on every colour and pattern; train-evaluator: retrain the "
-                          "shipped evaluator (seeded, ~20 min on 2 cores); pretrain: train the base "
+                          "shipped evaluator (seeded, ~20 min on 2 cores); train-segmenter: retrain the shipped "
+                          "text-prompted segmenter (a small CLIPSeg for --auto-mask-model); pretrain: train the base "
                           "model from scratch (seeded, resumable, < 2 h on 2 cores)")
     toy.add_argument("--output", help="subjects, domains: folder for one sub-folder per subject; "
-                                      "train-evaluator: the .safetensors file (default: the shipped one); "
+                                      "train-evaluator: the .safetensors file, train-segmenter: the model "
+                                      "folder (default: the shipped one); "
                                       "pretrain: the model folder to write (required)")
-    toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; "
+    toy.add_argument("--steps", type=int, help="optimizer steps (train-evaluator: 1800; train-segmenter: 3000; "
                                                 "pretrain: the denoiser's, 5000)")
     toy.add_argument("--seed", type=int, default=0, help="seed of the renders and the training")
     toy.add_argument("--device", help="pretrain, train-evaluator: cpu or cuda (default: cuda if there is one)")
@@ -325,6 +327,12 @@ def run_command(args: argparse.Namespace) -> int:
         summary = pretrain(args.output, recipe, device=args.device)
         print(json.dumps(summary["seconds"]))
         print(f"model written to {args.output}")
+    elif args.command == "toyworld" and args.action == "train-segmenter":
+        from imprint.toyworld.segmenter import SEGMENTER_DIR, mask_iou, train_segmenter
+
+        output = train_segmenter(Path(args.output) if args.output else SEGMENTER_DIR, steps=args.steps or 3000,
+                                 seed=args.seed)
+        print(f"segmenter written to {output}; mask IoU on fresh renders {mask_iou(output):.3f}")
     elif args.command == "toyworld":
         from imprint.toyworld.evaluator import (WEIGHTS, accuracy_on_fresh_renders, load_evaluator,
                                                 train_evaluator)
