@@ -132,8 +132,10 @@ def main() -> None:
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True)
     photos = write_subject(subject, WORK / "subject")
-    for extra in photos.iterdir():  # the script reads every file of the folder as an image
-        if extra.suffix not in (".png", ".jpg"):
+    for extra in photos.iterdir():  # the script reads every entry of the folder as an image
+        if extra.is_dir():
+            shutil.rmtree(extra)  # the true masks
+        elif extra.suffix not in (".png", ".jpg"):
             extra.unlink()
     model = str(MODEL_DIR)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
