@@ -195,28 +195,36 @@ def save_sd_model(folder: str | Path, size: str = "tiny", seed: int = 0, warm_up
     return folder
 
 
-def save_clipseg_model(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
-    """A CLIPSeg segmenter with random weights (a few hundred thousand parameters) and its
-    processor, saved where `--auto-mask-model` loads it as it loads CIDAS/clipseg-rd64-refined."""
-    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor,
-                              ViTImageProcessor)
+def build_clipseg(seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 32, vision_layers: int = 2,
+                  reduce_dim: int = 16):
+    """A CLIPSeg segmenter with random weights and its processor (a byte-level tokenizer that spells
+    any prompt): the tests' tiny one, or the toy world's segmenter before its training."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
 
-    folder = Path(folder)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = build_tokenizer(Path(scratch), max_length=16)
     config = CLIPSegConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=len(tokenizer) - 2,
-                         eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=32, extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2,
-        decoder_intermediate_size=32)
-    CLIPSegForImageSegmentation(config).save_pretrained(folder, safe_serialization=True)
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+                         pad_token_id=len(tokenizer) - 1),
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=vision_layers,
+                           num_attention_heads=2, image_size=image_size, patch_size=patch_size),
+        projection_dim=width, extract_layers=list(range(vision_layers)), reduce_dim=reduce_dim,
+        decoder_num_attention_heads=2, decoder_intermediate_size=2 * reduce_dim)
     image_processor = ViTImageProcessor(size={"height": image_size, "width": image_size},
                                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer), CLIPSegForImageSegmentation(config)
+
+
+def save_clipseg_model(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """The tiny CLIPSeg (a few hundred thousand parameters), saved where `--auto-mask-model` loads
+    it as it loads CIDAS/clipseg-rd64-refined."""
+    folder = Path(folder)
+    processor, network = build_clipseg(seed, image_size)
+    network.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
     return folder
 
 

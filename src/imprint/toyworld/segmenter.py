@@ -53,27 +53,10 @@ def mask_iou(folder: str | Path = SEGMENTER_DIR, count: int = 256, seed: int = 9
 
 def build_segmenter(seed: int = 0):
     """CLIPSeg at the toy world's size, randomly initialised: 64 px in patches of 4 (a 16 x 16
-    grid, the latents' own), a byte-level tokenizer that spells any class name."""
-    import tempfile
+    grid, the latents' own), 48 wide, 3 vision layers."""
+    from imprint.tiny import build_clipseg
 
-    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
-
-    from imprint.tiny import build_tokenizer
-
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = build_tokenizer(Path(scratch), max_length=16)
-    config = CLIPSegConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=len(tokenizer) - 2,
-                         eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
-                           image_size=64, patch_size=4),
-        projection_dim=48, extract_layers=[0, 1, 2], reduce_dim=32, decoder_num_attention_heads=2,
-        decoder_intermediate_size=64)
-    image_processor = ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5, 0.5, 0.5],
-                                        image_std=[0.5, 0.5, 0.5])
-    return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer), CLIPSegForImageSegmentation(config)
+    return build_clipseg(seed, image_size=64, patch_size=4, width=48, vision_layers=3, reduce_dim=32)
 
 
 def train_segmenter(output: str | Path = SEGMENTER_DIR, steps: int = 3000, batch_size: int = 32, seed: int = 0,
