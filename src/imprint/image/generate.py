@@ -130,7 +130,7 @@ def edit(run: str | Path, image: str | Path, source_prompt: str, replace: str, o
     subject_words = f"{metadata['token']} {metadata['class_name']}"
     target = method.rewrite_prompt(replace_word(source_prompt, replace, subject_words), metadata)
     subject_words = method.rewrite_prompt(subject_words, metadata)
-    own_tail = (metadata["hyperparameters"].get("hifi_vectors") or 0) if metadata.get("method") == "hifi" else 0
+    own_tail = getattr(pipe, "imprint_subject_vectors", 0)  # a method's vectors over the prompt's last ones (HiFi)
     log.info("editing %s: %r -> %r", image, source_prompt, target)
     result = substitute(pipe, photo, source_prompt, replace, subject_words, target, resolution, inference_steps,
                         guidance_scale, null_steps, own_tail)

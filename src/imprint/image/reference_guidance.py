@@ -232,11 +232,12 @@ def reference_guided(pipe, prompt: str, photos: list[Image.Image], masks: list[I
     embeddings = features([first, *photos])
     similarities = F.cosine_similarity(embeddings[:1], embeddings[1:], dim=-1)
     chosen = int(similarities.argmax())
-    forward = fit_similarity(latent_mask(masks[chosen], size), sample_mask, settings.align_steps)
+    reference_mask = latent_mask(masks[chosen], size)
+    forward = fit_similarity(reference_mask, sample_mask, settings.align_steps)
     photo = photos[chosen].convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
     pixels = pipe.image_processor.preprocess(photo, resolution, resolution)
     moved = warp(pixels, forward, (resolution, resolution))
-    moved_mask = warp(latent_mask(masks[chosen], size).float()[None, None], forward, size)[0, 0] >= 0.5
+    moved_mask = warp(reference_mask.float()[None, None], forward, size)[0, 0] >= 0.5
     reference_prompt = f"a photo of a {class_name}"
     with torch.no_grad():
         c_r, _ = pipe.encode_prompt(reference_prompt, sampler.device, 1, False)

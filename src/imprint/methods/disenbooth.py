@@ -74,6 +74,12 @@ class ImageAdapter(torch.nn.Module):
         return self.mlp(masked) + self.residual(masked)
 
 
+def text_width(family) -> int:
+    """The width of the family's encoded prompt vectors (f_s's)."""
+    with torch.no_grad():
+        return family.encode_prompts(family.tokenize([""]))["prompt_embeds"].shape[-1]
+
+
 def contrastive(text_embeds: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
     """cos(mean over tokens of f_s, f_i), per row, averaged: (B, L, D), (B, D) -> ()."""
     return F.cosine_similarity(text_embeds.float().mean(dim=1), appearance.float(), dim=-1, eps=1e-6).mean()
@@ -93,20 +99,16 @@ class DisenBooth(LoRA):
         chosen = self.settings.disenbooth_image_encoder
         if chosen != "auto":
             return chosen
-        with torch.no_grad():
-            text_width = family.encode_prompts(family.tokenize([""]))["prompt_embeds"].shape[-1]
-        return PAPER_ENCODER if text_width == 1024 else SD1_ENCODER
+        return PAPER_ENCODER if text_width(family) == 1024 else SD1_ENCODER
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = super().add_trainables(family)
         features = self.subject.photo_features  # (N, D) or, with --flip, (2 N, D): then the mirrored photos
         if features is None:
             raise ValueError("disenbooth needs the subject's photo features (Subject.photo_features)")
-        with torch.no_grad():
-            text_width = family.encode_prompts(family.tokenize([""]))["prompt_embeds"].shape[-1]
         self.encoder_name = self.photo_encoder(family)
         self.features = features.float()
-        self.adapter = ImageAdapter(features.shape[-1], text_width).to(features.device)
+        self.adapter = ImageAdapter(features.shape[-1], text_width(family)).to(features.device)
         return params + list(self.adapter.parameters())
 
     def appearance(self, photos: torch.Tensor) -> torch.Tensor:

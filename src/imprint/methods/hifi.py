@@ -213,3 +213,4 @@ def install(pipe, vectors: torch.Tensor, stepwise: tuple[torch.Tensor, torch.Ten
     pipe.encode_prompt = encode_prompt
     pipe.imprint_step_callback = step_callback if stepwise is not None else None
     pipe.imprint_prompt_at = prompt_at
+    pipe.imprint_subject_vectors = vectors.shape[0]  # the encoding's last positions that are the subject's

@@ -35,7 +35,8 @@ def _batch(processor, rng: random.Random, count: int):
 
 
 def _logits(network, inputs, size) -> torch.Tensor:
-    logits = network(**inputs).logits.reshape(-1, 1, *network.config.vision_config.image_size * np.ones(2, int))
+    side = network.config.vision_config.image_size  # CLIPSeg's decoder draws at its input size
+    logits = network(**inputs).logits.reshape(-1, 1, side, side)
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 

@@ -50,16 +50,21 @@ SUBJECTS = [
 SUBJECTS_BY_NAME = {s.name: s for s in SUBJECTS}
 
 
-def write_subject(subject: Subject, folder: str | Path, count: int = 5) -> Path:
-    """The photos, their true masks in masks/ (for --masks), and class.txt."""
+def write_scenes(scenes: list[tuple[Scene, int]], folder: str | Path, class_name: str) -> Path:
+    """Renders of (scene, seed) as NN.png, their true masks in masks/ (for --masks), and class.txt."""
     folder = Path(folder)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
-    for i, (scene, seed) in enumerate(subject.photo_scenes(count)):
+    for i, (scene, seed) in enumerate(scenes):
         image, mask = render_with_mask(scene, seed)
         image.save(folder / f"{i:02d}.png")
         mask.save(folder / "masks" / f"{i:02d}.png")
-    (folder / "class.txt").write_text(subject.class_name + "\n")
+    (folder / "class.txt").write_text(class_name + "\n")
     return folder
+
+
+def write_subject(subject: Subject, folder: str | Path, count: int = 5) -> Path:
+    """The subject's photos, as a photo folder."""
+    return write_scenes(subject.photo_scenes(count), folder, subject.class_name)
 
 
 def domain_scenes(subject: Subject, count: int = 10) -> list[tuple[Scene, int]]:
@@ -77,15 +82,8 @@ def domain_scenes(subject: Subject, count: int = 10) -> list[tuple[Scene, int]]:
 
 
 def write_domain(subject: Subject, folder: str | Path, count: int = 10) -> Path:
-    """The subject's domain set (domain_scenes), written as write_subject writes photos."""
-    folder = Path(folder)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    for i, (scene, seed) in enumerate(domain_scenes(subject, count)):
-        image, mask = render_with_mask(scene, seed)
-        image.save(folder / f"{i:02d}.png")
-        mask.save(folder / "masks" / f"{i:02d}.png")
-    (folder / "class.txt").write_text(subject.class_name + "\n")
-    return folder
+    """The subject's domain set (domain_scenes), as a photo folder."""
+    return write_scenes(domain_scenes(subject, count), folder, subject.class_name)
 
 
 def write_subjects(root: str | Path) -> list[Path]:
