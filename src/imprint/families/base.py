@@ -33,6 +33,9 @@ class Family(ABC):
     name = "base"
     pipeline_class_names: tuple[str, ...] = ()  # model_index.json `_class_name`s this family loads
     denoiser_name = "unet"
+    # the text encoders a method may train (SDXL: both CLIPs; SD3 and FLUX leave T5 frozen, as
+    # the anchors do); the first one holds the tokenizer `tokenizer`
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)
     lora_targets: dict[str, list[str]] = {}       # PEFT target modules per trainable part
     lora_conv_targets: dict[str, list[str]] = {}  # added by --lora-targets attention+conv
     kohya_prefixes: dict[str, str] = {}           # part -> key prefix of the kohya / A1111 layout
@@ -51,12 +54,28 @@ class Family(ABC):
     def denoiser(self) -> torch.nn.Module:
         return self.modules[self.denoiser_name]
 
-    def to(self, device, frozen_dtype: torch.dtype, float32_parts: set[str]) -> None:
-        """Frozen parts in the compute dtype (saves memory), parts trained in full stay float32."""
-        for name, module in self.modules.items():
-            module.to(device, dtype=torch.float32 if name in float32_parts else frozen_dtype)
+    @classmethod
+    def parts(cls, roles: set[str]) -> list[str]:
+        """Methods name what they train by role ("denoiser", "text_encoder"); these are the
+        family's parts that play those roles, sorted."""
+        names = {"denoiser": (cls.denoiser_name,), "text_encoder": cls.text_encoder_names}
+        return sorted(part for role in roles for part in names[role])
 
-    def enable_gradient_checkpointing(self, trained: set[str]) -> None: ...
+    def to(self, device, frozen_dtype: torch.dtype, float32_roles: set[str]) -> None:
+        """Frozen parts in the compute dtype (saves memory), parts trained in full stay float32."""
+        float32 = set(self.parts(float32_roles))
+        for name, module in self.modules.items():
+            module.to(device, dtype=torch.float32 if name in float32 else frozen_dtype)
+
+    def enable_gradient_checkpointing(self, trained_roles: set[str]) -> None:
+        """Recompute activations in the backward pass of the parts that train (diffusers' and
+        transformers' own switches)."""
+        for part in self.parts(trained_roles):
+            module = self.modules[part]
+            if hasattr(module, "enable_gradient_checkpointing"):
+                module.enable_gradient_checkpointing()
+            else:
+                module.gradient_checkpointing_enable()
 
     def compile_denoiser(self, mode: str) -> None:
         """torch.compile of the denoiser: "regional" compiles each repeated block (diffusers'

@@ -119,12 +119,6 @@ class StableDiffusionFamily(Family):
         parts = {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
 
-    def enable_gradient_checkpointing(self, trained: set[str]) -> None:
-        if "unet" in trained:
-            self.unet.enable_gradient_checkpointing()
-        if "text_encoder" in trained:
-            self.text_encoder.gradient_checkpointing_enable()
-
     def release_encoders(self, keep_text_encoder: bool) -> None:
         """The VAE encoder always (sampling only decodes), the text encoder when it is frozen
         (its outputs are cached). Saves ~0.6 GB on SD1.5."""

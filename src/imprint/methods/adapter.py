@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from imprint.methods.base import Method
+from imprint.methods.base import Method, pipeline_modules
 from imprint.util.settings import setting
 
 ADAPTER_FOLDER = "adapter"  # PEFT layout: adapter/<part>/{adapter_config.json, adapter_model.safetensors}
@@ -47,8 +47,8 @@ class AdapterMethod(Method):
         return self.adapter_parts()
 
     def adapter_parts(self) -> set[str]:
-        """The parts that carry adapters."""
-        return {"unet", "text_encoder"} if self.settings.train_text_encoder else {"unet"}
+        """The roles of the parts that carry adapters."""
+        return {"denoiser", "text_encoder"} if self.settings.train_text_encoder else {"denoiser"}
 
     def float32_parts(self) -> set[str]:
         return set()  # the adapters are made float32 in add_trainables(); the base stays low precision
@@ -65,7 +65,7 @@ class AdapterMethod(Method):
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = []
-        for part in sorted(self.adapter_parts()):
+        for part in family.parts(self.adapter_parts()):
             module = family.modules[part]
             module.add_adapter(self.peft_config(part, family))
             for p in module.parameters():
@@ -78,11 +78,12 @@ class AdapterMethod(Method):
     def save_result(self, family, folder: Path) -> list[str]:
         from imprint.methods.peft_io import save_adapters
 
-        parts = save_adapters({p: family.modules[p] for p in self.adapter_parts()}, Path(folder) / ADAPTER_FOLDER)
+        parts = save_adapters({p: family.modules[p] for p in family.parts(self.adapter_parts())},
+                              Path(folder) / ADAPTER_FOLDER)
         return [f"{ADAPTER_FOLDER}/{part}" for part in parts]
 
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
         from imprint.methods.peft_io import load_adapters
 
-        load_adapters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, Path(folder) / ADAPTER_FOLDER)
+        load_adapters(pipeline_modules(pipe), Path(folder) / ADAPTER_FOLDER)

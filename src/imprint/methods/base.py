@@ -38,6 +38,16 @@ class NoSettings:
     pass
 
 
+def pipeline_denoiser(pipe) -> torch.nn.Module:
+    """A diffusers pipeline's denoiser: the UNet, or the transformer of SD3 / FLUX."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
+    """A pipeline's networks by component name (unet / transformer, text_encoder, text_encoder_2, ...)."""
+    return {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
+
+
 def replace_word(prompt: str, word: str, replacement: str) -> str:
     return re.sub(rf"(?<!\S){re.escape(word)}(?!\S)", replacement, prompt)
 
@@ -58,7 +68,9 @@ class Method(ABC):
     # --- training -------------------------------------------------------------------------
     @abstractmethod
     def trained_parts(self) -> set[str]:
-        """Names of the family's parts that receive gradients (the rest stays frozen)."""
+        """The roles of the parts that receive gradients, "denoiser" and / or "text_encoder" (the
+        family says which of its parts play them: SD's unet, FLUX's transformer, SDXL's two text
+        encoders); the rest stays frozen."""
 
     def float32_parts(self) -> set[str]:
         """Parts whose own weights are optimised, so they stay float32 under mixed precision.
@@ -133,12 +145,12 @@ class Method(ABC):
         """The tensors a checkpoint must hold to restore training exactly."""
         return {
             f"{part}.{name}": p.detach().float().cpu().contiguous()
-            for part in sorted(self.trained_parts())
+            for part in family.parts(self.trained_parts())
             for name, p in family.modules[part].named_parameters() if p.requires_grad
         }
 
     def load_trainable_state_dict(self, family, state: dict[str, torch.Tensor]) -> None:
-        for part in self.trained_parts():
+        for part in family.parts(self.trained_parts()):
             prefix = f"{part}."
             wanted = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             params = dict(family.modules[part].named_parameters())

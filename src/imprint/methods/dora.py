@@ -30,7 +30,8 @@ class DoRA(LoRA):
         suffix = ".lora_magnitude_vector"
         with torch.no_grad():
             for key, value in tensors.items():
-                if key.startswith("text_encoder.") and key.endswith(suffix):
-                    layer = pipe.text_encoder.get_submodule(key[len("text_encoder."):-len(suffix)])
+                part, _, path = key.partition(".")
+                if part.startswith("text_encoder") and key.endswith(suffix):  # SDXL: text_encoder_2 too
+                    layer = getattr(pipe, part).get_submodule(path[:-len(suffix)])
                     for magnitude in layer.lora_magnitude_vector.values():
                         magnitude.weight.copy_(value.to(magnitude.weight.dtype))

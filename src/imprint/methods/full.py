@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from imprint.methods.base import Method, register
+from imprint.methods.base import Method, pipeline_modules, register
 from imprint.util.settings import setting
 
 
@@ -25,11 +25,11 @@ class Full(Method):
     default_lr = 5e-6
 
     def trained_parts(self) -> set[str]:
-        return {"unet", "text_encoder"} if self.settings.train_text_encoder else {"unet"}
+        return {"denoiser", "text_encoder"} if self.settings.train_text_encoder else {"denoiser"}
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
         params = []
-        for part in sorted(self.trained_parts()):
+        for part in family.parts(self.trained_parts()):
             module = family.modules[part]
             module.requires_grad_(True)
             module.train()
@@ -38,7 +38,7 @@ class Full(Method):
 
     def save_result(self, family, folder: Path) -> list[str]:
         names = []
-        for part in sorted(self.trained_parts()):
+        for part in family.parts(self.trained_parts()):
             family.modules[part].save_pretrained(folder / part, safe_serialization=True)
             names.append(part)
         return names
@@ -46,9 +46,8 @@ class Full(Method):
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
         # each part loads with the class the pipeline already holds, whatever the family
-        for part in ("unet", "transformer", "text_encoder", "text_encoder_2"):
-            if (folder / part).is_dir() and getattr(pipe, part, None) is not None:
-                current = getattr(pipe, part)
+        for part, current in pipeline_modules(pipe).items():
+            if (folder / part).is_dir():
                 loaded = type(current).from_pretrained(folder / part, torch_dtype=current.dtype,
                                                        use_safetensors=True).to(pipe.device)
                 setattr(pipe, part, loaded)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from imprint.methods.base import Method
+from imprint.methods.base import Method, pipeline_denoiser
 from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
@@ -102,20 +102,20 @@ class LayerAdapterMethod(Method):
         """The method's layer around one frozen linear (`path`: its place in the UNet)."""
 
     def trained_parts(self) -> set[str]:
-        return {"unet"}
+        return {"denoiser"}
 
     def float32_parts(self) -> set[str]:
         return set()  # the adapter parameters are float32; the frozen base takes the compute dtype
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
-        unet = family.modules["unet"]
-        unet.requires_grad_(False)
-        self.layers = inject(unet, family.lora_targets["unet"],
+        denoiser = family.denoiser
+        denoiser.requires_grad_(False)
+        self.layers = inject(denoiser, family.lora_targets[family.denoiser_name],
                              lambda linear, path: self.make_layer(linear, path).to(linear.weight.device))
         return [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
 
     def save_result(self, family, folder: Path) -> list[str]:
-        tensors = {f"unet.{path}.{name}": p.detach().float().cpu().contiguous()
+        tensors = {f"{family.denoiser_name}.{path}.{name}": p.detach().float().cpu().contiguous()
                    for path, layer in self.layers.items() for name, p in layer.named_parameters() if p.requires_grad}
         save_file(tensors, str(Path(folder) / self.WEIGHT_NAME), metadata={"format": "pt", "imprint_method": self.name})
         return [self.WEIGHT_NAME]
@@ -130,18 +130,20 @@ class LayerAdapterMethod(Method):
         names = {f.name for f in dataclasses.fields(cls.Settings)}
         hp = metadata.get("hyperparameters") or {}
         method = cls(cls.Settings(**{k: v for k, v in hp.items() if k in names}))
-        # "unet.<linear's path>.<parameter name>": the longest prefix that names a linear is the module
-        linears = {n for n, m in pipe.unet.named_modules() if isinstance(m, nn.Linear)}
+        # "<denoiser>.<linear's path>.<parameter name>": the longest prefix that names a linear is the module
+        denoiser = pipeline_denoiser(pipe)
+        prefix = "unet." if denoiser is getattr(pipe, "unet", None) else "transformer."
+        linears = {n for n, m in denoiser.named_modules() if isinstance(m, nn.Linear)}
         states: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             parts = key.split(".")[1:]
             cut = next((i for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in linears), None)
-            if not key.startswith("unet.") or cut is None:
-                raise ImprintError(f"{path}: key {key!r} names no linear layer of the base model's UNet; "
+            if not key.startswith(prefix) or cut is None:
+                raise ImprintError(f"{path}: key {key!r} names no linear layer of the base model's denoiser; "
                                    "is this run of another base model?")
             states.setdefault(".".join(parts[:cut]), {})[".".join(parts[cut:])] = value
         try:
-            layers = inject(pipe.unet, sorted(states), method.make_layer)
+            layers = inject(denoiser, sorted(states), method.make_layer)
             merged = {}
             for module, layer in layers.items():
                 missing = layer.load_state_dict(states[module], strict=False).missing_keys
@@ -149,7 +151,7 @@ class LayerAdapterMethod(Method):
                     raise KeyError(f"{module} lacks {missing[0]}")
                 merged[module] = layer.merged_weight().detach()
                 parent, _, name = module.rpartition(".")
-                setattr(pipe.unet.get_submodule(parent) if parent else pipe.unet, name, layer.base_layer)
-            merge_into(pipe.unet, merged)
+                setattr(denoiser.get_submodule(parent) if parent else denoiser, name, layer.base_layer)
+            merge_into(denoiser, merged)
         except (ValueError, KeyError, AttributeError, RuntimeError) as e:
             raise ImprintError(f"{path}: {e}; is this run of another base model, or with other settings?") from e

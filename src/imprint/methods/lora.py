@@ -32,7 +32,7 @@ class LoRA(AdapterMethod):
         from peft.utils import get_peft_model_state_dict
 
         layers, configs = {}, {}
-        for part in self.adapter_parts():
+        for part in family.parts(self.adapter_parts()):
             module = family.modules[part]
             layers[part] = {k: v.detach().float().cpu().contiguous()
                             for k, v in get_peft_model_state_dict(module, save_embedding_layers=False).items()}

@@ -53,7 +53,7 @@ class Pivotal(LoRA):
         self._frozen_token_rows: torch.Tensor | None = None
 
     def trained_parts(self) -> set[str]:
-        return {"unet", "text_encoder"}
+        return {"denoiser", "text_encoder"}
 
     def float32_parts(self) -> set[str]:
         return {"text_encoder"}  # its embedding table is trained
@@ -62,7 +62,7 @@ class Pivotal(LoRA):
         self.inversion.prepare(family, self.subject)  # the new token first: it resizes the embedding
         self.embedding = family.text_encoder.get_input_embeddings().weight
         lora = []
-        for part in sorted(self.adapter_parts()):
+        for part in family.parts(self.adapter_parts()):
             module = family.modules[part]
             module.add_adapter(self.peft_config(part, family))
             lora += [p for p in module.parameters() if p.requires_grad and p is not self.embedding]

@@ -47,6 +47,11 @@ class TextualInversion(Method):
         return " ".join(self.tokens())
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
+        if len(family.text_encoder_names) > 1:
+            # SDXL's two vocabularies would each need the token and its own vectors
+            raise ImprintError(f"--method {self.name}: a new token in one text encoder is what this imprint "
+                               f"trains; the {family.name} family has {len(family.text_encoder_names)}: "
+                               "use --method lora (with --train-text-encoder)")
         tokenizer, text_encoder = family.tokenizer, family.text_encoder
         self.placeholder = self.subject.token
         if self.placeholder in tokenizer.get_vocab():
