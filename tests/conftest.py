@@ -31,6 +31,27 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from imprint.tiny import build_sdxl_pipeline, save_pipeline
+
+    return save_pipeline(build_sdxl_pipeline(seed=0), tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> Path:
+    from imprint.tiny import build_flux_pipeline, save_pipeline
+
+    return save_pipeline(build_flux_pipeline(seed=0), tmp_path_factory.mktemp("models") / "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    from imprint.tiny import build_sd3_pipeline, save_pipeline
+
+    return save_pipeline(build_sd3_pipeline(seed=0), tmp_path_factory.mktemp("models") / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
 def other_model(tmp_path_factory) -> Path:
     """A tiny SD model of another architecture (wider cross-attention)."""
     from imprint.tiny import save_sd_model

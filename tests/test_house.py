@@ -251,13 +251,13 @@ def test_a_second_family_trains_and_generates(fake_family, tiny_model, subject_d
 
 
 def test_an_unknown_pipeline_class_is_a_clear_error(tiny_model, tmp_path, subject_dir, capsys):
-    model = tmp_path / "flux"
+    model = tmp_path / "kandinsky"
     shutil.copytree(tiny_model, model)
-    (model / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
     rc = run_cli("train", "--model", model, "--images", subject_dir, "--class-name", "toy", "--steps", "1",
                  "--output", tmp_path / "run", *FAST)
     err = capsys.readouterr().err
-    assert rc == 2 and "FluxPipeline" in err and "StableDiffusionPipeline" in err and "Traceback" not in err
+    assert rc == 2 and "KandinskyV22Pipeline" in err and "StableDiffusionPipeline" in err and "Traceback" not in err
 
 
 # --- methods' generic PEFT files -------------------------------------------------------------------

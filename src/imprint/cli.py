@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=4, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0, help="image j of prompt i starts from seed + 1000 i + j")
     _add_inference_steps(gen, 30)
-    gen.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance")
+    gen.add_argument("--guidance-scale", type=float,
+                     help="guidance (default: the model's pipeline's: SD 7.5, SDXL 5, SD3 7, FLUX 3.5)")
     gen.add_argument("--resolution", type=int, help="image size (default: the training resolution)")
     gen.add_argument("--output", required=True, help="folder for the PNGs and grid.png")
     gen.add_argument("--keep-appearance", metavar="IMAGE",

@@ -119,12 +119,7 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
         norm_num_groups=32,
     )
     _calibrate_vae(vae)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp) / "tokenizer")
-        tokenizer.save_pretrained(Path(tmp) / "saved")
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "saved")
+    tokenizer = saved_tokenizer()
     text_config = CLIPTextConfig(
         vocab_size=s["vocab"] or len(tokenizer), hidden_size=s["te_hidden"],
         intermediate_size=s["te_ff"], num_hidden_layers=s["te_layers"],
@@ -142,6 +137,130 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+
+
+def tiny_clip_text_encoder(tokenizer, hidden: int, with_projection: bool = False, layers: int = 2, seed: int = 0):
+    """A CLIP text encoder of a few thousand parameters over `tokenizer` (random weights)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def saved_tokenizer(max_length: int = 77):
+    """The byte-level CLIP tokenizer, saved and loaded back (as a pipeline holds it)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tokenizer(Path(tmp) / "tokenizer", max_length).save_pretrained(Path(tmp) / "saved")
+        return CLIPTokenizer.from_pretrained(Path(tmp) / "saved")
+
+
+def tiny_vae(latent_channels: int = 4, seed: int = 0, **extra):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=latent_channels,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, sample_size=32, norm_num_groups=32, **extra)
+    _calibrate_vae(vae)
+    return vae
+
+
+def build_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL (the architecture of diffusers' own SDXL tests: two CLIP text encoders, the
+    second with a projection, text-time added conditioning)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer, tokenizer_2 = saved_tokenizer(), saved_tokenizer()
+    text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
+    text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, 32, with_projection=True, seed=seed + 1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids of width 8, then the pooled text
+        cross_attention_dim=64, norm_num_groups=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=tiny_vae(seed=seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+
+
+def tiny_t5_tokenizer():
+    """A T5 tokenizer (Unigram over printable ASCII, one token per character) that needs no download."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(chr(c), -1.0) for c in range(32, 127)]
+    with tempfile.TemporaryDirectory() as tmp:
+        T5TokenizerFast(vocab=vocab, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                        extra_ids=0).save_pretrained(tmp)
+        return T5TokenizerFast.from_pretrained(tmp)
+
+
+def tiny_t5_encoder(tokenizer, width: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                                   num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+
+def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequence_length: int = 16):
+    """A tiny FLUX.1 (the shape of diffusers' FLUX tests: one double and one single block, a 16-channel
+    VAE, CLIP + T5), its scheduler the FLUX.1-dev config's (dynamic shifting)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, tokenizer_2 = saved_tokenizer(), tiny_t5_tokenizer()
+    tokenizer_2.model_max_length = max_sequence_length
+    text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
+    text_encoder_2 = tiny_t5_encoder(tokenizer_2, 32, seed=seed + 1)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 * 4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                         guidance_embeds=guidance_embeds)
+    vae = tiny_vae(latent_channels=16, seed=seed, shift_factor=0.1)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+def build_sd3_pipeline(seed: int = 0, max_sequence_length: int = 16):
+    """A tiny SD3 (the shape of diffusers' SD3 tests: one joint block; two CLIPs with projections,
+    their hidden states 32 + 32 wide, padded to T5's 64)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer, tokenizer_2, tokenizer_3 = saved_tokenizer(), saved_tokenizer(), tiny_t5_tokenizer()
+    tokenizer_3.model_max_length = max_sequence_length
+    text_encoder = tiny_clip_text_encoder(tokenizer, 32, with_projection=True, seed=seed)
+    text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, 32, with_projection=True, seed=seed + 1)
+    text_encoder_3 = tiny_t5_encoder(tokenizer_3, 64, seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=16, out_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=64, pooled_projection_dim=64)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return StableDiffusion3Pipeline(scheduler=scheduler, vae=tiny_vae(latent_channels=16, seed=seed, shift_factor=0.1),
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+                                    transformer=transformer)
+
+
+def save_pipeline(pipe, folder: str | Path) -> Path:
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def warm_up_denoiser(pipe, steps: int, batch_size: int = 16, seed: int = 0) -> list[float]:

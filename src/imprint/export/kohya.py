@@ -125,7 +125,8 @@ def _v_prediction(base: str | None) -> bool | None:
     return config.get("prediction_type", "epsilon") == "v_prediction"  # diffusers' default is epsilon
 
 
-def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, str]:
+def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, alpha: float,
+                   family=None) -> dict[str, str]:
     """The `ss_*` header fields kohya writes and A1111 / ComfyUI / metadata viewers read."""
     import imprint
 
@@ -143,9 +144,12 @@ def kohya_metadata(metadata: dict, native: dict[str, torch.Tensor], rank: int, a
     if name:
         out["ss_sd_model_name"] = name
         out["ss_base_model"] = name
-    cross_dim = _cross_attention_dim(base, native)
-    v2 = None if cross_dim is None else cross_dim == SD2_CROSS_ATTENTION_DIM
     v_pred = _v_prediction(base)
+    version = getattr(family, "kohya_model_version", None)
+    if version is not None:  # SDXL, FLUX: the family's own version string; SD 1.x / 2.x: told apart below
+        out["ss_base_model_version"] = version
+    cross_dim = None if version is not None else _cross_attention_dim(base, native)
+    v2 = None if cross_dim is None else cross_dim == SD2_CROSS_ATTENTION_DIM
     if v2 is not None:
         out["ss_v2"] = str(v2)
     if v_pred is not None:
@@ -190,10 +194,8 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False, svd_ra
         raise ImprintError(f"{run}: method {method!r} has no adapter file; kohya export needs a run of "
                            f"{', '.join(exportable)}")
     family = family_class(metadata.get("base_model", ""), metadata.get("family", "sd"))
-    if not family.kohya_prefixes or family.name != "sd":  # the ss_* header below is SD 1.x / 2.x's
-        raise ImprintError(
-            f"{run}: model family {family.name!r}; kohya export writes SD 1.x / 2.x LoRAs only so far"
-        )
+    if not family.kohya_prefixes:
+        raise ImprintError(f"{run}: model family {family.name!r} has no kohya / ComfyUI layout in this imprint")
     if Path(output).is_dir():
         raise ImprintError(f"--output {output}: is a folder; pass the .safetensors file to write")
     if svd_rank is not None and svd_rank < 1:
@@ -203,18 +205,18 @@ def export_kohya(run: str | Path, output: str | Path, diff: bool = False, svd_ra
     alpha = float(hp.get("alpha") or rank)
     if svd_rank is not None:
         tensors, errors = lycoris.svd_state_dict(lycoris.merged_deltas(run, metadata, family), family, svd_rank)
-        header = kohya_metadata(metadata, {}, svd_rank, float(svd_rank))
+        header = kohya_metadata(metadata, {}, svd_rank, float(svd_rank), family)
         log.info("rank-%d SVD of %d layers' deltas: relative error mean %.4f, max %.4f",
                  svd_rank, len(errors), sum(errors) / len(errors), max(errors))
     elif diff or method in lycoris.MERGED_ONLY:
         tensors = lycoris.diff_state_dict(lycoris.merged_deltas(run, metadata, family), family)
-        header = kohya_metadata(metadata, {}, int(rank), alpha)
+        header = kohya_metadata(metadata, {}, int(rank), alpha, family)
         header.update(ss_network_module="lycoris.kohya", ss_network_args=json.dumps({"algo": "full"}))
     elif method in lora_files:
         tensors, header = _lora_file(run, metadata, family)
     else:
         tensors = lycoris.lycoris_state_dict(lycoris.run_modules(run, metadata), family)
-        header = kohya_metadata(metadata, {}, int(rank), alpha)
+        header = kohya_metadata(metadata, {}, int(rank), alpha, family)
         args = {"algo": lycoris.ALGORITHMS[method]}
         if method == "dora":
             args.update(dora_wd="True", wd_on_output="True")
@@ -243,5 +245,5 @@ def _lora_file(run: Path, metadata: dict, family) -> tuple[dict, dict]:
         raise ImprintError(f"{run}: no LoRA rank in metadata.json and no lora_A weights in {weights.name}")
     alpha = hp.get("alpha")
     alpha = float(rank if alpha is None else alpha)  # None: alpha = rank, as training did
-    kohya = kohya_state_dict(native, {"unet": alpha, "text_encoder": alpha}, family)
-    return kohya, kohya_metadata(metadata, native, int(rank), alpha)
+    kohya = kohya_state_dict(native, {part: alpha for part in family.kohya_prefixes}, family)
+    return kohya, kohya_metadata(metadata, native, int(rank), alpha, family)

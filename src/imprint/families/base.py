@@ -11,6 +11,8 @@ samples with; LoRA target names per part; the export key maps; the architecture 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -24,6 +26,14 @@ NON_ARCHITECTURE_KEYS = {"_name_or_path", "_diffusers_version", "_class_name", "
 FAMILIES: dict[str, type["Family"]] = {}
 
 
+def architecture_fingerprint(configs: dict[str, dict]) -> str:
+    """Hash of the parts' architectures (their configs less names, versions and nested configs):
+    runs are tied to it, not to a path."""
+    clean = {part: {k: v for k, v in sorted(config.items()) if k not in NON_ARCHITECTURE_KEYS
+                    and not isinstance(v, dict)} for part, config in configs.items()}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def register_family(cls: type["Family"]) -> type["Family"]:
     FAMILIES[cls.name] = cls
     return cls
@@ -32,6 +42,7 @@ def register_family(cls: type["Family"]) -> type["Family"]:
 class Family(ABC):
     name = "base"
     pipeline_class_names: tuple[str, ...] = ()  # model_index.json `_class_name`s this family loads
+    diffusers_pipeline = ""                      # the diffusers pipeline class it samples and saves LoRAs with
     denoiser_name = "unet"
     # the text encoders a method may train (SDXL: both CLIPs; SD3 and FLUX leave T5 frozen, as
     # the anchors do); the first one holds the tokenizer `tokenizer`
@@ -39,10 +50,16 @@ class Family(ABC):
     lora_targets: dict[str, list[str]] = {}       # PEFT target modules per trainable part
     lora_conv_targets: dict[str, list[str]] = {}  # added by --lora-targets attention+conv
     kohya_prefixes: dict[str, str] = {}           # part -> key prefix of the kohya / A1111 layout
+    kohya_model_version: str | None = None        # kohya's ss_base_model_version (SD: told by the config)
     prediction_type = "epsilon"
+    default_resolution = 512                      # --resolution when none is given
+    ddim_editing = False                          # HiFi Tuner's DDIM inversion / cross-attention tools apply
 
     model: str          # resolved path or hub id
     fingerprint: str    # computed once, when the parts are loaded
+
+    def configure(self, settings) -> None:
+        """The family's own training settings (flow matching: the timestep density, shift, guidance)."""
 
     # --- parts ---------------------------------------------------------------------------
     @property
@@ -121,19 +138,28 @@ class Family(ABC):
                            "drop the term's flag for this model")
 
     @abstractmethod
-    def encode_for_sampling(self, prompts: list[str]) -> list:
-        """Per prompt, what `sample(prompt_embeds=...)` needs, so sampling needs no text encoder."""
+    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """Per prompt, the pipeline's encoding arguments (prompt_embeds, negative_prompt_embeds, and
+        the family's others), batch 1, so sampling needs no text encoder."""
 
     # --- images and the objective ----------------------------------------------------------
-    @abstractmethod
-    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels in [-1, 1] -> the latent posterior (mean, std), float32 on the CPU."""
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels in [-1, 1] -> the VAE posterior (mean, std), unscaled, float32 on the CPU (every family
+        so far encodes with a diffusers AutoencoderKL, `self.vae`)."""
+        means, stds = [], []
+        for chunk in pixels.split(batch_size):
+            dist = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+        return torch.cat(means), torch.cat(stds)
 
     @abstractmethod
     def sample_latents(self, mean, std, generator: torch.Generator) -> torch.Tensor: ...
 
     @abstractmethod
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+    def sample_timesteps(self, n: int, generator: torch.Generator, latent_shape=None) -> torch.Tensor:
+        """n timesteps for latents of `latent_shape` (a resolution-dependent shift reads it)."""
 
     @abstractmethod
     def noisy_input_and_target(self, latents, noise, timesteps) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -192,13 +218,29 @@ class Family(ABC):
         """The fingerprint of a loaded pipeline's architecture (must equal `fingerprint`)."""
 
     @classmethod
-    @abstractmethod
+    def pipeline_class(cls):
+        """The diffusers pipeline class of the family."""
+        import diffusers
+
+        return getattr(diffusers, cls.diffusers_pipeline)
+
+    @classmethod
     def save_lora(cls, folder: Path, layers: dict[str, dict], adapter_configs: dict[str, dict]) -> None:
-        """The LoRA file the family's diffusers pipeline loads with load_lora_weights."""
+        """The LoRA file the family's diffusers pipeline loads with load_lora_weights: its
+        save_lora_weights takes `<part>_lora_layers` and `<part>_lora_adapter_metadata` per part."""
+        arguments = {}
+        for part, tensors in layers.items():
+            arguments[f"{part}_lora_layers"] = tensors
+            arguments[f"{part}_lora_adapter_metadata"] = adapter_configs.get(part)
+        cls.pipeline_class().save_lora_weights(folder, **arguments)
 
     @classmethod
     def kohya_module_name(cls, part: str, module_path: str) -> str:
-        """A module's name in the kohya / A1111 / ComfyUI layout."""
+        """A module's name in the kohya / A1111 / ComfyUI layout. Kohya names a (CLIP) text encoder's
+        modules from CLIPTextModel's tree, which has a `text_model.` level that transformers 5's LoRA
+        keys leave out; ComfyUI / A1111 look for it."""
+        if part.startswith("text_encoder") and not module_path.startswith("text_model."):
+            module_path = "text_model." + module_path
         return cls.kohya_prefixes[part] + module_path.replace(".", "_")
 
     def describe(self) -> dict:

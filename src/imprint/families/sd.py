@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 import re
 from pathlib import Path
 
 import torch
 
-from imprint.families.base import NON_ARCHITECTURE_KEYS, Family, register_family
+from imprint.families.base import Family, register_family
+from imprint.families.base import architecture_fingerprint as fingerprint_of
 from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
@@ -55,13 +54,7 @@ def loading(model: str, flag: str = "--model"):
 
 
 def architecture_fingerprint(unet_config: dict, text_config: dict) -> str:
-    """Hash of the UNet and text-encoder architecture: runs are tied to it, not to a path."""
-    clean = {
-        "unet": {k: v for k, v in sorted(unet_config.items()) if k not in NON_ARCHITECTURE_KEYS},
-        "text_encoder": {k: v for k, v in sorted(text_config.items()) if k not in NON_ARCHITECTURE_KEYS
-                         and not isinstance(v, dict)},
-    }
-    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint_of({"unet": unet_config, "text_encoder": text_config})
 
 
 @register_family
@@ -70,6 +63,7 @@ class StableDiffusionFamily(Family):
 
     name = "sd"
     pipeline_class_names = ("StableDiffusionPipeline",)
+    diffusers_pipeline = "StableDiffusionPipeline"
     denoiser_name = "unet"
     lora_targets = {
         "unet": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -78,6 +72,7 @@ class StableDiffusionFamily(Family):
     # the ResNet blocks' 3x3 convolutions (as LyCORIS' LoCon)
     lora_conv_targets = {"unet": ["conv1", "conv2"]}
     kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    ddim_editing = True
 
     @classmethod
     def from_pipeline(cls, pipe, model: str = "(in memory)") -> "StableDiffusionFamily":
@@ -145,28 +140,19 @@ class StableDiffusionFamily(Family):
         return self.text_encoder(tokens.to(self.text_encoder.device)).pooler_output
 
     @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(prompt, empty negative prompt) embeddings, so sampling needs no text encoder."""
+    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """The prompt's and the empty negative prompt's embeddings, so sampling needs no text encoder."""
         empty = self.text_embeddings(self.tokenize([""]))
-        return [(self.text_embeddings(self.tokenize([p])), empty) for p in prompts]
+        return [{"prompt_embeds": self.text_embeddings(self.tokenize([p])), "negative_prompt_embeds": empty}
+                for p in prompts]
 
     # --- images and the objective -------------------------------------------------------
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels in [-1, 1] -> the VAE posterior (mean, std), unscaled, float32 on the CPU."""
-        means, stds = [], []
-        for chunk in pixels.split(batch_size):
-            dist = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
-        return torch.cat(means), torch.cat(stds)
-
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One draw from the cached posterior, scaled as the UNet expects (as the VAE would)."""
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return (mean + std * eps) * self.vae.config.scaling_factor
 
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_timesteps(self, n: int, generator: torch.Generator, latent_shape=None) -> torch.Tensor:
         return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,),
                              generator=generator).long()
 
@@ -227,23 +213,3 @@ class StableDiffusionFamily(Family):
     @classmethod
     def pipeline_fingerprint(cls, pipe) -> str:
         return architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
-
-    @classmethod
-    def save_lora(cls, folder: Path, layers: dict[str, dict], adapter_configs: dict[str, dict]) -> None:
-        from diffusers import StableDiffusionPipeline
-
-        StableDiffusionPipeline.save_lora_weights(
-            folder,
-            unet_lora_layers=layers.get("unet"),
-            text_encoder_lora_layers=layers.get("text_encoder"),
-            unet_lora_adapter_metadata=adapter_configs.get("unet"),
-            text_encoder_lora_adapter_metadata=adapter_configs.get("text_encoder"),
-        )
-
-    @classmethod
-    def kohya_module_name(cls, part: str, module_path: str) -> str:
-        # kohya names text-encoder modules from CLIPTextModel's tree, which has a `text_model.`
-        # level that transformers 5's LoRA keys leave out; ComfyUI / A1111 look for it
-        if part == "text_encoder" and not module_path.startswith("text_model."):
-            module_path = "text_model." + module_path
-        return super().kohya_module_name(part, module_path)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from imprint.core.run_folder import RunFolder
 from imprint.families import family_class, resolve_model
 from imprint.image.reference_guidance import reference_guided, run_references
-from imprint.image.sampling import sample, save_grid
+from imprint.image.sampling import default_guidance, sample, save_grid
 from imprint.methods import METHODS
 from imprint.util.errors import ImprintError
 from imprint.util.files import make_folder, write_json_atomic
@@ -51,13 +51,16 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
 
 
 def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
-             num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float = 7.5,
+             num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float | None = None,
              resolution: int | None = None, keep_appearance: str | Path | None = None,
              appearance_weight: float = 1.0, reference_guidance: bool = False, reference_masks: str | None = None,
              reference_segmenter: str = "CIDAS/clipseg-rd64-refined",
              reference_features: str = "facebook/dino-vits16") -> list[Path]:
     output = make_folder(output, "--output")
     pipe, method, metadata = load_run_pipeline(run, model)
+    if reference_guidance:
+        unet_only(metadata, "--reference-guidance")
+    guidance_scale = default_guidance(pipe) if guidance_scale is None else guidance_scale
     if keep_appearance is not None:
         add_appearance(pipe, method, Path(run), metadata, Path(keep_appearance), appearance_weight)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
@@ -84,6 +87,14 @@ def generate(run: str | Path, prompts: list[str], output: str | Path, model: str
     if chosen:
         write_json_atomic(output / "reference_guidance.json", chosen)
     return written
+
+
+def unet_only(metadata: dict, what: str) -> None:
+    """HiFi Tuner's DDIM inversion and cross-attention steering are written for SD's UNet."""
+    family = family_class(metadata["base_model"], metadata.get("family", "sd"))
+    if not family.ddim_editing:
+        raise ImprintError(f"{what}: written for SD 1.x / 2.x's UNet and DDIM sampler; this run's model is "
+                           f"{family.name}")
 
 
 def add_appearance(pipe, method, run: Path, metadata: dict, image_path: Path, weight: float) -> None:
@@ -125,6 +136,7 @@ def edit(run: str | Path, image: str | Path, source_prompt: str, replace: str, o
         raise ImprintError(f"--replace {replace!r}: not a word of --source-prompt {source_prompt!r}; name the word "
                            "that says what the photo's object is")
     photo = load_image_file(Path(image))
+    unet_only(read_metadata(run), "imprint edit")
     pipe, method, metadata = load_run_pipeline(run, model)
     resolution = resolution or metadata["hyperparameters"]["resolution"]
     subject_words = f"{metadata['token']} {metadata['class_name']}"

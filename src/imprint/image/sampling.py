@@ -25,13 +25,22 @@ def images_per_call(resolution: int) -> int:
     return max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
 
 
+def default_guidance(pipe) -> float:
+    """The pipeline's own default guidance scale (SD 7.5, SDXL 5, SD3 7, FLUX's embedded 3.5)."""
+    import inspect
+
+    return inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+
+
 @torch.no_grad()
 def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
-           images_per_prompt: int = 1, guidance_scale: float = 7.5,
-           prompt_embeds: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[Image.Image]:
+           images_per_prompt: int = 1, guidance_scale: float | None = None,
+           prompt_embeds: list[dict[str, torch.Tensor]] | None = None) -> list[Image.Image]:
     """Deterministic for a given seed: image j of prompt i always starts from the same noise.
-    With `prompt_embeds` ((prompt, negative) per prompt) the pipeline needs no text encoder.
+    With `prompt_embeds` (per prompt, the family's encoding arguments of the pipeline:
+    family.encode_for_sampling) the pipeline needs no text encoder.
     Small images go through the pipeline several at a time (each with its own generator)."""
+    guidance_scale = default_guidance(pipe) if guidance_scale is None else guidance_scale
     jobs = [(i, j) for i in range(len(prompts)) for j in range(images_per_prompt)]
     per_call = images_per_call(resolution)
     images = []
@@ -41,8 +50,7 @@ def sample(pipe, prompts: list[str], resolution: int, seed: int, steps: int,
         if prompt_embeds is None:
             text = {"prompt": [prompts[i] for i, _ in chunk]}
         else:
-            text = {"prompt_embeds": torch.cat([prompt_embeds[i][0] for i, _ in chunk]),
-                    "negative_prompt_embeds": torch.cat([prompt_embeds[i][1] for i, _ in chunk])}
+            text = {key: torch.cat([prompt_embeds[i][key] for i, _ in chunk]) for key in prompt_embeds[0]}
         # a method whose conditioning changes per step installs its callback on the pipeline
         per_step = getattr(pipe, "imprint_step_callback", None)
         extra = dict(callback_on_step_end=per_step, callback_on_step_end_tensor_inputs=["prompt_embeds"]) if per_step else {}

@@ -52,7 +52,8 @@ def backend_scorer(backend, real_images, prompts: list[str], text_prompts: list[
                       resolution: int, steps: int, seed: int, images_per_prompt: int = 2,
                       prompt_embeds=None):
     """I: the backend's similarity to the subject photos (DINO for DreamBench); T: its text
-    alignment (CLIP-T), both averaged over the validation prompts."""
+    alignment (CLIP-T), both averaged over the validation prompts. `prompt_embeds`: the prompts'
+    encodings, or a function that makes them at each scoring (a text encoder that trains)."""
     from imprint.image.sampling import sample
 
     reference = backend.subject_reference(real_images)  # once, not per prompt and checkpoint
@@ -61,9 +62,10 @@ def backend_scorer(backend, real_images, prompts: list[str], text_prompts: list[
         from tqdm.auto import tqdm
 
         image_sims, text_sims = [], []
+        encodings = prompt_embeds() if callable(prompt_embeds) else prompt_embeds
         for i, (prompt, text) in enumerate(tqdm(list(zip(prompts, text_prompts)), desc="scoring checkpoint",
                                                 unit="prompt", leave=False, disable=None)):
-            embeds = [prompt_embeds[i]] if prompt_embeds else None
+            embeds = [encodings[i]] if encodings else None
             images = sample(pipe, [prompt], resolution, seed + 1000 * i, steps, images_per_prompt,
                             prompt_embeds=embeds)
             image_sim, text_sim = backend.subject_and_text(images, text, reference)

@@ -10,6 +10,7 @@ from typing import Any
 from imprint.config import Group, all_fields, check_values, flag, instantiate
 from imprint.core.optim import default_lr
 from imprint.core.settings import TrainerSettings
+from imprint.families.flow import FlowMatchingSettings
 from imprint.methods import METHODS
 from imprint.objectives import TERMS
 from imprint.util.errors import ImprintError
@@ -37,7 +38,8 @@ class DataSettings:
     captions: bool = setting(True, "a caption file NAME.txt beside photo NAME.jpg is that photo's training "
                              "prompt ({token} and {class_name} filled in); photos without one use "
                              "--instance-prompt; --no-captions: the instance prompt for every photo")
-    resolution: int = setting(512, "training size in pixels (square, a multiple of 8)", positive=True)
+    resolution: int | None = setting(None, "training size in pixels (square, a multiple of 8)", positive=True,
+                                     shown_default="the model family's: 512 for SD 1.x/2.x, 1024 for SDXL, SD3 and FLUX")
     buckets: bool = setting(False, "aspect-ratio buckets (as kohya's): each photo keeps its shape, resized "
                             "and centre-cropped to the bucket of nearest aspect (about resolution^2 pixels, "
                             "sides multiples of resolution/8 up to 64, from resolution/2 to 2x resolution); "
@@ -118,6 +120,7 @@ def groups() -> list[Group]:
         Group("data", "subject data", [DataSettings]),
         Group("prior", "prior preservation", [PriorDataSettings, *term_settings_classes("prior")]),
         Group("trainer", "optimizer, precision, checkpoints", [TrainerSettings]),
+        Group("family", "flow-matching models (SD3, FLUX)", [FlowMatchingSettings]),
         Group("objective", "loss terms", term_settings_classes("objective")),
         Group("samples", "sample images", [SampleSettings]),
         Group("selection", "best-checkpoint selection", [SelectionSettings]),
@@ -139,6 +142,7 @@ class ImageRunConfig:
     data: DataSettings
     prior: PriorDataSettings
     trainer: TrainerSettings
+    family: FlowMatchingSettings
     samples: SampleSettings
     selection: SelectionSettings
     terms: dict[str, Any]        # term name -> its settings
@@ -150,7 +154,7 @@ class ImageRunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Flat {key: value} of every setting the run uses: config.json, and the flags of a resume."""
         out = {}
-        for section in (self.run, self.data, self.prior, self.trainer, self.samples, self.selection,
+        for section in (self.run, self.data, self.prior, self.trainer, self.family, self.samples, self.selection,
                         *self.terms.values(), self.method):
             if section is not None:
                 out.update(dataclasses.asdict(section))
@@ -158,7 +162,7 @@ class ImageRunConfig:
 
 
 SECTIONS = {"run": RunSettings, "data": DataSettings, "prior": PriorDataSettings, "trainer": TrainerSettings,
-            "samples": SampleSettings, "selection": SelectionSettings}
+            "family": FlowMatchingSettings, "samples": SampleSettings, "selection": SelectionSettings}
 
 
 def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check_required: bool = True) -> ImageRunConfig:
@@ -201,9 +205,9 @@ def validate(cfg: ImageRunConfig, check_required: bool = True) -> None:
         for name, section in (("model", cfg.run), ("images", cfg.data), ("class_name", cfg.data), ("output", cfg.run)):
             if not getattr(section, name):
                 raise ImprintError(f"{flag(name)} is required (flag or key in --config)")
-    if cfg.data.resolution % 8:
+    if cfg.data.resolution is not None and cfg.data.resolution % 8:
         raise ImprintError(f"--resolution {cfg.data.resolution}: must be a multiple of 8")
-    if cfg.data.buckets and cfg.data.resolution % 64:
+    if cfg.data.buckets and cfg.data.resolution is not None and cfg.data.resolution % 64:
         raise ImprintError(f"--resolution {cfg.data.resolution}: with --buckets it must be a multiple of 64 "
                            "(the bucket sides step by resolution/8)")
     trained = METHODS[cfg.run.method](cfg.method).trained_parts()

@@ -9,6 +9,7 @@ is trained.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass, field
 import logging
@@ -24,10 +25,12 @@ from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
 from imprint.core.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
-from imprint.families import load_family
+from imprint.config import flag
+from imprint.families import family_class, load_family
+from imprint.families.flow import FlowMatchingFamily, FlowMatchingSettings
 from imprint.image.buckets import Bucket, bucket_for, subject_rows
-from imprint.image.data import (SubjectImages, caption_path, fit_to_size, images_to_tensor, load_image_file,
-                                load_subject_images, read_captions)
+from imprint.image.data import (SubjectImages, caption_path, fit_to_size, images_to_tensor, list_image_files,
+                                load_image_file, load_subject_images, read_captions)
 from imprint.image.masks import fit_mask, load_masks, to_latent_size
 from imprint.image.prior import ensure_class_images
 from imprint.image.sampling import sample, save_grid
@@ -105,6 +108,7 @@ class SubjectTask(Task):
         self.cfg, self.accelerator = cfg, accelerator
         self.device, self.frozen_dtype = accelerator.device, DTYPES[cfg.trainer.mixed_precision]
         self.family = family = load_family(cfg.run.model)
+        family.configure(cfg.family)
         self.method = METHODS[cfg.run.method](cfg.method)
         self.objective = Objective.from_settings(cfg.terms)
         trained = self.method.trained_parts()
@@ -150,10 +154,10 @@ class SubjectTask(Task):
         self.cache_text = "text_encoder" not in trained
         self.prompt_tokens = family.tokenize(self.prompts)
         self.prompt_encodings = None
+        with torch.no_grad():  # every prompt once, also where the text encoder trains: a family keeps what
+            encodings = family.encode_prompts(self.prompt_tokens)  # its frozen encoders give (FLUX's T5)
         if self.cache_text:
-            with torch.no_grad():
-                self.prompt_encodings = {k: v.to(self.device, self.frozen_dtype)
-                                         for k, v in family.encode_prompts(self.prompt_tokens).items()}
+            self.prompt_encodings = {k: v.to(self.device, self.frozen_dtype) for k, v in encodings.items()}
         self.prompt_metadata = {"token": cfg.data.token, **self.method.metadata()}
         with accelerator.autocast():
             self.objective.setup(family, self.fill_prompt)
@@ -211,11 +215,18 @@ class SubjectTask(Task):
         return self.method.rewrite_prompt(text, self.prompt_metadata)
 
     def encode_for_sampling(self, prompts: list[str]):
-        """Prompt encodings for sampling, made now while the text encoder is there (or None)."""
-        if not self.cache_text:
-            return None
+        """Prompt encodings for sampling, so the pipeline needs no text encoder. Made before the
+        frozen parts are released (a family keeps what its frozen encoders give, FLUX's T5); where
+        the text encoder trains, this is a function that makes them anew at each use."""
         with torch.no_grad():
-            return self.family.encode_for_sampling(prompts)
+            encodings = self.family.encode_for_sampling(prompts)
+        if self.cache_text:
+            return encodings
+
+        def fresh():
+            with torch.no_grad():
+                return self.family.encode_for_sampling(prompts)
+        return fresh
 
     def release_frozen_parts(self) -> None:
         self.family.release_encoders(keep_text_encoder=not self.cache_text or self.objective.needs_text_encoder)
@@ -288,7 +299,7 @@ class SubjectTask(Task):
         noise = torch.randn(latents.shape, generator=generator)
         if cfg.data.noise_offset:
             noise += cfg.data.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-        timesteps = family.sample_timesteps(latents.shape[0], generator)
+        timesteps = family.sample_timesteps(latents.shape[0], generator, latents.shape)
         if timestep is not None:  # every row at one timestep (a method's per-step refinement)
             timesteps = torch.full_like(timesteps, timestep)
         tied = [(i, t) for i, t in enumerate(rows.ties) if t is not None]
@@ -382,9 +393,10 @@ class Samples(Callback):
         # with --ema-decay the samples show the average, the weights the run will ship
         with self.ema.applied() if self.ema else contextlib.nullcontext(), \
                 self.task.accelerator.autocast():  # parts in mixed dtypes (bf16 base, float32 adapters)
+            encodings = self.encodings() if callable(self.encodings) else self.encodings
             images = sample(self.task.pipeline(), self.prompts, self.cfg.data.resolution,
                             self.cfg.trainer.seed, self.cfg.samples.sample_inference_steps, images_per_prompt=2,
-                            prompt_embeds=self.encodings)
+                            prompt_embeds=encodings)
         save_grid(images, self.run.path / "samples" / f"step-{step:06d}.png", cols=2)
 
     def on_step_end(self, step: int) -> None:
@@ -483,6 +495,18 @@ def subject_masks(cfg: ImageRunConfig, subject: SubjectImages, run: RunFolder, d
 
 def train(cfg: ImageRunConfig, scorer=None) -> Path:
     """Train a run; `scorer` (pipeline -> (I, T)) replaces --select-best's DreamBench scorer."""
+    list_image_files(cfg.data.images)  # a missing photo folder is said before the model is looked up
+    family = family_class(cfg.run.model)
+    changed = [f.name for f in dataclasses.fields(cfg.family)
+               if getattr(cfg.family, f.name) != getattr(FlowMatchingSettings(), f.name)]
+    if changed and not issubclass(family, FlowMatchingFamily):
+        raise ImprintError(f"{flag(changed[0])}: a setting of flow-matching models (SD3, FLUX); --model {cfg.run.model} "
+                           f"is a {family.name} model: drop the flag")
+    if cfg.data.resolution is None:
+        cfg.data.resolution = family.default_resolution
+        if cfg.data.buckets and cfg.data.resolution % 64:
+            raise ImprintError(f"--buckets: the model's default resolution {cfg.data.resolution} is not a multiple "
+                               "of 64; pass --resolution")
     run = RunFolder(cfg.run.output)
     if cfg.run.resume is None:
         run.check_new_output()

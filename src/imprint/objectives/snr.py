@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from imprint.objectives.base import Batch, LossTerm, register_term
+from imprint.util.errors import ImprintError
 from imprint.util.settings import setting
 
 
@@ -39,6 +40,11 @@ class MinSNR(LossTerm):
 
     def enabled(self) -> bool:
         return self.settings is not None and self.settings.snr_gamma > 0
+
+    def setup(self, family, fill) -> None:
+        if family.prediction_type == "flow":
+            raise ImprintError("--snr-gamma: min-SNR weighting is defined for epsilon and v targets; a flow-matching "
+                               "model (SD3, FLUX) has --loss-weighting sigma_sqrt / cosmap instead")
 
     def weight(self, batch: Batch, family) -> torch.Tensor:
         weight = min_snr_weight(family.snr(batch.timesteps), self.settings.snr_gamma, family.prediction_type,

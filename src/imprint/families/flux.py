@@ -1,0 +1,155 @@
+"""FLUX.1 (Black Forest Labs): a rectified-flow transformer on 2x2-packed 16-channel latents,
+conditioned on T5 token embeddings, CLIP's pooled embedding and (guidance-distilled models) a
+guidance value.
+
+As diffusers' FLUX pipeline and LoRA script: the CLIP text encoder is the only one a method may
+train (T5 stays frozen; its encodings are made once per prompt and T5 is freed), LoRA targets
+the attention projections and the MLPs of both block kinds, the result is the file
+`FluxPipeline.load_lora_weights` reads. Batches keep latents unpacked (B, C, H, W), so masks
+and every loss term see images; `predict` packs them for the transformer and unpacks its output.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from imprint.families.base import architecture_fingerprint, register_family
+from imprint.families.flow import FlowMatchingFamily
+from imprint.families.sd import loading, resolve_model
+
+CLIP_LENGTH = 77
+
+
+@register_family
+class FluxFamily(FlowMatchingFamily):
+    name = "flux"
+    pipeline_class_names = ("FluxPipeline",)
+    diffusers_pipeline = "FluxPipeline"
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder",)
+    patch_size = 2
+    # diffusers' train_dreambooth_lora_flux.py's default targets
+    lora_targets = {
+        "transformer": ["attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                        "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                        "ff_context.net.2", "proj_mlp", "proj_out"],
+        "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    }
+    kohya_prefixes = {"transformer": "lora_transformer_", "text_encoder": "lora_te1_"}
+    kohya_model_version = "flux1"
+
+    def __init__(self, model: str):
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        self.model = resolve_model(model)
+        with loading(self.model):
+            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
+            self.tokenizer_2 = T5TokenizerFast.from_pretrained(self.model, subfolder="tokenizer_2")
+            self.text_encoder = CLIPTextModel.from_pretrained(self.model, subfolder="text_encoder",
+                                                              use_safetensors=True)
+            self.text_encoder_2 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder_2",
+                                                                 use_safetensors=True)
+            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
+            self.transformer = FluxTransformer2DModel.from_pretrained(self.model, subfolder="transformer",
+                                                                      use_safetensors=True)
+            self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model, subfolder="scheduler")
+        for part in (self.text_encoder, self.text_encoder_2, self.vae, self.transformer):
+            part.requires_grad_(False)
+            part.eval()
+        # the pipeline's default length (512), or the tokenizer's if shorter, so training and sampling agree
+        self.max_sequence_length = min(512, self.tokenizer_2.model_max_length)
+        self.fingerprint = self.parts_fingerprint(self.transformer, self.text_encoder, self.text_encoder_2)
+
+    @staticmethod
+    def parts_fingerprint(transformer, text_encoder, text_encoder_2) -> str:
+        return architecture_fingerprint({"transformer": dict(transformer.config),
+                                         "text_encoder": text_encoder.config.to_dict(),
+                                         "text_encoder_2": text_encoder_2.config.to_dict()})
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # --- parts -------------------------------------------------------------------------
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
+                 "text_encoder_2": self.text_encoder_2, "vae": self.vae}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def release_encoders(self, keep_text_encoder: bool) -> None:
+        """T5 always (its encodings are cached; it is the largest part after the transformer), the
+        VAE encoder, and CLIP when it is frozen."""
+        self.text_encoder_2 = None
+        self.vae.encoder = None
+        self.vae.quant_conv = None
+        if not keep_text_encoder:
+            self.text_encoder = None
+        gc.collect()
+
+    # --- conditioning ------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(N, 77 + T5 length): CLIP's ids, then T5's."""
+        clip = self.tokenizer(prompts, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
+                              return_tensors="pt").input_ids
+        t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                              return_tensors="pt").input_ids
+        return torch.cat([clip, t5], dim=1)
+
+    def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(tokens[:, :CLIP_LENGTH].to(self.text_encoder.device)).pooler_output
+
+    def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self.t5_embeddings(self.text_encoder_2, tokens[:, CLIP_LENGTH:]),
+                "pooled_prompt_embeds": self.pooled_text_embeddings(tokens)}
+
+    @torch.no_grad()
+    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """FLUX.1's guidance is embedded, not classifier-free: no negative prompt."""
+        return [self.encode_prompts(self.tokenize([p])) for p in prompts]
+
+    # --- the objective -----------------------------------------------------------------
+    def predict(self, noisy, timesteps, conditioning):
+        from diffusers import FluxPipeline
+
+        batch, channels, height, width = noisy.shape
+        packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+        embeds = conditioning["prompt_embeds"]
+        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, noisy.device, embeds.dtype)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=noisy.device, dtype=embeds.dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((batch,), self.settings.flux_guidance, device=noisy.device, dtype=torch.float32)
+        out = self.transformer(hidden_states=packed, timestep=(timesteps / 1000).to(noisy.dtype), guidance=guidance,
+                               pooled_projections=conditioning["pooled_prompt_embeds"], encoder_hidden_states=embeds,
+                               txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
+        return FluxPipeline._unpack_latents(out, height * self.vae_scale_factor, width * self.vae_scale_factor,
+                                            self.vae_scale_factor)
+
+    # --- sampling, loading, files --------------------------------------------------------
+    def pipeline(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config),
+                            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+                            transformer=self.transformer)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
+        from diffusers import FluxPipeline
+
+        model = resolve_model(model)
+        with loading(model):
+            pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def pipeline_fingerprint(cls, pipe) -> str:
+        return cls.parts_fingerprint(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2)

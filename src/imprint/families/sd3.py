@@ -1,0 +1,154 @@
+"""Stable Diffusion 3 / 3.5 (Esser et al. 2024, arXiv 2403.03206): a rectified-flow MM-DiT on
+16-channel latents, conditioned on two CLIP encoders (penultimate hidden states joined and
+zero-padded to T5's width, then T5's tokens after them; both pooled projections joined).
+
+As diffusers' SD3 pipeline and LoRA script: the CLIPs are what a method may train, T5 stays
+frozen (encoded once per prompt, then freed); LoRA targets the joint attention's projections
+of both streams; the negative prompt is the empty prompt's encoding (no zeros).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from imprint.families.base import architecture_fingerprint, register_family
+from imprint.families.flow import FlowMatchingFamily
+from imprint.families.sd import loading, resolve_model
+
+CLIP_LENGTH = 77
+
+
+@register_family
+class StableDiffusion3Family(FlowMatchingFamily):
+    name = "sd3"
+    pipeline_class_names = ("StableDiffusion3Pipeline",)
+    diffusers_pipeline = "StableDiffusion3Pipeline"
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+    # diffusers' train_dreambooth_lora_sd3.py's default targets
+    lora_targets = {
+        "transformer": ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
+                        "attn.to_out.0", "attn.to_q", "attn.to_v"],
+        "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+        "text_encoder_2": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    }
+    # ComfyUI reads the transformer's diffusers paths under "lora_transformer_" (OneTrainer's layout)
+    kohya_prefixes = {"transformer": "lora_transformer_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+    def __init__(self, model: str):
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        self.model = resolve_model(model)
+        with loading(self.model):
+            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
+            self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer_2")
+            self.tokenizer_3 = T5TokenizerFast.from_pretrained(self.model, subfolder="tokenizer_3")
+            self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
+                self.model, subfolder="text_encoder", use_safetensors=True)
+            self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                self.model, subfolder="text_encoder_2", use_safetensors=True)
+            self.text_encoder_3 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder_3",
+                                                                 use_safetensors=True)
+            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
+            self.transformer = SD3Transformer2DModel.from_pretrained(self.model, subfolder="transformer",
+                                                                     use_safetensors=True)
+            self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model, subfolder="scheduler")
+        for part in (self.text_encoder, self.text_encoder_2, self.text_encoder_3, self.vae, self.transformer):
+            part.requires_grad_(False)
+            part.eval()
+        self.max_sequence_length = min(256, self.tokenizer_3.model_max_length)  # the pipeline's default
+        self.fingerprint = self.parts_fingerprint(self.transformer, self.text_encoder, self.text_encoder_2,
+                                                  self.text_encoder_3)
+
+    @staticmethod
+    def parts_fingerprint(transformer, *text_encoders) -> str:
+        configs = {"transformer": dict(transformer.config)}
+        for i, encoder in enumerate(text_encoders):
+            configs[f"text_encoder{'_' + str(i + 1) if i else ''}"] = encoder.config.to_dict()
+        return architecture_fingerprint(configs)
+
+    # --- parts -------------------------------------------------------------------------
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
+                 "text_encoder_2": self.text_encoder_2, "text_encoder_3": self.text_encoder_3, "vae": self.vae}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def release_encoders(self, keep_text_encoder: bool) -> None:
+        """T5 always (cached), the VAE encoder, and the CLIPs when they are frozen."""
+        self.text_encoder_3 = None
+        self.vae.encoder = None
+        self.vae.quant_conv = None
+        if not keep_text_encoder:
+            self.text_encoder = self.text_encoder_2 = None
+        gc.collect()
+
+    # --- conditioning ------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(N, 77 + 77 + T5 length): the two CLIPs' ids, then T5's."""
+        ids = [tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+               for tokenizer, length in ((self.tokenizer, CLIP_LENGTH), (self.tokenizer_2, CLIP_LENGTH),
+                                         (self.tokenizer_3, self.max_sequence_length))]
+        return torch.cat(ids, dim=1)
+
+    def clip_embeddings(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], []
+        for i, encoder in enumerate((self.text_encoder, self.text_encoder_2)):
+            out = encoder(tokens[:, i * CLIP_LENGTH:(i + 1) * CLIP_LENGTH].to(encoder.device), output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), torch.cat(pooled, dim=-1)
+
+    def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip_embeddings(tokens)[1]
+
+    def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        clip, pooled = self.clip_embeddings(tokens)
+        t5 = self.t5_embeddings(self.text_encoder_3, tokens[:, 2 * CLIP_LENGTH:]).to(clip.dtype)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return {"prompt_embeds": torch.cat([clip, t5], dim=-2), "pooled_prompt_embeds": pooled}
+
+    @torch.no_grad()
+    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        empty = self.encode_prompts(self.tokenize([""]))
+        out = []
+        for prompt in prompts:
+            encoded = self.encode_prompts(self.tokenize([prompt]))
+            out.append({**encoded, "negative_prompt_embeds": empty["prompt_embeds"],
+                        "negative_pooled_prompt_embeds": empty["pooled_prompt_embeds"]})
+        return out
+
+    # --- the objective -----------------------------------------------------------------
+    def predict(self, noisy, timesteps, conditioning):
+        return self.transformer(hidden_states=noisy, timestep=timesteps.to(noisy.dtype),
+                                encoder_hidden_states=conditioning["prompt_embeds"],
+                                pooled_projections=conditioning["pooled_prompt_embeds"], return_dict=False)[0]
+
+    # --- sampling, loading, files --------------------------------------------------------
+    def pipeline(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config),
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+            text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3, transformer=self.transformer)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
+        from diffusers import StableDiffusion3Pipeline
+
+        model = resolve_model(model)
+        with loading(model):
+            pipe = StableDiffusion3Pipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def pipeline_fingerprint(cls, pipe) -> str:
+        return cls.parts_fingerprint(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)

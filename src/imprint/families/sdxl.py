@@ -1,0 +1,173 @@
+"""Stable Diffusion XL: two CLIP text encoders whose penultimate hidden states are joined, the
+second one's pooled projection and the micro-conditioning time ids as extra UNet inputs.
+
+The VAE, the noise schedule and the objective are SD's (epsilon or v, DDPM timesteps), so this
+family inherits them and changes the parts and the conditioning. Choices:
+- time ids (original size, crop top-left, target size) are the latent's own size, crop (0, 0):
+  photos are resized to the training resolution before caching, and these are the ids the SDXL
+  pipeline uses at generation when none are given (diffusers' script records each photo's size
+  before resizing and its crop; with square centre crops of photos near the size that matters
+  little, and it keeps the conditioning per bucket rather than per photo).
+- the negative prompt at sampling is zeros where the model's `force_zeros_for_empty_prompt` says
+  so (SDXL base), as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from imprint.families.base import architecture_fingerprint, register_family
+from imprint.families.sd import StableDiffusionFamily, loading, resolve_model
+
+
+def text_conditioning(text_encoders, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeds, pooled embeds) as SDXL's pipeline computes them: each encoder's
+    penultimate hidden states joined on the feature axis; the pooled projection of the last
+    encoder that has one. `tokens` is (N, encoders, length)."""
+    hidden, pooled = [], None
+    for i, encoder in enumerate(text_encoders):
+        out = encoder(tokens[:, i].to(encoder.device), output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds first
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), pooled
+
+
+@register_family
+class StableDiffusionXLFamily(StableDiffusionFamily):
+    """The parts of an SDXL model; SD's objective."""
+
+    name = "sdxl"
+    pipeline_class_names = ("StableDiffusionXLPipeline",)
+    diffusers_pipeline = "StableDiffusionXLPipeline"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+    default_resolution = 1024
+    lora_targets = {
+        "unet": ["to_q", "to_k", "to_v", "to_out.0"],
+        "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+        "text_encoder_2": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    }
+    # kohya's SDXL layout: te1 is CLIP ViT-L, te2 OpenCLIP ViT-bigG
+    kohya_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    kohya_model_version = "sdxl_base_v1-0"
+    ddim_editing = False  # its tools read SD's single-encoder prompt embeddings
+
+    def __init__(self, model: str):
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        self.model = resolve_model(model)
+        with loading(self.model):
+            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
+            self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer_2")
+            self.text_encoder = CLIPTextModel.from_pretrained(self.model, subfolder="text_encoder",
+                                                              use_safetensors=True)
+            self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                self.model, subfolder="text_encoder_2", use_safetensors=True)
+            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
+            self.unet = UNet2DConditionModel.from_pretrained(self.model, subfolder="unet", use_safetensors=True)
+            self.noise_scheduler = DDPMScheduler.from_pretrained(self.model, subfolder="scheduler")
+            self.force_zeros = bool(self.pipeline_config(self.model).get("force_zeros_for_empty_prompt", True))
+        for part in (self.text_encoder, self.text_encoder_2, self.vae, self.unet):
+            part.requires_grad_(False)
+            part.eval()
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.fingerprint = self.parts_fingerprint(self.unet, self.text_encoder, self.text_encoder_2)
+
+    @staticmethod
+    def pipeline_config(model: str) -> dict:
+        path = Path(model) / "model_index.json"
+        if not path.is_file():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, "model_index.json"))
+        return json.loads(path.read_text())
+
+    @staticmethod
+    def parts_fingerprint(unet, text_encoder, text_encoder_2) -> str:
+        return architecture_fingerprint({"unet": dict(unet.config), "text_encoder": text_encoder.config.to_dict(),
+                                         "text_encoder_2": text_encoder_2.config.to_dict()})
+
+    # --- parts -------------------------------------------------------------------------
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        parts = {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
+                 "vae": self.vae}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def release_encoders(self, keep_text_encoder: bool) -> None:
+        super().release_encoders(keep_text_encoder)
+        if not keep_text_encoder:
+            self.text_encoder_2 = None
+
+    # --- conditioning ------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(N, 2, 77): each prompt through both tokenizers (both pad to 77)."""
+        ids = [tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids for tokenizer in (self.tokenizer, self.tokenizer_2)]
+        return torch.stack(ids, dim=1)
+
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return text_conditioning((self.text_encoder, self.text_encoder_2), tokens)[0]
+
+    def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        embeds, pooled = text_conditioning((self.text_encoder, self.text_encoder_2), tokens)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return text_conditioning((self.text_encoder, self.text_encoder_2), tokens)[1]
+
+    @torch.no_grad()
+    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        empty = self.encode_prompts(self.tokenize([""]))
+        if self.force_zeros:
+            empty = {k: torch.zeros_like(v) for k, v in empty.items()}
+        out = []
+        for prompt in prompts:
+            encoded = self.encode_prompts(self.tokenize([prompt]))
+            out.append({**encoded, "negative_prompt_embeds": empty["prompt_embeds"],
+                        "negative_pooled_prompt_embeds": empty["pooled_prompt_embeds"]})
+        return out
+
+    # --- the objective -----------------------------------------------------------------
+    def time_ids(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(N, 6): original size, crop top-left, target size: the latent's size in pixels, crop (0, 0)."""
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
+        ids = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=latents.device)
+        return ids.expand(latents.shape[0], -1)
+
+    def predict(self, noisy, timesteps, conditioning):
+        embeds = conditioning["prompt_embeds"]
+        added = {"text_embeds": conditioning["pooled_prompt_embeds"], "time_ids": self.time_ids(noisy, embeds.dtype)}
+        return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+    # --- sampling, loading, files --------------------------------------------------------
+    def pipeline(self):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            force_zeros_for_empty_prompt=self.force_zeros,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
+        from diffusers import StableDiffusionXLPipeline
+
+        model = resolve_model(model)
+        with loading(model):
+            pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def pipeline_fingerprint(cls, pipe) -> str:
+        return cls.parts_fingerprint(pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
