@@ -12,6 +12,11 @@ Each runs in its own process; peak RSS is that process's ru_maxrss (os.wait4).
 Writes the figures to benchmarks/RESULTS.md with the command that produced them.
 
   python benchmarks/step_time.py --diffusers-script PATH/examples/dreambooth/train_dreambooth_lora.py
+
+--family sdxl | flux: the same at that family's real size (SDXL base 1.0's or FLUX.1-dev's
+architecture, random weights), imprint against diffusers' train_dreambooth_lora_sdxl.py /
+train_dreambooth_lora_flux.py on the same saved model, where the machine can hold it (a model
+that cannot fit in memory is reported as such, not run).
 """
 
 from __future__ import annotations
@@ -61,6 +66,66 @@ def build_model(path: Path) -> Path:
                         f"from imprint.tiny import save_sd_model; save_sd_model({str(path)!r}, size='sd15')"],
                        check=True)
     return path
+
+
+FAMILY_MODELS = {  # name -> (folder, builder call, parameters in billions, a script's own flags)
+    "sdxl": ("sdxl-random", "from imprint.tiny import build_sdxl_pipeline as b, save_pipeline as s; "
+             "s(b(size='sdxl'), {path!r})", 3.5, []),
+    "flux": ("flux-dev-random", "import torch; torch.set_default_dtype(torch.bfloat16); "
+             "from imprint.tiny import build_flux_pipeline as b, save_pipeline as s; s(b(size='flux-dev'), {path!r})",
+             16.9, ["--guidance_scale", "1", "--max_sequence_length", "512"]),
+}
+
+
+def available_memory_gib(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) / 2**20
+
+
+def family_benchmark(args) -> None:
+    """--family sdxl | flux: imprint and diffusers' script of that family, on its real-size architecture."""
+    import diffusers
+    import torch
+
+    folder, build, billions, script_flags = FAMILY_MODELS[args.family]
+    bytes_per = 4 if args.mixed_precision == "no" else 2
+    need = billions * 1e9 * bytes_per / 2**30
+    have = available_memory_gib(args.device)
+    tag = f"{args.family}-{args.resolution}px-{args.mixed_precision}"
+    command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
+    head = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, device {args.device}, torch "
+            f"{torch.__version__}, diffusers {diffusers.__version__}; {args.family} architecture (random weights), "
+            f"LoRA r4, prior preservation, batch 1, {args.resolution} px, precision {args.mixed_precision}; "
+            f"{args.steps} timed steps after {args.warmup} warm-up.\nCommand: `{command}`\n")
+    title = f"## Step time, {args.family} at real size, {args.resolution} px, {args.mixed_precision}, {args.device}"
+    if need > 0.9 * have:
+        body = head + (f"\nNot run: the frozen weights alone are {need:.0f} GiB in this precision and the "
+                       f"{'GPU' if args.device.startswith('cuda') else 'machine'} has {have:.0f} GiB available.")
+        print(write_section(args.results, title, body))
+        return
+    model = WORK / folder
+    if not (model / "model_index.json").is_file():
+        print(f"building the {args.family} architecture (random weights) in {model}", flush=True)
+        subprocess.run([sys.executable, "-c", build.format(path=str(model))], check=True)
+    print("imprint ...", flush=True)
+    ours = imprint_run(args, model, WORK / f"imprint-{tag}")
+    print(f"  {ours['step_s']:.3f} s/step, peak RSS {ours['peak_rss_mib']:.0f} MiB", flush=True)
+    rows = [f"| imprint | {ours['step_s']:.2f} | {ours['peak_rss_mib']:.0f} | - |"]
+    if args.diffusers_script:
+        print("diffusers script ...", flush=True)
+        short_wall, _ = script_run(args, model, args.warmup, WORK / f"script-short-{tag}", script_flags)
+        long_wall, rss = script_run(args, model, args.warmup + args.steps, WORK / f"script-long-{tag}", script_flags)
+        step = (long_wall - short_wall) / args.steps
+        rows[0] = rows[0][:-4] + f" {ours['step_s'] / step:.2f}x |"
+        rows.append(f"| diffusers {Path(args.diffusers_script).name} | {step:.2f} | {rss:.0f} | 1.00x |")
+        print(f"  {step:.3f} s/step, peak RSS {rss:.0f} MiB", flush=True)
+    body = head + "\n| trainer | s/step | peak RSS (MiB) | vs script |\n| --- | ---: | ---: | ---: |\n" + "\n".join(rows)
+    print(write_section(args.results, title, body))
 
 
 def bare_step(args) -> None:
@@ -130,7 +195,7 @@ def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = (), timeo
             "wall_s": wall, "peak_rss_mib": rss}
 
 
-def script_run(args, model: Path, steps: int, out: Path) -> tuple[float, float]:
+def script_run(args, model: Path, steps: int, out: Path, extra: list[str] = ()) -> tuple[float, float]:
     cmd = [sys.executable, args.diffusers_script, "--pretrained_model_name_or_path", str(model),
            "--instance_data_dir", str(DREAMBENCH / "dog"), "--class_data_dir", str(DREAMBENCH / "cat"),
            "--with_prior_preservation", "--num_class_images", "5",
@@ -139,7 +204,7 @@ def script_run(args, model: Path, steps: int, out: Path) -> tuple[float, float]:
            "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
            "--max_train_steps", str(steps), "--checkpointing_steps", "1000000", "--seed", "0",
            "--mixed_precision", args.mixed_precision, "--report_to", "all",
-           "--dataloader_num_workers", "0", "--output_dir", str(out)]
+           "--dataloader_num_workers", "0", "--output_dir", str(out), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     wall, rss, code = run_measured(cmd, out.with_suffix(".log"), env)
     if code:
@@ -149,7 +214,10 @@ def script_run(args, model: Path, steps: int, out: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--diffusers-script", help="path to examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--diffusers-script", help="path to examples/dreambooth/train_dreambooth_lora.py (with "
+                        "--family: train_dreambooth_lora_sdxl.py / train_dreambooth_lora_flux.py)")
+    parser.add_argument("--family", default="sd15", choices=["sd15", "sdxl", "flux"],
+                        help="sd15: the SD1.5 table; sdxl / flux: that family at its real size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=256)
@@ -170,6 +238,8 @@ def main() -> None:
         return bare_step(args)
 
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.family != "sd15":
+        return family_benchmark(args)
     model = build_model(WORK / "sd15-random")
     tag = f"{args.resolution}px-{args.mixed_precision}"
     if args.options:

@@ -83,12 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter=argparse.RawDescriptionHelpFormatter)
     _add_train_flags(train)
 
-    gen = _command(sub, "generate", "generate images with a finished run",
+    gen = _command(sub, "generate", "generate images with a finished run (or a base model)",
                    '  imprint generate --run runs/dog "a sks dog on the beach" --num-images 4 '
-                   "--output out/beach")
+                   "--output out/beach\n"
+                   '  imprint generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 "a dog on the beach" '
+                   "--with self-subject-attention --subject photos/dog --output out/ssa")
     gen.add_argument("prompts", nargs="+", help="prompts; write the run's token for the subject")
-    gen.add_argument("--run", required=True, help="run folder made by imprint train")
+    gen.add_argument("--run", help="run folder made by imprint train (or none: --model's base model)")
     gen.add_argument("--model", help="base model (default: the one the run was trained on)")
+    from imprint.image.training_free import METHODS as TRAINING_FREE
+
+    gen.add_argument("--with", dest="with_method", choices=TRAINING_FREE,
+                     help="a generation-time subject method over the photos of --subject: self-subject-attention "
+                     "(DreamTuner's: each self-attention also attends to a subject photo noised to the step, its "
+                     "subject tokens weighted by --ssa-weight; SD, SDXL)")
+    gen.add_argument("--subject", metavar="DIR", help="--with: the subject's photos")
+    gen.add_argument("--subject-masks", metavar="DIR",
+                     help="--with: the photos' subject masks (default: DIR/masks of --subject)")
+    gen.add_argument("--subject-photo", type=int, default=0,
+                     help="--with: which photo of --subject is the reference (sorted by name; default: 0)")
+    gen.add_argument("--ssa-weight", type=float, default=3.0,
+                     help="self-subject-attention: w_ref, the weight of the reference's subject tokens (the paper's "
+                     "3; 0: plain generation) (default: 3.0)")
     gen.add_argument("--num-images", type=int, default=4, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0, help="image j of prompt i starts from seed + 1000 i + j")
     _add_inference_steps(gen, 30)
@@ -267,7 +283,9 @@ def run_command(args: argparse.Namespace) -> int:
                          guidance_scale=args.guidance_scale, resolution=args.resolution,
                          keep_appearance=args.keep_appearance, appearance_weight=args.appearance_weight,
                          reference_guidance=args.reference_guidance, reference_masks=args.reference_masks,
-                         reference_segmenter=args.reference_segmenter, reference_features=args.reference_features)
+                         reference_segmenter=args.reference_segmenter, reference_features=args.reference_features,
+                         with_method=args.with_method, subject=args.subject, subject_masks=args.subject_masks,
+                         subject_photo=args.subject_photo, ssa_weight=args.ssa_weight)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "edit":
         from imprint.image.generate import edit

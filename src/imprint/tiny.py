@@ -139,18 +139,25 @@ def build_sd_pipeline(size: str = "tiny", seed: int = 0, **overrides):
     )
 
 
-def tiny_clip_text_encoder(tokenizer, hidden: int, with_projection: bool = False, layers: int = 2, seed: int = 0):
-    """A CLIP text encoder of a few thousand parameters over `tokenizer` (random weights)."""
+def clip_text_encoder(tokenizer, hidden: int, layers: int, heads: int, ff: int, vocab: int | None = None,
+                      with_projection: bool = False, seed: int = 0):
+    """A CLIP text encoder over `tokenizer` (random weights); `vocab` larger than the tokenizer's gives
+    a real model's embedding table (ids past the tokenizer's are never used)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden,
+        vocab_size=vocab or len(tokenizer), hidden_size=hidden, intermediate_size=ff, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, projection_dim=hidden,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def tiny_clip_text_encoder(tokenizer, hidden: int, with_projection: bool = False, layers: int = 2, seed: int = 0):
+    """A CLIP text encoder of a few thousand parameters over `tokenizer` (random weights)."""
+    return clip_text_encoder(tokenizer, hidden, layers, 4, 2 * hidden, with_projection=with_projection, seed=seed)
 
 
 def saved_tokenizer(max_length: int = 77):
@@ -173,25 +180,43 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **extra):
     return vae
 
 
-def build_sdxl_pipeline(seed: int = 0):
-    """A tiny SDXL (the architecture of diffusers' own SDXL tests: two CLIP text encoders, the
-    second with a projection, text-time added conditioning)."""
+def build_sdxl_pipeline(seed: int = 0, size: str = "tiny"):
+    """An SDXL with random weights: "tiny", the architecture of diffusers' own SDXL tests (two CLIP
+    text encoders, the second with a projection, text-time added conditioning), or "sdxl", SDXL
+    base 1.0's (2.6B UNet, CLIP ViT-L and OpenCLIP ViT-bigG, the SD VAE)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
+    full = size == "sdxl"
     tokenizer, tokenizer_2 = saved_tokenizer(), saved_tokenizer()
-    text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
-    text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, 32, with_projection=True, seed=seed + 1)
+    if full:
+        text_encoder = clip_text_encoder(tokenizer, 768, 12, 12, 3072, 49408, seed=seed)
+        text_encoder_2 = clip_text_encoder(tokenizer_2, 1280, 32, 20, 5120, 49408, with_projection=True, seed=seed + 1)
+    else:
+        text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
+        text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, 32, with_projection=True, seed=seed + 1)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids of width 8, then the pooled text
-        cross_attention_dim=64, norm_num_groups=32)
+    if full:
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            transformer_layers_per_block=(1, 2, 10), projection_class_embeddings_input_dim=2816,
+            cross_attention_dim=2048)
+        vae = build_sd_pipeline("sd15", seed).vae
+        vae.register_to_config(scaling_factor=0.13025)
+    else:
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids of width 8, then the pooled text
+            cross_attention_dim=64, norm_num_groups=32)
+        vae = tiny_vae(seed=seed)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    return StableDiffusionXLPipeline(vae=tiny_vae(seed=seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
 
 
@@ -214,21 +239,39 @@ def tiny_t5_encoder(tokenizer, width: int = 32, seed: int = 0):
                                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
 
 
-def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequence_length: int = 16):
-    """A tiny FLUX.1 (the shape of diffusers' FLUX tests: one double and one single block, a 16-channel
-    VAE, CLIP + T5), its scheduler the FLUX.1-dev config's (dynamic shifting)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequence_length: int = 16,
+                        size: str = "tiny"):
+    """A FLUX.1 with random weights: "tiny", the shape of diffusers' FLUX tests (one double and one
+    single block, a 16-channel VAE, CLIP + T5), or "flux-dev", FLUX.1-dev's (12B transformer, T5-XXL,
+    CLIP ViT-L; build it under torch.set_default_dtype(torch.bfloat16): 34 GB). The scheduler is
+    the FLUX.1-dev config's (dynamic shifting)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = saved_tokenizer(), tiny_t5_tokenizer()
-    tokenizer_2.model_max_length = max_sequence_length
-    text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
-    text_encoder_2 = tiny_t5_encoder(tokenizer_2, 32, seed=seed + 1)
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 * 4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-                                         guidance_embeds=guidance_embeds)
-    vae = tiny_vae(latent_channels=16, seed=seed, shift_factor=0.1)
+    if size == "flux-dev":
+        tokenizer_2.model_max_length = 512
+        text_encoder = clip_text_encoder(tokenizer, 768, 12, 12, 3072, 49408, seed=seed)
+        torch.manual_seed(seed + 1)
+        text_encoder_2 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=0,
+                                                 eos_token_id=1, decoder_start_token_id=0))
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(guidance_embeds=True)  # diffusers' defaults are FLUX.1's sizes
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=16,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                            use_quant_conv=False, use_post_quant_conv=False)
+    else:
+        tokenizer_2.model_max_length = max_sequence_length
+        text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
+        text_encoder_2 = tiny_t5_encoder(tokenizer_2, 32, seed=seed + 1)
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 * 4, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                             guidance_embeds=guidance_embeds)
+        vae = tiny_vae(latent_channels=16, seed=seed, shift_factor=0.1)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                                 base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)

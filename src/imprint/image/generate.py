@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from imprint.core.run_folder import RunFolder
 from imprint.families import family_class, resolve_model
 from imprint.image.reference_guidance import reference_guided, run_references
-from imprint.image.sampling import default_guidance, sample, save_grid
+from imprint.image.sampling import default_guidance, native_resolution, sample, save_grid
 from imprint.methods import METHODS
 from imprint.util.errors import ImprintError
 from imprint.util.files import make_folder, write_json_atomic
@@ -25,7 +26,9 @@ def read_metadata(run: str | Path) -> dict:
 
 def load_base_pipeline(run_metadata: dict, model: str | None = None, dtype=torch.float32):
     """The base model of a run (or `model`) as its family's pipeline."""
-    family = family_class(model or run_metadata["base_model"], run_metadata.get("family", "sd"))
+    # a run names its family (runs from before families were recorded are SD's); a bare model is detected
+    name = run_metadata.get("family", "sd") if run_metadata else None
+    family = family_class(model or run_metadata["base_model"], name)
     return family.load_pipeline(model or run_metadata["base_model"], dtype), family
 
 
@@ -50,14 +53,29 @@ def load_run_pipeline(run: str | Path, model: str | None = None, dtype=torch.flo
     return pipe, method, metadata
 
 
-def generate(run: str | Path, prompts: list[str], output: str | Path, model: str | None = None,
+def generate(run: str | Path | None, prompts: list[str], output: str | Path, model: str | None = None,
              num_images: int = 4, seed: int = 0, inference_steps: int = 30, guidance_scale: float | None = None,
              resolution: int | None = None, keep_appearance: str | Path | None = None,
              appearance_weight: float = 1.0, reference_guidance: bool = False, reference_masks: str | None = None,
              reference_segmenter: str = "CIDAS/clipseg-rd64-refined",
-             reference_features: str = "facebook/dino-vits16") -> list[Path]:
+             reference_features: str = "facebook/dino-vits16", with_method: str | None = None,
+             subject: str | None = None, subject_masks: str | None = None, subject_photo: int = 0,
+             ssa_weight: float = 3.0) -> list[Path]:
+    """Images of a finished run (or, without one, of the base model `model`), optionally with a
+    generation-time subject method (`with_method` over the photos in `subject`)."""
+    if with_method is not None and subject is None:
+        raise ImprintError(f"--with {with_method}: needs --subject DIR, the subject's photos")
+    if run is None and (keep_appearance or reference_guidance):
+        raise ImprintError("--keep-appearance / --reference-guidance apply a run's own files: pass --run")
     output = make_folder(output, "--output")
-    pipe, method, metadata = load_run_pipeline(run, model)
+    if run is None:
+        if model is None:
+            raise ImprintError("generate needs --run RUN, or --model MODEL for the base model (with --with METHOD "
+                               "--subject DIR for a generation-time subject method)")
+        pipe, _ = load_base_pipeline({}, model)
+        method, metadata = None, {"hyperparameters": {"resolution": native_resolution(pipe)}}
+    else:
+        pipe, method, metadata = load_run_pipeline(run, model)
     if reference_guidance:
         unet_only(metadata, "--reference-guidance")
     guidance_scale = default_guidance(pipe) if guidance_scale is None else guidance_scale
@@ -67,26 +85,39 @@ def generate(run: str | Path, prompts: list[str], output: str | Path, model: str
     references = (run_references(run, metadata, resolution, reference_masks, reference_segmenter, reference_features)
                   if reference_guidance else None)
     written, all_images, chosen = [], [], []
-    for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
-        text = method.rewrite_prompt(prompt, metadata)
-        if references is None:
-            images = sample(pipe, [text], resolution, seed + 1000 * i, inference_steps, num_images, guidance_scale)
-        else:  # HiFi Tuner's reference-guided generation, image by image
-            images = []
-            for j in range(num_images):
-                image, info = reference_guided(pipe, text, *references, metadata.get("class_name", ""), resolution,
-                                               seed + 1000 * i + j, inference_steps, guidance_scale)
-                images.append(image)
-                chosen.append({"prompt": prompt, "image": f"{i:02d}-{j:02d}.png", **info})
-        for j, image in enumerate(images):
-            path = output / f"{i:02d}-{j:02d}.png"
-            image.save(path)
-            written.append(path)
-        all_images += images
+    subject_method = contextlib.nullcontext()
+    if with_method is not None:
+        from imprint.image.training_free import install
+
+        subject_method = install(with_method, pipe, subject, subject_masks, subject_photo, resolution, ssa_weight, seed)
+    with subject_method:
+        for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
+            text = method.rewrite_prompt(prompt, metadata) if method is not None else prompt
+            images = generate_one(pipe, text, prompt, i, references, metadata, resolution, seed, inference_steps,
+                                  num_images, guidance_scale, chosen)
+            for j, image in enumerate(images):
+                path = output / f"{i:02d}-{j:02d}.png"
+                image.save(path)
+                written.append(path)
+            all_images += images
     save_grid(all_images, output / "grid.png", cols=num_images)
     if chosen:
         write_json_atomic(output / "reference_guidance.json", chosen)
     return written
+
+
+def generate_one(pipe, text: str, prompt: str, i: int, references, metadata: dict, resolution: int, seed: int,
+                 inference_steps: int, num_images: int, guidance_scale: float, chosen: list) -> list:
+    """Prompt i's images: sampled, or through HiFi Tuner's reference guidance image by image."""
+    if references is None:
+        return sample(pipe, [text], resolution, seed + 1000 * i, inference_steps, num_images, guidance_scale)
+    images = []
+    for j in range(num_images):
+        image, info = reference_guided(pipe, text, *references, metadata.get("class_name", ""), resolution,
+                                       seed + 1000 * i + j, inference_steps, guidance_scale)
+        images.append(image)
+        chosen.append({"prompt": prompt, "image": f"{i:02d}-{j:02d}.png", **info})
+    return images
 
 
 def unet_only(metadata: dict, what: str) -> None:

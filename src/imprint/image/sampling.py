@@ -25,6 +25,12 @@ def images_per_call(resolution: int) -> int:
     return max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
 
 
+def native_resolution(pipe) -> int:
+    """The image size a pipeline generates when none is given (its model's sample size)."""
+    sample_size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    return sample_size * pipe.vae_scale_factor
+
+
 def default_guidance(pipe) -> float:
     """The pipeline's own default guidance scale (SD 7.5, SDXL 5, SD3 7, FLUX's embedded 3.5)."""
     import inspect
