@@ -53,7 +53,7 @@ class Family(ABC):
     kohya_model_version: str | None = None        # kohya's ss_base_model_version (SD: told by the config)
     prediction_type = "epsilon"
     default_resolution = 512                      # --resolution when none is given
-    ddim_editing = False                          # HiFi Tuner's DDIM inversion / cross-attention tools apply
+    ddim_editing = False                          # HiFi Tuner (its training and DDIM tools) applies
 
     model: str          # resolved path or hub id
     fingerprint: str    # computed once, when the parts are loaded

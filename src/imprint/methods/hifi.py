@@ -103,6 +103,9 @@ class HiFi(Method):
         return self.base.float32_parts() if self.base else set()
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
+        if not family.ddim_editing:  # its vectors, step-wise states and sampling wrap SD's pipeline
+            raise ImprintError(f"--method hifi: written for SD 1.x / 2.x's prompt embeddings and pipeline; this is a "
+                               f"{family.name} model: use lora, or another method")
         self.base_params = self.base.prepare(family, self.subject) if self.base else []
         n = self.settings.hifi_vectors
         with torch.no_grad():
