@@ -45,6 +45,13 @@ def tiny_flux(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_fill(tmp_path_factory) -> Path:
+    from imprint.tiny import build_flux_pipeline, save_pipeline
+
+    return save_pipeline(build_flux_pipeline(seed=0, fill=True), tmp_path_factory.mktemp("models") / "tiny-flux-fill")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory) -> Path:
     from imprint.tiny import build_sd3_pipeline, save_pipeline
 

@@ -94,17 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     from imprint.image.training_free import METHODS as TRAINING_FREE
 
     gen.add_argument("--with", dest="with_method", choices=TRAINING_FREE,
-                     help="a generation-time subject method over the photos of --subject: self-subject-attention "
-                     "(DreamTuner's: each self-attention also attends to a subject photo noised to the step, its "
-                     "subject tokens weighted by --ssa-weight; SD, SDXL)")
+                     help="a generation-time subject method over a photo of --subject: self-subject-attention "
+                     "(DreamTuner: each self-attention also attends to the photo noised to the step; SD, SDXL), "
+                     "freecus (FreeCus: the photo's subject keys and values join FLUX's vital attention layers), "
+                     "diptych (Diptych prompting: a FLUX Fill model inpaints the right panel of a diptych whose left "
+                     "panel is the photo; pass the Fill model as --model)")
     gen.add_argument("--subject", metavar="DIR", help="--with: the subject's photos")
     gen.add_argument("--subject-masks", metavar="DIR",
                      help="--with: the photos' subject masks (default: DIR/masks of --subject)")
     gen.add_argument("--subject-photo", type=int, default=0,
                      help="--with: which photo of --subject is the reference (sorted by name; default: 0)")
-    gen.add_argument("--ssa-weight", type=float, default=3.0,
-                     help="self-subject-attention: w_ref, the weight of the reference's subject tokens (the paper's "
-                     "3; 0: plain generation) (default: 3.0)")
+    gen.add_argument("--subject-weight", type=float,
+                     help="--with: self-subject-attention's w_ref (default: the paper's 3; 0: plain generation), "
+                     "diptych's attention lambda (default: the paper's 1.3; 1: none)")
+    gen.add_argument("--subject-name", help="diptych: what the subject is, for its prompt (default: DIR/class.txt)")
+    gen.add_argument("--description", help="freecus: the subject's description, appended to each prompt (the "
+                     "paper has a multimodal LLM write it)")
     gen.add_argument("--num-images", type=int, default=4, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0, help="image j of prompt i starts from seed + 1000 i + j")
     _add_inference_steps(gen, 30)
@@ -285,7 +290,8 @@ def run_command(args: argparse.Namespace) -> int:
                          reference_guidance=args.reference_guidance, reference_masks=args.reference_masks,
                          reference_segmenter=args.reference_segmenter, reference_features=args.reference_features,
                          with_method=args.with_method, subject=args.subject, subject_masks=args.subject_masks,
-                         subject_photo=args.subject_photo, ssa_weight=args.ssa_weight)
+                         subject_photo=args.subject_photo, method_weight=args.subject_weight,
+                         subject_name=args.subject_name, description=args.description)
         print(f"{len(paths)} images and grid.png written to {args.output}")
     elif args.command == "edit":
         from imprint.image.generate import edit

@@ -240,12 +240,14 @@ def tiny_t5_encoder(tokenizer, width: int = 32, seed: int = 0):
 
 
 def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequence_length: int = 16,
-                        size: str = "tiny"):
+                        size: str = "tiny", fill: bool = False):
     """A FLUX.1 with random weights: "tiny", the shape of diffusers' FLUX tests (one double and one
     single block, a 16-channel VAE, CLIP + T5), or "flux-dev", FLUX.1-dev's (12B transformer, T5-XXL,
     CLIP ViT-L; build it under torch.set_default_dtype(torch.bfloat16): 34 GB). The scheduler is
-    the FLUX.1-dev config's (dynamic shifting)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    the FLUX.1-dev config's (dynamic shifting). `fill`: a tiny FLUX.1 Fill (FluxFillPipeline): the
+    transformer also takes the masked image's latents and the mask, packed."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline,
+                           FluxTransformer2DModel)
     from transformers import T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = saved_tokenizer(), tiny_t5_tokenizer()
@@ -267,7 +269,9 @@ def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequenc
         text_encoder = tiny_clip_text_encoder(tokenizer, 32, seed=seed)
         text_encoder_2 = tiny_t5_encoder(tokenizer_2, 32, seed=seed + 1)
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 * 4, num_layers=1, num_single_layers=1,
+        # Fill: packed latents (16 x 4), the masked image's (16 x 4) and the mask (vae factor 2: 2 x 2 x 4)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 * 4 + (16 * 4 + 4 * 4 if fill else 0),
+                                             out_channels=16 * 4, num_layers=1, num_single_layers=1,
                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                              pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
                                              guidance_embeds=guidance_embeds)
@@ -275,8 +279,9 @@ def build_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, max_sequenc
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                                 base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    return (FluxFillPipeline if fill else FluxPipeline)(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, transformer=transformer)
 
 
 def build_sd3_pipeline(seed: int = 0, max_sequence_length: int = 16):

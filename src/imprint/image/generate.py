@@ -60,7 +60,8 @@ def generate(run: str | Path | None, prompts: list[str], output: str | Path, mod
              reference_segmenter: str = "CIDAS/clipseg-rd64-refined",
              reference_features: str = "facebook/dino-vits16", with_method: str | None = None,
              subject: str | None = None, subject_masks: str | None = None, subject_photo: int = 0,
-             ssa_weight: float = 3.0) -> list[Path]:
+             method_weight: float | None = None, subject_name: str | None = None,
+             description: str | None = None) -> list[Path]:
     """Images of a finished run (or, without one, of the base model `model`), optionally with a
     generation-time subject method (`with_method` over the photos in `subject`)."""
     if with_method is not None and subject is None:
@@ -68,7 +69,14 @@ def generate(run: str | Path | None, prompts: list[str], output: str | Path, mod
     if run is None and (keep_appearance or reference_guidance):
         raise ImprintError("--keep-appearance / --reference-guidance apply a run's own files: pass --run")
     output = make_folder(output, "--output")
-    if run is None:
+    own = None
+    if with_method is not None:
+        from imprint.image.training_free import install, own_pipeline
+
+        own = own_pipeline(with_method, model, run)
+    if own is not None:
+        pipe, method, metadata = own, None, {"hyperparameters": {"resolution": 768}}  # diptych's panel (the paper's)
+    elif run is None:
         if model is None:
             raise ImprintError("generate needs --run RUN, or --model MODEL for the base model (with --with METHOD "
                                "--subject DIR for a generation-time subject method)")
@@ -85,16 +93,22 @@ def generate(run: str | Path | None, prompts: list[str], output: str | Path, mod
     references = (run_references(run, metadata, resolution, reference_masks, reference_segmenter, reference_features)
                   if reference_guidance else None)
     written, all_images, chosen = [], [], []
-    subject_method = contextlib.nullcontext()
+    subject_method = None
     if with_method is not None:
-        from imprint.image.training_free import install
-
-        subject_method = install(with_method, pipe, subject, subject_masks, subject_photo, resolution, ssa_weight, seed)
-    with subject_method:
+        subject_method = install(with_method, pipe, subject, subject_masks, subject_photo, resolution, method_weight,
+                                 seed, subject_name)
+    sampling = subject_method if hasattr(subject_method, "__enter__") else contextlib.nullcontext()
+    with sampling:
         for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=None)):
             text = method.rewrite_prompt(prompt, metadata) if method is not None else prompt
-            images = generate_one(pipe, text, prompt, i, references, metadata, resolution, seed, inference_steps,
-                                  num_images, guidance_scale, chosen)
+            if description:  # FreeCus: the subject's description after the prompt, as the authors append it
+                text = f"{text}. {description}"
+            if hasattr(subject_method, "images"):  # a method that generates its own way (diptych)
+                generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(num_images)]
+                images = subject_method.images(text, resolution, generators, inference_steps, guidance_scale)
+            else:
+                images = generate_one(pipe, text, prompt, i, references, metadata, resolution, seed, inference_steps,
+                                      num_images, guidance_scale, chosen)
             for j, image in enumerate(images):
                 path = output / f"{i:02d}-{j:02d}.png"
                 image.save(path)
