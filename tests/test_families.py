@@ -12,6 +12,23 @@ from conftest import FAST, run_cli
 from test_resume import final_weights, logged_steps, train
 
 
+def killed_and_resumed_equals_unbroken(model, subject_dir, tmp_path, extra, steps: int):
+    """A LoRA run killed at step 5 (checkpoints every 2) and resumed ends with the unbroken run's
+    weights, each step logged once; returns the resumed run's folder."""
+    unbroken = train(model, subject_dir, tmp_path / "unbroken", extra)
+    assert unbroken.returncode == 0, unbroken.stderr
+    broken = tmp_path / "broken"
+    assert train(model, subject_dir, broken, extra, kill="step:5").returncode == -9
+    resumed = train(model, subject_dir, broken, extra, resume=True)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
+    assert logged_steps(broken) == list(range(1, steps + 1))
+    a, b = final_weights(tmp_path / "unbroken", "lora"), final_weights(broken, "lora")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    return broken
+
+
 # --- SDXL ---------------------------------------------------------------------------------------
 def test_sdxl_conditioning_is_the_pipelines(tiny_sdxl):
     from diffusers import StableDiffusionXLPipeline
@@ -47,17 +64,7 @@ def test_sdxl_lora_resumes_exactly_and_loads_in_diffusers(tiny_sdxl, subject_dir
     from diffusers import StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
 
-    unbroken = train(tiny_sdxl, subject_dir, tmp_path / "unbroken", SDXL_LORA)
-    assert unbroken.returncode == 0, unbroken.stderr
-    broken = tmp_path / "broken"
-    assert train(tiny_sdxl, subject_dir, broken, SDXL_LORA, kill="step:5").returncode == -9
-    resumed = train(tiny_sdxl, subject_dir, broken, SDXL_LORA, resume=True)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
-    assert logged_steps(broken) == list(range(1, 9))
-    a, b = final_weights(tmp_path / "unbroken", "lora"), final_weights(broken, "lora")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    broken = killed_and_resumed_equals_unbroken(tiny_sdxl, subject_dir, tmp_path, SDXL_LORA, steps=8)
     metadata = json.loads((broken / "metadata.json").read_text())
     assert metadata["family"] == "sdxl" and metadata["hyperparameters"]["resolution"] == 32
 
@@ -215,17 +222,7 @@ def test_flow_family_lora_resumes_generates_loads_and_exports(name, tiny_flux, t
 
     model = {"flux": tiny_flux, "sd3": tiny_sd3}[name]
     extra = FLOW_LORA + (["--prior-preservation", "--num-class-images", "2"] if name == "sd3" else [])
-    unbroken = train(model, subject_dir, tmp_path / "unbroken", extra)
-    assert unbroken.returncode == 0, unbroken.stderr
-    broken = tmp_path / "broken"
-    assert train(model, subject_dir, broken, extra, kill="step:5").returncode == -9
-    resumed = train(model, subject_dir, broken, extra, resume=True)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
-    assert logged_steps(broken) == list(range(1, 7))
-    a, b = final_weights(tmp_path / "unbroken", "lora"), final_weights(broken, "lora")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    broken = killed_and_resumed_equals_unbroken(model, subject_dir, tmp_path, extra, steps=6)
 
     family = FAMILIES[name]
     with safe_open(str(broken / "pytorch_lora_weights.safetensors"), "pt") as f:
@@ -242,6 +239,10 @@ def test_flow_family_lora_resumes_generates_loads_and_exports(name, tiny_flux, t
 
     assert run_cli("generate", "--run", broken, "a sks toy", "--num-images", "1", "--inference-steps", "2",
                    "--output", tmp_path / "gen") == 0
+    (tmp_path / "prompts.txt").write_text("a {token} {class_name}\na {token} {class_name} on a beach\n")
+    assert run_cli("evaluate", broken, "--metrics", "toyworld", "--prompts", tmp_path / "prompts.txt",
+                   "--images-per-prompt", "1", "--inference-steps", "2") == 0
+    assert (broken / "eval" / "report.html").is_file()
     out = tmp_path / "kohya.safetensors"
     assert run_cli("export", broken, "--output", out) == 0
     with safe_open(str(out), "pt") as f:

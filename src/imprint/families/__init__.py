@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from imprint.families.base import FAMILIES, Family, register_family
-from imprint.families.sd import StableDiffusionFamily, resolve_model
+from imprint.families.base import resolve_model
+from imprint.families.sd import StableDiffusionFamily
 from imprint.util import import_all
 from imprint.util.errors import ImprintError
 
@@ -19,7 +20,7 @@ def pipeline_class_name(model: str) -> str:
     resolved = resolve_model(model)
     path = Path(resolved) / "model_index.json"
     if not path.is_file():
-        from imprint.families.sd import loading
+        from imprint.families.base import loading
 
         with loading(resolved):
             from huggingface_hub import hf_hub_download

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 from imprint.families.base import Family
-from imprint.util.errors import ImprintError
 from imprint.util.settings import setting
 
 
@@ -62,6 +61,7 @@ class FlowMatchingFamily(Family):
     default_resolution = 1024
     settings = FlowMatchingSettings()
     patch_size = 1  # latent pixels per image token side (FLUX packs 2x2)
+    sampling_scheduler = "FlowMatchEulerDiscreteScheduler"
 
     def configure(self, settings: FlowMatchingSettings | None) -> None:
         self.settings = settings or FlowMatchingSettings()

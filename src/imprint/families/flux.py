@@ -11,13 +11,10 @@ and every loss term see images; `predict` packs them for the transformer and unp
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
-from imprint.families.base import architecture_fingerprint, register_family
+from imprint.families.base import loading, register_family, resolve_model
 from imprint.families.flow import FlowMatchingFamily
-from imprint.families.sd import loading, resolve_model
 
 CLIP_LENGTH = 77
 
@@ -29,6 +26,7 @@ class FluxFamily(FlowMatchingFamily):
     diffusers_pipeline = "FluxPipeline"
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder",)
+    cached_text_encoders = ("text_encoder_2",)  # T5
     patch_size = 2
     # diffusers' train_dreambooth_lora_flux.py's default targets
     lora_targets = {
@@ -61,13 +59,7 @@ class FluxFamily(FlowMatchingFamily):
             part.eval()
         # the pipeline's default length (512), or the tokenizer's if shorter, so training and sampling agree
         self.max_sequence_length = min(512, self.tokenizer_2.model_max_length)
-        self.fingerprint = self.parts_fingerprint(self.transformer, self.text_encoder, self.text_encoder_2)
-
-    @staticmethod
-    def parts_fingerprint(transformer, text_encoder, text_encoder_2) -> str:
-        return architecture_fingerprint({"transformer": dict(transformer.config),
-                                         "text_encoder": text_encoder.config.to_dict(),
-                                         "text_encoder_2": text_encoder_2.config.to_dict()})
+        self.fingerprint = self.parts_fingerprint(self)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -79,16 +71,6 @@ class FluxFamily(FlowMatchingFamily):
         parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
                  "text_encoder_2": self.text_encoder_2, "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
-
-    def release_encoders(self, keep_text_encoder: bool) -> None:
-        """T5 always (its encodings are cached; it is the largest part after the transformer), the
-        VAE encoder, and CLIP when it is frozen."""
-        self.text_encoder_2 = None
-        self.vae.encoder = None
-        self.vae.quant_conv = None
-        if not keep_text_encoder:
-            self.text_encoder = None
-        gc.collect()
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -106,10 +88,8 @@ class FluxFamily(FlowMatchingFamily):
         return {"prompt_embeds": self.t5_embeddings(self.text_encoder_2, tokens[:, CLIP_LENGTH:]),
                 "pooled_prompt_embeds": self.pooled_text_embeddings(tokens)}
 
-    @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
-        """FLUX.1's guidance is embedded, not classifier-free: no negative prompt."""
-        return [self.encode_prompts(self.tokenize([p])) for p in prompts]
+    def negative_encoding(self) -> dict[str, torch.Tensor]:
+        return {}  # FLUX.1's guidance is embedded, not classifier-free: no negative prompt
 
     # --- the objective -----------------------------------------------------------------
     def predict(self, noisy, timesteps, conditioning):
@@ -130,26 +110,4 @@ class FluxFamily(FlowMatchingFamily):
                                             self.vae_scale_factor)
 
     # --- sampling, loading, files --------------------------------------------------------
-    def pipeline(self):
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config),
-                            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
-                            transformer=self.transformer)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
-        from diffusers import FluxPipeline
-
-        model = resolve_model(model)
-        with loading(model):
-            pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def pipeline_fingerprint(cls, pipe) -> str:
-        return cls.parts_fingerprint(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2)
+    fingerprint_parts = ("transformer", "text_encoder", "text_encoder_2")

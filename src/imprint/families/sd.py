@@ -3,59 +3,14 @@ and build the diffusers pipeline that samples with whatever is being trained."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import re
-from pathlib import Path
 
 import torch
 
-from imprint.families.base import Family, register_family
-from imprint.families.base import architecture_fingerprint as fingerprint_of
+from imprint.families.base import Family, loading, register_family, resolve_model
 from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model(model: str, flag: str = "--model") -> str:
-    """A local diffusers folder (made absolute) or a hub id; anything else is a clear error."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ImprintError(
-                f"{flag} {model}: no model_index.json in this folder; pass a diffusers model folder "
-                "(saved with save_pretrained) or a hub id"
-            )
-        return str(path.resolve())
-    if HUB_ID.match(model) and not model.startswith((".", "~")):
-        return model
-    raise ImprintError(
-        f"{flag} {model}: path not found; pass a local diffusers model folder or a hub id "
-        "such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-    )
-
-
-@contextlib.contextmanager
-def loading(model: str, flag: str = "--model"):
-    """Loading errors of diffusers / transformers as one line naming the model."""
-    try:
-        yield
-    except ImprintError:
-        raise
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImprintError(
-            f"{flag} {model}: could not load the model ({first}); check the path or hub id "
-            "and, for a hub id, the network or the HF cache"
-        ) from e
-
-
-def architecture_fingerprint(unet_config: dict, text_config: dict) -> str:
-    return fingerprint_of({"unet": unet_config, "text_encoder": text_config})
-
 
 @register_family
 class StableDiffusionFamily(Family):
@@ -85,7 +40,7 @@ class StableDiffusionFamily(Family):
             pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet)
         family.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         family.prediction_type = family.noise_scheduler.config.prediction_type
-        family.fingerprint = architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
+        family.fingerprint = cls.parts_fingerprint(pipe)
         return family
 
     def __init__(self, model: str):
@@ -106,22 +61,13 @@ class StableDiffusionFamily(Family):
             part.requires_grad_(False)
             part.eval()
         self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.fingerprint = architecture_fingerprint(dict(self.unet.config), self.text_encoder.config.to_dict())
+        self.fingerprint = self.parts_fingerprint(self)
 
     # --- parts -------------------------------------------------------------------------
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
         parts = {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
-
-    def release_encoders(self, keep_text_encoder: bool) -> None:
-        """The VAE encoder always (sampling only decodes), the text encoder when it is frozen
-        (its outputs are cached). Saves ~0.6 GB on SD1.5."""
-        self.vae.encoder = None
-        self.vae.quant_conv = None
-        if not keep_text_encoder:
-            self.text_encoder = None
-        gc.collect()
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -136,15 +82,11 @@ class StableDiffusionFamily(Family):
     def encode_prompts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": self.text_embeddings(tokens)}
 
+    def pipeline_encoding(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self.text_embeddings(tokens)}
+
     def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(tokens.to(self.text_encoder.device)).pooler_output
-
-    @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
-        """The prompt's and the empty negative prompt's embeddings, so sampling needs no text encoder."""
-        empty = self.text_embeddings(self.tokenize([""]))
-        return [{"prompt_embeds": self.text_embeddings(self.tokenize([p])), "negative_prompt_embeds": empty}
-                for p in prompts]
 
     # --- images and the objective -------------------------------------------------------
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -185,31 +127,8 @@ class StableDiffusionFamily(Family):
         return self.unet(noisy, timesteps, conditioning["prompt_embeds"], return_dict=False)[0]
 
     # --- sampling, loading, files --------------------------------------------------------
-    def pipeline(self):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    fingerprint_parts = ("unet", "text_encoder")
+    load_options = {"safety_checker": None, "requires_safety_checker": False}  # no safety checker
 
-        pipe = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
-        """The base model as a diffusers StableDiffusionPipeline, without the safety checker."""
-        from diffusers import StableDiffusionPipeline
-
-        model = resolve_model(model)
-        with loading(model):
-            pipe = StableDiffusionPipeline.from_pretrained(
-                model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
-                use_safetensors=True,
-            )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def pipeline_fingerprint(cls, pipe) -> str:
-        return architecture_fingerprint(dict(pipe.unet.config), pipe.text_encoder.config.to_dict())
+    def pipeline_options(self) -> dict:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

@@ -9,13 +9,10 @@ of both streams; the negative prompt is the empty prompt's encoding (no zeros).
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
-from imprint.families.base import architecture_fingerprint, register_family
+from imprint.families.base import loading, register_family, resolve_model
 from imprint.families.flow import FlowMatchingFamily
-from imprint.families.sd import loading, resolve_model
 
 CLIP_LENGTH = 77
 
@@ -27,6 +24,7 @@ class StableDiffusion3Family(FlowMatchingFamily):
     diffusers_pipeline = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    cached_text_encoders = ("text_encoder_3",)  # T5
     # diffusers' train_dreambooth_lora_sd3.py's default targets
     lora_targets = {
         "transformer": ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
@@ -60,15 +58,7 @@ class StableDiffusion3Family(FlowMatchingFamily):
             part.requires_grad_(False)
             part.eval()
         self.max_sequence_length = min(256, self.tokenizer_3.model_max_length)  # the pipeline's default
-        self.fingerprint = self.parts_fingerprint(self.transformer, self.text_encoder, self.text_encoder_2,
-                                                  self.text_encoder_3)
-
-    @staticmethod
-    def parts_fingerprint(transformer, *text_encoders) -> str:
-        configs = {"transformer": dict(transformer.config)}
-        for i, encoder in enumerate(text_encoders):
-            configs[f"text_encoder{'_' + str(i + 1) if i else ''}"] = encoder.config.to_dict()
-        return architecture_fingerprint(configs)
+        self.fingerprint = self.parts_fingerprint(self)
 
     # --- parts -------------------------------------------------------------------------
     @property
@@ -76,15 +66,6 @@ class StableDiffusion3Family(FlowMatchingFamily):
         parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
                  "text_encoder_2": self.text_encoder_2, "text_encoder_3": self.text_encoder_3, "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
-
-    def release_encoders(self, keep_text_encoder: bool) -> None:
-        """T5 always (cached), the VAE encoder, and the CLIPs when they are frozen."""
-        self.text_encoder_3 = None
-        self.vae.encoder = None
-        self.vae.quant_conv = None
-        if not keep_text_encoder:
-            self.text_encoder = self.text_encoder_2 = None
-        gc.collect()
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -111,16 +92,6 @@ class StableDiffusion3Family(FlowMatchingFamily):
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {"prompt_embeds": torch.cat([clip, t5], dim=-2), "pooled_prompt_embeds": pooled}
 
-    @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
-        empty = self.encode_prompts(self.tokenize([""]))
-        out = []
-        for prompt in prompts:
-            encoded = self.encode_prompts(self.tokenize([prompt]))
-            out.append({**encoded, "negative_prompt_embeds": empty["prompt_embeds"],
-                        "negative_pooled_prompt_embeds": empty["pooled_prompt_embeds"]})
-        return out
-
     # --- the objective -----------------------------------------------------------------
     def predict(self, noisy, timesteps, conditioning):
         return self.transformer(hidden_states=noisy, timestep=timesteps.to(noisy.dtype),
@@ -128,27 +99,4 @@ class StableDiffusion3Family(FlowMatchingFamily):
                                 pooled_projections=conditioning["pooled_prompt_embeds"], return_dict=False)[0]
 
     # --- sampling, loading, files --------------------------------------------------------
-    def pipeline(self):
-        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-
-        pipe = StableDiffusion3Pipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config),
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
-            text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3, transformer=self.transformer)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
-        from diffusers import StableDiffusion3Pipeline
-
-        model = resolve_model(model)
-        with loading(model):
-            pipe = StableDiffusion3Pipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def pipeline_fingerprint(cls, pipe) -> str:
-        return cls.parts_fingerprint(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+    fingerprint_parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3")

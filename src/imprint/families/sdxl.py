@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from imprint.families.base import architecture_fingerprint, register_family
-from imprint.families.sd import StableDiffusionFamily, loading, resolve_model
+from imprint.families.base import loading, register_family, resolve_model
+from imprint.families.sd import StableDiffusionFamily
 
 
 def text_conditioning(text_encoders, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
             part.requires_grad_(False)
             part.eval()
         self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.fingerprint = self.parts_fingerprint(self.unet, self.text_encoder, self.text_encoder_2)
+        self.fingerprint = self.parts_fingerprint(self)
 
     @staticmethod
     def pipeline_config(model: str) -> dict:
@@ -86,22 +86,12 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
             path = Path(hf_hub_download(model, "model_index.json"))
         return json.loads(path.read_text())
 
-    @staticmethod
-    def parts_fingerprint(unet, text_encoder, text_encoder_2) -> str:
-        return architecture_fingerprint({"unet": dict(unet.config), "text_encoder": text_encoder.config.to_dict(),
-                                         "text_encoder_2": text_encoder_2.config.to_dict()})
-
     # --- parts -------------------------------------------------------------------------
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
         parts = {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
                  "vae": self.vae}
         return {name: part for name, part in parts.items() if part is not None}
-
-    def release_encoders(self, keep_text_encoder: bool) -> None:
-        super().release_encoders(keep_text_encoder)
-        if not keep_text_encoder:
-            self.text_encoder_2 = None
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -120,17 +110,12 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     def pooled_text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return text_conditioning((self.text_encoder, self.text_encoder_2), tokens)[1]
 
-    @torch.no_grad()
-    def encode_for_sampling(self, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
-        empty = self.encode_prompts(self.tokenize([""]))
-        if self.force_zeros:
-            empty = {k: torch.zeros_like(v) for k, v in empty.items()}
-        out = []
-        for prompt in prompts:
-            encoded = self.encode_prompts(self.tokenize([prompt]))
-            out.append({**encoded, "negative_prompt_embeds": empty["prompt_embeds"],
-                        "negative_pooled_prompt_embeds": empty["pooled_prompt_embeds"]})
-        return out
+    def pipeline_encoding(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encode_prompts(tokens)  # the pipeline's names: prompt_embeds, pooled_prompt_embeds
+
+    def negative_encoding(self) -> dict[str, torch.Tensor]:
+        empty = super().negative_encoding()
+        return {k: torch.zeros_like(v) for k, v in empty.items()} if self.force_zeros else empty
 
     # --- the objective -----------------------------------------------------------------
     def time_ids(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -146,28 +131,8 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added, return_dict=False)[0]
 
     # --- sampling, loading, files --------------------------------------------------------
-    def pipeline(self):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+    fingerprint_parts = ("unet", "text_encoder", "text_encoder_2")
+    load_options = {}
 
-        pipe = StableDiffusionXLPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
-            tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            force_zeros_for_empty_prompt=self.force_zeros,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def load_pipeline(cls, model: str, dtype: torch.dtype = torch.float32):
-        from diffusers import StableDiffusionXLPipeline
-
-        model = resolve_model(model)
-        with loading(model):
-            pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=dtype, use_safetensors=True)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def pipeline_fingerprint(cls, pipe) -> str:
-        return cls.parts_fingerprint(pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+    def pipeline_options(self) -> dict:
+        return {"force_zeros_for_empty_prompt": self.force_zeros}

@@ -31,7 +31,7 @@ def own_pipeline(method: str, model: str | None, run):
     from diffusers import FluxFillPipeline
 
     from imprint.families import pipeline_class_name, resolve_model
-    from imprint.families.sd import loading
+    from imprint.families.base import loading
 
     found = pipeline_class_name(model)
     if found != "FluxFillPipeline":
