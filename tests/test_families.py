@@ -252,6 +252,32 @@ def test_flow_family_lora_resumes_generates_loads_and_exports(name, tiny_flux, t
     assert {f"{block}.lora_down.weight", f"{block}.lora_up.weight", f"{block}.alpha"} <= keys
     assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in keys
     assert all(k.startswith(tuple(family.kohya_prefixes.values())) for k in keys)
+    if name == "flux":
+        exported_attention_is_what_diffusers_reads(out, broken, model)
+
+
+def exported_attention_is_what_diffusers_reads(exported, run, model):
+    """diffusers reads the lora_transformer_ / lora_te1_ layout ComfyUI loads (its "mixture" converter,
+    which knows the attention projections, not the MLPs): each attention layer's delta, alpha folded
+    in, is the run's B A alpha / rank."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(exported))
+    attention = {k: v for k, v in tensors.items() if "_attn_" in k or k.startswith("lora_te1_")}
+    pipe = FluxPipeline.from_pretrained(model)
+    pipe.load_lora_weights(attention)
+    native = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    scale = 4 / 2  # --alpha 4, --rank 2
+    checked = 0
+    for module_name, module in pipe.transformer.named_modules():
+        if hasattr(module, "lora_A") and module.lora_A:
+            adapter = next(iter(module.lora_A))
+            loaded = module.lora_B[adapter].weight @ module.lora_A[adapter].weight * module.scaling[adapter]
+            a, b = native[f"transformer.{module_name}.lora_A.weight"], native[f"transformer.{module_name}.lora_B.weight"]
+            torch.testing.assert_close(loaded, b @ a * scale)
+            checked += 1
+    assert checked >= 8  # every attention projection of both blocks
 
 
 def test_flow_settings_on_an_sd_model_are_a_clear_error(tiny_model, subject_dir, tmp_path, capsys):
