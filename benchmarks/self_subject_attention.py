@@ -13,6 +13,7 @@ paper's) unless --weights says otherwise. Writes a table to RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -98,6 +99,19 @@ def main() -> None:
             rows.append(f"| {subject.name} | {config} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
 
+    def reading(config: str, w: float) -> str:
+        values = diffs.get((config, f"w={w:g} fidelity"))
+        if not values:
+            return ""
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        half = 1.96 * sd / len(values) ** 0.5
+        if abs(mean) > half:
+            return f"{config}, w={w:g}: fidelity {mean_ci(values)}, seen."
+        needed = math.ceil((1.96 * sd / mean) ** 2) if mean else float("inf")
+        return (f"{config}, w={w:g}: fidelity {mean_ci(values)}, no difference seen; a true difference of this size "
+                f"would need about {needed} subjects to be seen at 95%.")
+
+    readings = " ".join(filter(None, (reading(c, w) for c in ("base", "lora") for w in weights)))
     header = "| subject | model | fidelity, plain | alignment, plain | " + " | ".join(
         f"fidelity, SSA w={w:g} | alignment, SSA w={w:g}" for w in weights) + " |"
     summary = "\n".join(f"| {config} | {what} | {mean_ci(values)} | {len(values)} |"
@@ -117,6 +131,9 @@ Paired differences (SSA minus plain; mean and 95% interval over subjects):
 | model | difference | mean [95% interval] | pairs |
 | --- | --- | --- | ---: |
 {summary}
+
+DreamTuner credits self-subject-attention with the subject's detail (its ablation, where SSA comes with its
+subject encoder and fine-tuning; the full method's CLIP-I 0.767 against DreamBooth's 0.788). Here: {readings}
 """
     print(write_section(args.results, "## Toy world: DreamTuner's self-subject-attention against plain generation", body))
 
