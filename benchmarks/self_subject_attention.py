@@ -132,8 +132,8 @@ Paired differences (SSA minus plain; mean and 95% interval over subjects):
 | --- | --- | --- | ---: |
 {summary}
 
-DreamTuner credits self-subject-attention with the subject's detail (its ablation, where SSA comes with its
-subject encoder and fine-tuning; the full method's CLIP-I 0.767 against DreamBooth's 0.788). Here: {readings}
+DreamTuner's abstract calls self-subject-attention a training-free, plug-and-play way of keeping the subject's
+detailed features (there it works beside DreamTuner's subject encoder and fine-tuning). Here: {readings}
 """
     print(write_section(args.results, "## Toy world: DreamTuner's self-subject-attention against plain generation", body))
 
