@@ -12,7 +12,7 @@ from conftest import FAST, run_cli
 from test_resume import final_weights, logged_steps, train
 
 
-def killed_and_resumed_equals_unbroken(model, subject_dir, tmp_path, extra, steps: int):
+def killed_and_resumed_equals_unbroken(model, subject_dir, tmp_path, extra, steps: int, method: str = "lora"):
     """A LoRA run killed at step 5 (checkpoints every 2) and resumed ends with the unbroken run's
     weights, each step logged once; returns the resumed run's folder."""
     unbroken = train(model, subject_dir, tmp_path / "unbroken", extra)
@@ -22,7 +22,7 @@ def killed_and_resumed_equals_unbroken(model, subject_dir, tmp_path, extra, step
     resumed = train(model, subject_dir, broken, extra, resume=True)
     assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
     assert logged_steps(broken) == list(range(1, steps + 1))
-    a, b = final_weights(tmp_path / "unbroken", "lora"), final_weights(broken, "lora")
+    a, b = final_weights(tmp_path / "unbroken", method), final_weights(broken, method)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
@@ -125,11 +125,32 @@ def test_sdxl_kohya_export_is_what_comfyui_and_diffusers_read(tiny_sdxl, subject
         assert (a - c).abs().max() > 1e-5
 
 
-def test_sdxl_refuses_a_single_text_encoder_method(tiny_sdxl, subject_dir, tmp_path, capsys):
-    rc = run_cli("train", "--model", tiny_sdxl, "--images", subject_dir, "--class-name", "toy", "--steps", "1",
+def test_sdxl_pivotal_tuning_trains_the_token_in_both_vocabularies(tiny_sdxl, subject_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from imprint.methods.textual_inversion import TextualInversion
+
+    extra = ["--method", "pivotal", "--lr", "1e-2", "--rank", "2", "--num-vectors", "2", "--freeze-embedding-at", "3"]
+    run = killed_and_resumed_equals_unbroken(tiny_sdxl, subject_dir, tmp_path, extra, steps=8, method="pivotal")
+    learned = load_file(str(run / "learned_embeds.safetensors"))
+    assert set(learned) == {"clip_l", "clip_g"} and learned["clip_l"].shape == (2, 32)
+    metadata = json.loads((run / "metadata.json").read_text())
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    TextualInversion.load_into_pipeline(pipe, run, metadata)
+    for key, encoder, tokenizer in (("clip_l", pipe.text_encoder, pipe.tokenizer),
+                                    ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
+        ids = tokenizer.convert_tokens_to_ids([metadata["placeholder"], metadata["placeholder"] + "_1"])
+        torch.testing.assert_close(encoder.get_input_embeddings().weight[ids].detach(), learned[key])
+    assert run_cli("generate", "--run", run, "a sks toy", "--num-images", "1", "--inference-steps", "2",
+                   "--output", tmp_path / "gen") == 0
+
+
+def test_a_token_method_on_sd3_is_a_clear_error(tiny_sd3, subject_dir, tmp_path, capsys):
+    rc = run_cli("train", "--model", tiny_sd3, "--images", subject_dir, "--class-name", "toy", "--steps", "1",
                  "--method", "textual_inversion", "--output", tmp_path / "run", *FAST)
     err = capsys.readouterr().err
-    assert rc == 2 and "textual_inversion" in err and "text encoder" in err and "Traceback" not in err
+    assert rc == 2 and "textual_inversion" in err and "sd3" in err and "Traceback" not in err
 
 
 # --- SD3 and FLUX: flow matching ------------------------------------------------------------------

@@ -91,6 +91,8 @@ class Family(ABC):
     # the text encoders a method may train (SDXL: both CLIPs; SD3 and FLUX leave T5 frozen, as
     # the anchors do); the first one holds the tokenizer `tokenizer`
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
+    tokenizer_names = {"text_encoder": "tokenizer"}    # each trainable text encoder's tokenizer attribute
+    embedding_file_keys: dict[str, str] | None = None  # textual inversion's file keys per encoder (SDXL)
     lora_targets: dict[str, list[str]] = {}       # PEFT target modules per trainable part
     lora_conv_targets: dict[str, list[str]] = {}  # added by --lora-targets attention+conv
     kohya_prefixes: dict[str, str] = {}           # part -> key prefix of the kohya / A1111 layout

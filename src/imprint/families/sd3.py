@@ -24,6 +24,7 @@ class StableDiffusion3Family(FlowMatchingFamily):
     diffusers_pipeline = "StableDiffusion3Pipeline"
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    tokenizer_names = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
     cached_text_encoders = ("text_encoder_3",)  # T5
     # diffusers' train_dreambooth_lora_sd3.py's default targets
     lora_targets = {

@@ -44,6 +44,8 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     pipeline_class_names = ("StableDiffusionXLPipeline",)
     diffusers_pipeline = "StableDiffusionXLPipeline"
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    tokenizer_names = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+    embedding_file_keys = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}  # A1111 / ComfyUI's SDXL layout
     default_resolution = 1024
     lora_targets = {
         "unet": ["to_q", "to_k", "to_v", "to_out.0"],

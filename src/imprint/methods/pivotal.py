@@ -50,7 +50,8 @@ class Pivotal(LoRA):
     def __init__(self, settings=None):
         super().__init__(settings)
         self.inversion = TextualInversion(TextualInversionSettings(num_vectors=self.settings.num_vectors))
-        self._frozen_token_rows: torch.Tensor | None = None
+        self._frozen_token_rows: dict[str, torch.Tensor] | None = None
+        self.embeddings: list[torch.nn.Parameter] = []
 
     def trained_parts(self) -> set[str]:
         return {"denoiser", "text_encoder"}
@@ -59,22 +60,25 @@ class Pivotal(LoRA):
         return {"text_encoder"}  # its embedding table is trained
 
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
-        self.inversion.prepare(family, self.subject)  # the new token first: it resizes the embedding
-        self.embedding = family.text_encoder.get_input_embeddings().weight
+        self.embeddings = self.inversion.prepare(family, self.subject)  # the new token first: it resizes them
         lora = []
         for part in family.parts(self.adapter_parts()):
             module = family.modules[part]
             module.add_adapter(self.peft_config(part, family))
-            lora += [p for p in module.parameters() if p.requires_grad and p is not self.embedding]
+            lora += [p for p in module.parameters() if p.requires_grad and not self.is_embedding(p)]
         for p in lora:
             p.data = p.data.float()
-        self.embedding.requires_grad_(True)  # PEFT froze every base weight, the embedding table too
+        for embedding in self.embeddings:
+            embedding.requires_grad_(True)  # PEFT froze every base weight, the embedding tables too
         self.lora_params = lora
-        return [*lora, self.embedding]
+        return [*lora, *self.embeddings]
+
+    def is_embedding(self, p: torch.nn.Parameter) -> bool:
+        return any(p is e for e in self.embeddings)
 
     def parameter_groups(self, params):
-        return [{"params": [p for p in params if p is not self.embedding]},
-                {"params": [self.embedding], "lr": self.settings.embedding_lr}]
+        return [{"params": [p for p in params if not self.is_embedding(p)]},
+                {"params": list(self.embeddings), "lr": self.settings.embedding_lr}]
 
     def prompt_token(self) -> str:
         return self.inversion.prompt_token()
@@ -84,12 +88,15 @@ class Pivotal(LoRA):
 
     def after_optimizer_step(self, family, step: int) -> None:
         self.inversion.after_optimizer_step(family, step)  # the vocabulary's other rows stay put
-        rows = self.inversion.token_ids
         if step == self.settings.freeze_embedding_at:
-            self._frozen_token_rows = self.embedding[rows].detach().clone()
+            self._frozen_token_rows = self.inversion.learned_embeds(family)
         elif step > self.settings.freeze_embedding_at:
+            self.restore_token_rows(family)
+
+    def restore_token_rows(self, family) -> None:
+        for name, weight in self.inversion.embedding_tables(family).items():
             with torch.no_grad():
-                self.embedding[rows] = self._frozen_token_rows
+                weight[self.inversion.ids_by_encoder[name]] = self._frozen_token_rows[name].to(weight.device, weight.dtype)
 
     def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
         state = {f"lora.{i}": p.detach().float().cpu().contiguous() for i, p in enumerate(self.lora_params)}
@@ -101,7 +108,7 @@ class Pivotal(LoRA):
                 p.copy_(state[f"lora.{i}"])
         self.inversion.load_trainable_state_dict(family, state)
         # resumed past the freeze: the rows in the checkpoint are the frozen ones
-        self._frozen_token_rows = self.embedding[self.inversion.token_ids].detach().clone()
+        self._frozen_token_rows = self.inversion.learned_embeds(family)
 
     def save_result(self, family, folder: Path) -> list[str]:
         files = super().save_result(family, folder)

@@ -34,8 +34,9 @@ class TextualInversion(Method):
     def __init__(self, settings=None):
         super().__init__(settings)
         self.placeholder = ""
-        self.token_ids: list[int] = []
-        self._frozen_rows: torch.Tensor | None = None
+        self.token_ids: list[int] = []  # the first text encoder's (SD's only one)
+        self.ids_by_encoder: dict[str, list[int]] = {}
+        self._frozen_rows: dict[str, torch.Tensor] = {}
 
     def trained_parts(self) -> set[str]:
         return {"text_encoder"}
@@ -46,38 +47,48 @@ class TextualInversion(Method):
     def prompt_token(self) -> str:
         return " ".join(self.tokens())
 
+    @staticmethod
+    def encoders(family) -> list[tuple[str, object, torch.nn.Module]]:
+        """(part, tokenizer, text encoder) of each vocabulary the token joins (SDXL: CLIP-L and CLIP-G)."""
+        return [(name, getattr(family, family.tokenizer_names[name]), family.modules[name])
+                for name in family.text_encoder_names]
+
     def add_trainables(self, family) -> list[torch.nn.Parameter]:
-        if len(family.text_encoder_names) > 1:
-            # SDXL's two vocabularies would each need the token and its own vectors
-            raise ImprintError(f"--method {self.name}: a new token in one text encoder is what this imprint "
-                               f"trains; the {family.name} family has {len(family.text_encoder_names)}: "
-                               "use --method lora (with --train-text-encoder)")
-        tokenizer, text_encoder = family.tokenizer, family.text_encoder
+        from diffusers.loaders import TextualInversionLoaderMixin
+
+        if not issubclass(family.pipeline_class(), TextualInversionLoaderMixin):
+            raise ImprintError(f"--method {self.name}: the {family.name} family's pipeline loads no token embeddings "
+                               "(diffusers' textual inversion loader); use --method lora")
+        encoders = self.encoders(family)
         self.placeholder = self.subject.token
-        if self.placeholder in tokenizer.get_vocab():
+        if any(self.placeholder in tokenizer.get_vocab() for _, tokenizer, _ in encoders):
             # an existing word cannot get a new embedding: use <token>, as the TI papers do
             self.placeholder = f"<{self.subject.token}>"
             log.info("token %r is already in the vocabulary; training %r instead",
                      self.subject.token, self.placeholder)
-        if tokenizer.add_tokens(self.tokens()) != len(self.tokens()):
-            raise ImprintError(
-                f"--token {self.subject.token}: {self.placeholder!r} already exists in the tokenizer; "
-                "pick a new token"
-            )
-        text_encoder.resize_token_embeddings(len(tokenizer))
-        self.token_ids = tokenizer.convert_tokens_to_ids(self.tokens())
+        weights = []
+        for name, tokenizer, text_encoder in encoders:
+            if tokenizer.add_tokens(self.tokens()) != len(self.tokens()):
+                raise ImprintError(f"--token {self.subject.token}: {self.placeholder!r} already exists in the "
+                                   "tokenizer; pick a new token")
+            text_encoder.resize_token_embeddings(len(tokenizer))
+            ids = tokenizer.convert_tokens_to_ids(self.tokens())
+            embeddings = text_encoder.get_input_embeddings().weight
+            class_ids = tokenizer(self.subject.class_name, add_special_tokens=False).input_ids
+            if not class_ids:
+                raise ImprintError(f"--class-name {self.subject.class_name!r}: tokenizes to nothing")
+            with torch.no_grad():
+                embeddings[ids] = embeddings[class_ids].mean(0)  # a multi-word class starts at its mean
+            text_encoder.requires_grad_(False)
+            embeddings.requires_grad_(True)
+            self.ids_by_encoder[name] = ids
+            self._frozen_rows[name] = embeddings.detach().clone()
+            weights.append(embeddings)
+        self.token_ids = self.ids_by_encoder[encoders[0][0]]
+        return weights
 
-        embeddings = text_encoder.get_input_embeddings().weight
-        class_ids = tokenizer(self.subject.class_name, add_special_tokens=False).input_ids
-        if not class_ids:
-            raise ImprintError(f"--class-name {self.subject.class_name!r}: tokenizes to nothing")
-        with torch.no_grad():
-            init = embeddings[class_ids].mean(0)  # a multi-word class starts at its mean
-            embeddings[self.token_ids] = init
-        text_encoder.requires_grad_(False)
-        embeddings.requires_grad_(True)
-        self._frozen_rows = embeddings.detach().clone()
-        return [embeddings]
+    def embedding_tables(self, family) -> dict[str, torch.Tensor]:
+        return {name: family.modules[name].get_input_embeddings().weight for name in self.ids_by_encoder}
 
     def metadata(self) -> dict:
         return {**super().metadata(), "placeholder": self.placeholder}
@@ -85,32 +96,51 @@ class TextualInversion(Method):
     def after_optimizer_step(self, family, step: int) -> None:
         # The optimiser sees the whole embedding table (weight decay and Adam moments touch
         # every row); put back every row but the new tokens', as the TI paper does.
-        weight = family.text_encoder.get_input_embeddings().weight
-        keep = torch.ones(weight.shape[0], dtype=torch.bool)
-        keep[self.token_ids] = False
-        with torch.no_grad():
-            weight[keep] = self._frozen_rows[keep].to(weight.dtype)
+        for name, weight in self.embedding_tables(family).items():
+            keep = torch.ones(weight.shape[0], dtype=torch.bool)
+            keep[self.ids_by_encoder[name]] = False
+            with torch.no_grad():
+                weight[keep] = self._frozen_rows[name][keep].to(weight.dtype)
 
-    def learned_embeds(self, family) -> torch.Tensor:
-        weight = family.text_encoder.get_input_embeddings().weight
-        return weight[self.token_ids].detach().float().cpu().contiguous()
+    def learned_embeds(self, family) -> dict[str, torch.Tensor]:
+        return {name: weight[self.ids_by_encoder[name]].detach().float().cpu().contiguous()
+                for name, weight in self.embedding_tables(family).items()}
+
+    @staticmethod
+    def state_key(name: str) -> str:
+        return "learned_embeds" if name == "text_encoder" else f"learned_embeds.{name}"
 
     def trainable_state_dict(self, family) -> dict[str, torch.Tensor]:
-        return {"learned_embeds": self.learned_embeds(family)}
+        return {self.state_key(name): rows for name, rows in self.learned_embeds(family).items()}
 
     def load_trainable_state_dict(self, family, state: dict[str, torch.Tensor]) -> None:
-        weight = family.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            weight[self.token_ids] = state["learned_embeds"].to(weight.dtype)
+        for name, weight in self.embedding_tables(family).items():
+            with torch.no_grad():
+                weight[self.ids_by_encoder[name]] = state[self.state_key(name)].to(weight.device, weight.dtype)
 
     def save_result(self, family, folder: Path) -> list[str]:
-        # the layout of diffusers' textual_inversion example: {token: (num_vectors, dim)}
-        save_file({self.placeholder: self.learned_embeds(family)}, str(folder / WEIGHT_NAME))
+        learned = self.learned_embeds(family)
+        if family.embedding_file_keys:  # SDXL's layout, which A1111 / ComfyUI read: {"clip_l": ..., "clip_g": ...}
+            tensors = {family.embedding_file_keys[name]: rows for name, rows in learned.items()}
+        else:  # the layout of diffusers' textual_inversion example: {token: (num_vectors, dim)}
+            tensors = {self.placeholder: learned["text_encoder"]}
+        save_file(tensors, str(folder / WEIGHT_NAME))
         return [WEIGHT_NAME]
 
     @classmethod
     def load_into_pipeline(cls, pipe, folder: Path, metadata: dict) -> None:
-        pipe.load_textual_inversion(str(folder / WEIGHT_NAME), token=metadata["placeholder"])
+        from safetensors.torch import load_file
+
+        path, token = folder / WEIGHT_NAME, metadata["placeholder"]
+        tensors = load_file(str(path))
+        if "clip_l" not in tensors:
+            pipe.load_textual_inversion(str(path), token=token)
+            return
+        for key, encoder, tokenizer in (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2",
+                                                                                    "tokenizer_2")):
+            if key in tensors:
+                pipe.load_textual_inversion(tensors[key], token=token, text_encoder=getattr(pipe, encoder),
+                                            tokenizer=getattr(pipe, tokenizer))
 
     @classmethod
     def rewrite_prompt(cls, prompt: str, metadata: dict) -> str:
