@@ -3,11 +3,7 @@ Every module of this package is imported here, so a new family is a new file."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from imprint.families.base import FAMILIES, Family, register_family
-from imprint.families.base import resolve_model
+from imprint.families.base import FAMILIES, Family, model_index, register_family, resolve_model
 from imprint.families.sd import StableDiffusionFamily
 from imprint.util import import_all
 from imprint.util.errors import ImprintError
@@ -17,19 +13,11 @@ import_all(__name__, __path__)
 
 def pipeline_class_name(model: str) -> str:
     """`_class_name` of a model's model_index.json (a local folder, or a hub id's file)."""
-    resolved = resolve_model(model)
-    path = Path(resolved) / "model_index.json"
-    if not path.is_file():
-        from imprint.families.base import loading
-
-        with loading(resolved):
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(resolved, "model_index.json"))
     try:
-        return json.loads(path.read_text())["_class_name"]
-    except (ValueError, KeyError) as e:
-        raise ImprintError(f"--model {model}: {path} has no `_class_name`; not a diffusers pipeline folder") from e
+        return model_index(resolve_model(model))["_class_name"]
+    except KeyError as e:
+        raise ImprintError(f"--model {model}: its model_index.json has no `_class_name`; not a diffusers pipeline "
+                           "folder") from e
 
 
 def family_class(model: str, name: str | None = None) -> type[Family]:

@@ -64,6 +64,20 @@ def loading(model: str, flag: str = "--model"):
         ) from e
 
 
+def model_index(model: str) -> dict:
+    """A model's model_index.json (a resolved local folder's, or a hub id's through the HF cache)."""
+    path = Path(model) / "model_index.json"
+    if not path.is_file():
+        with loading(model):
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, "model_index.json"))
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ImprintError(f"--model {model}: {path} is not valid JSON; not a diffusers pipeline folder") from e
+
+
 def part_config(module) -> dict:
     """A part's config as a dict: a diffusers model's (a FrozenDict) or a transformers model's."""
     config = module.config
@@ -108,10 +122,30 @@ class Family(ABC):
         """The family's own training settings (flow matching: the timestep density, shift, guidance)."""
 
     # --- parts ---------------------------------------------------------------------------
+    part_names: tuple[str, ...] = ()  # the family's networks, each an attribute of its own name
+
+    def load_parts(self, model: str, classes: dict[str, type]) -> None:
+        """Each part from its subfolder of `model` (the noise scheduler's is "scheduler"); the
+        networks frozen, in eval mode."""
+        self.model = resolve_model(model)
+        with loading(self.model):
+            for name, cls in classes.items():
+                weights = {"use_safetensors": True} if issubclass(cls, torch.nn.Module) else {}
+                subfolder = "scheduler" if name == "noise_scheduler" else name
+                setattr(self, name, cls.from_pretrained(self.model, subfolder=subfolder, **weights))
+        for part in self.modules.values():
+            part.requires_grad_(False)
+            part.eval()
+
     @property
-    @abstractmethod
     def modules(self) -> dict[str, torch.nn.Module]:
         """The loaded parts by name (released ones left out)."""
+        return {name: getattr(self, name) for name in self.part_names if getattr(self, name, None) is not None}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def denoiser(self) -> torch.nn.Module:

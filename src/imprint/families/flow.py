@@ -45,13 +45,17 @@ def shifted(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def resolution_shift(tokens: int, config) -> float:
-    """FLUX's a = e^mu, mu linear in the image's token count (diffusers' calculate_shift over the
-    scheduler config's base/max image sequence lengths and shifts)."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return math.exp(base_shift + slope * (tokens - base_len))
+def scheduler_shift(config, tokens: int | None) -> float:
+    """The shift a flow scheduler samples an image of `tokens` tokens with: FLUX's a = e^mu, mu from
+    diffusers' calculate_shift over the config's sequence lengths and shifts (use_dynamic_shifting),
+    else the config's static `shift`."""
+    if config.get("use_dynamic_shifting") and tokens is not None:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        return math.exp(calculate_shift(tokens, config.get("base_image_seq_len", 256),
+                                        config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                        config.get("max_shift", 1.15)))
+    return float(config.get("shift", 1.0))
 
 
 class FlowMatchingFamily(Family):
@@ -95,11 +99,9 @@ class FlowMatchingFamily(Family):
     def shift_for(self, latent_shape) -> float:
         if self.settings.timestep_shift is not None:
             return self.settings.timestep_shift
-        config = self.noise_scheduler.config
-        if config.get("use_dynamic_shifting") and latent_shape is not None:
-            tokens = (latent_shape[-2] // self.patch_size) * (latent_shape[-1] // self.patch_size)
-            return resolution_shift(tokens, config)
-        return float(config.get("shift", 1.0))
+        tokens = None if latent_shape is None else \
+            (latent_shape[-2] // self.patch_size) * (latent_shape[-1] // self.patch_size)
+        return scheduler_shift(self.noise_scheduler.config, tokens)
 
     def sample_timesteps(self, n: int, generator: torch.Generator, latent_shape=None) -> torch.Tensor:
         from diffusers.training_utils import compute_density_for_timestep_sampling

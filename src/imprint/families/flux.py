@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from imprint.families.base import loading, register_family, resolve_model
+from imprint.families.base import register_family
 from imprint.families.flow import FlowMatchingFamily
 
 CLIP_LENGTH = 77
@@ -38,39 +38,19 @@ class FluxFamily(FlowMatchingFamily):
     kohya_prefixes = {"transformer": "lora_transformer_", "text_encoder": "lora_te1_"}
     kohya_model_version = "flux1"
 
+    part_names = ("transformer", "text_encoder", "text_encoder_2", "vae")
+
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        self.model = resolve_model(model)
-        with loading(self.model):
-            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
-            self.tokenizer_2 = T5TokenizerFast.from_pretrained(self.model, subfolder="tokenizer_2")
-            self.text_encoder = CLIPTextModel.from_pretrained(self.model, subfolder="text_encoder",
-                                                              use_safetensors=True)
-            self.text_encoder_2 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder_2",
-                                                                 use_safetensors=True)
-            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
-            self.transformer = FluxTransformer2DModel.from_pretrained(self.model, subfolder="transformer",
-                                                                      use_safetensors=True)
-            self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model, subfolder="scheduler")
-        for part in (self.text_encoder, self.text_encoder_2, self.vae, self.transformer):
-            part.requires_grad_(False)
-            part.eval()
+        self.load_parts(model, {"tokenizer": CLIPTokenizer, "tokenizer_2": T5TokenizerFast,
+                                "text_encoder": CLIPTextModel, "text_encoder_2": T5EncoderModel, "vae": AutoencoderKL,
+                                "transformer": FluxTransformer2DModel,
+                                "noise_scheduler": FlowMatchEulerDiscreteScheduler})
         # the pipeline's default length (512), or the tokenizer's if shorter, so training and sampling agree
         self.max_sequence_length = min(512, self.tokenizer_2.model_max_length)
         self.fingerprint = self.parts_fingerprint(self)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    # --- parts -------------------------------------------------------------------------
-    @property
-    def modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
-                 "text_encoder_2": self.text_encoder_2, "vae": self.vae}
-        return {name: part for name, part in parts.items() if part is not None}
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:

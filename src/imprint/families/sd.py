@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from imprint.families.base import Family, loading, register_family, resolve_model
+from imprint.families.base import Family, register_family
 from imprint.util.errors import ImprintError
 
 log = logging.getLogger("imprint")
@@ -43,31 +43,16 @@ class StableDiffusionFamily(Family):
         family.fingerprint = cls.parts_fingerprint(pipe)
         return family
 
+    part_names = ("unet", "text_encoder", "vae")
+
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.model = resolve_model(model)
-        with loading(self.model):
-            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
-            self.text_encoder = CLIPTextModel.from_pretrained(
-                self.model, subfolder="text_encoder", use_safetensors=True)
-            self.vae = AutoencoderKL.from_pretrained(
-                self.model, subfolder="vae", use_safetensors=True)
-            self.unet = UNet2DConditionModel.from_pretrained(
-                self.model, subfolder="unet", use_safetensors=True)
-            self.noise_scheduler = DDPMScheduler.from_pretrained(self.model, subfolder="scheduler")
-        for part in (self.text_encoder, self.vae, self.unet):
-            part.requires_grad_(False)
-            part.eval()
+        self.load_parts(model, {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL,
+                                "unet": UNet2DConditionModel, "noise_scheduler": DDPMScheduler})
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.fingerprint = self.parts_fingerprint(self)
-
-    # --- parts -------------------------------------------------------------------------
-    @property
-    def modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
-        return {name: part for name, part in parts.items() if part is not None}
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from imprint.families.base import loading, register_family, resolve_model
+from imprint.families.base import register_family
 from imprint.families.flow import FlowMatchingFamily
 
 CLIP_LENGTH = 77
@@ -36,37 +36,19 @@ class StableDiffusion3Family(FlowMatchingFamily):
     # ComfyUI reads the transformer's diffusers paths under "lora_transformer_" (OneTrainer's layout)
     kohya_prefixes = {"transformer": "lora_transformer_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 
+    part_names = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        self.model = resolve_model(model)
-        with loading(self.model):
-            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
-            self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer_2")
-            self.tokenizer_3 = T5TokenizerFast.from_pretrained(self.model, subfolder="tokenizer_3")
-            self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
-                self.model, subfolder="text_encoder", use_safetensors=True)
-            self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-                self.model, subfolder="text_encoder_2", use_safetensors=True)
-            self.text_encoder_3 = T5EncoderModel.from_pretrained(self.model, subfolder="text_encoder_3",
-                                                                 use_safetensors=True)
-            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
-            self.transformer = SD3Transformer2DModel.from_pretrained(self.model, subfolder="transformer",
-                                                                     use_safetensors=True)
-            self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model, subfolder="scheduler")
-        for part in (self.text_encoder, self.text_encoder_2, self.text_encoder_3, self.vae, self.transformer):
-            part.requires_grad_(False)
-            part.eval()
+        self.load_parts(model, {"tokenizer": CLIPTokenizer, "tokenizer_2": CLIPTokenizer, "tokenizer_3": T5TokenizerFast,
+                                "text_encoder": CLIPTextModelWithProjection,
+                                "text_encoder_2": CLIPTextModelWithProjection, "text_encoder_3": T5EncoderModel,
+                                "vae": AutoencoderKL, "transformer": SD3Transformer2DModel,
+                                "noise_scheduler": FlowMatchEulerDiscreteScheduler})
         self.max_sequence_length = min(256, self.tokenizer_3.model_max_length)  # the pipeline's default
         self.fingerprint = self.parts_fingerprint(self)
-
-    # --- parts -------------------------------------------------------------------------
-    @property
-    def modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"transformer": self.transformer, "text_encoder": self.text_encoder,
-                 "text_encoder_2": self.text_encoder_2, "text_encoder_3": self.text_encoder_3, "vae": self.vae}
-        return {name: part for name, part in parts.items() if part is not None}
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:

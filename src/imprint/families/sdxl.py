@@ -14,12 +14,9 @@ family inherits them and changes the parts and the conditioning. Choices:
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-from imprint.families.base import loading, register_family, resolve_model
+from imprint.families.base import model_index, register_family
 from imprint.families.sd import StableDiffusionFamily
 
 
@@ -57,43 +54,18 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     kohya_model_version = "sdxl_base_v1-0"
     ddim_editing = False  # its tools read SD's single-encoder prompt embeddings
 
+    part_names = ("unet", "text_encoder", "text_encoder_2", "vae")
+
     def __init__(self, model: str):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        self.model = resolve_model(model)
-        with loading(self.model):
-            self.tokenizer = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer")
-            self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.model, subfolder="tokenizer_2")
-            self.text_encoder = CLIPTextModel.from_pretrained(self.model, subfolder="text_encoder",
-                                                              use_safetensors=True)
-            self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-                self.model, subfolder="text_encoder_2", use_safetensors=True)
-            self.vae = AutoencoderKL.from_pretrained(self.model, subfolder="vae", use_safetensors=True)
-            self.unet = UNet2DConditionModel.from_pretrained(self.model, subfolder="unet", use_safetensors=True)
-            self.noise_scheduler = DDPMScheduler.from_pretrained(self.model, subfolder="scheduler")
-            self.force_zeros = bool(self.pipeline_config(self.model).get("force_zeros_for_empty_prompt", True))
-        for part in (self.text_encoder, self.text_encoder_2, self.vae, self.unet):
-            part.requires_grad_(False)
-            part.eval()
+        self.load_parts(model, {"tokenizer": CLIPTokenizer, "tokenizer_2": CLIPTokenizer,
+                                "text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection,
+                                "vae": AutoencoderKL, "unet": UNet2DConditionModel, "noise_scheduler": DDPMScheduler})
+        self.force_zeros = bool(model_index(self.model).get("force_zeros_for_empty_prompt", True))
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.fingerprint = self.parts_fingerprint(self)
-
-    @staticmethod
-    def pipeline_config(model: str) -> dict:
-        path = Path(model) / "model_index.json"
-        if not path.is_file():
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(model, "model_index.json"))
-        return json.loads(path.read_text())
-
-    # --- parts -------------------------------------------------------------------------
-    @property
-    def modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
-                 "vae": self.vae}
-        return {name: part for name, part in parts.items() if part is not None}
 
     # --- conditioning ------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -122,8 +94,7 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     # --- the objective -----------------------------------------------------------------
     def time_ids(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(N, 6): original size, crop top-left, target size: the latent's size in pixels, crop (0, 0)."""
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
+        height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         ids = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=latents.device)
         return ids.expand(latents.shape[0], -1)
 

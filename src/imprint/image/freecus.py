@@ -50,19 +50,14 @@ class FreeCus:
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.saved, self.hook = None, None
 
-    def shift(self, image_tokens: int) -> float:
-        from imprint.families.flow import resolution_shift
-
-        config = self.pipe.scheduler.config
-        if config.get("use_dynamic_shifting"):
-            return resolution_shift(image_tokens, config)
-        return float(config.get("shift", 1.0))
-
     def reference_input(self, sigma: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
         """The reference noised to its (negatively shifted) level, packed as the image's tokens."""
         from diffusers import FluxPipeline
 
-        level = negative_shift_sigma(sigma.float().flatten()[0].cpu(), self.shift(like.shape[1]))
+        from imprint.families.flow import scheduler_shift
+
+        shift = scheduler_shift(self.pipe.scheduler.config, like.shape[1])
+        level = negative_shift_sigma(sigma.float().flatten()[0].cpu(), shift)
         x = level * self.noise + (1 - level) * self.reference
         b, c, h, w = x.shape
         return FluxPipeline._pack_latents(x, b, c, h, w).to(like.device, like.dtype).expand(batch, -1, -1)

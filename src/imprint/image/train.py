@@ -218,15 +218,11 @@ class SubjectTask(Task):
         """Prompt encodings for sampling, so the pipeline needs no text encoder. Made before the
         frozen parts are released (a family keeps what its frozen encoders give, FLUX's T5); where
         the text encoder trains, this is a function that makes them anew at each use."""
-        with torch.no_grad():
-            encodings = self.family.encode_for_sampling(prompts)
-        if self.cache_text:
-            return encodings
-
         def fresh():
             with torch.no_grad():
                 return self.family.encode_for_sampling(prompts)
-        return fresh
+        encodings = fresh()
+        return encodings if self.cache_text else fresh
 
     def release_frozen_parts(self) -> None:
         self.family.release_encoders(keep_text_encoder=not self.cache_text or self.objective.needs_text_encoder)
