@@ -1,4 +1,4 @@
-"""imprint's commands: train, generate, edit, export, evaluate, compare, toyworld, demo, methods.
+"""imprint's commands: train, generate, edit, export, evaluate, compare, toyworld, demo, methods, lm.
 Thin: parse, call, report. The train flags are generated from the settings dataclasses."""
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "sample_prompt": {"metavar": "PROMPT"},
         "resume": {"nargs": "?", "const": "latest", "metavar": "CHECKPOINT"},
     })
+
+
+LM_EXAMPLE = """  imprint lm tasks --output lm-tasks                      # the shipped tasks as JSONL
+  imprint lm train --data lm-tasks/facts/train.jsonl --method lora --steps 200 --output runs/facts-lora
+  imprint lm evaluate runs/facts-lora runs/facts-hft --output report.html
+  imprint lm demo
+"""
 
 
 class _OldStepsSpelling(argparse.Action):
@@ -223,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = _command(sub, "methods", "list the training methods and their settings", "  imprint methods")
     methods.add_argument("--name", help="only this method")
+
+    from imprint.cli_lm import add_lm_commands
+
+    add_lm_commands(_command(sub, "lm", "language models: teach a causal LM a task from a few hundred examples "
+                             "and measure what it learned and what it forgot", LM_EXAMPLE))
     return parser
 
 
@@ -246,17 +258,18 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise ImprintError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
-def describe_methods(only: str | None = None) -> str:
-    """`imprint methods`: each method, what it trains, its default lr and its settings."""
+def describe_methods(only: str | None = None, registry: dict | None = None) -> str:
+    """`imprint methods` (`imprint lm methods`): each method, what it trains, its default lr and its settings."""
     import dataclasses
 
     from imprint.config import default_text, flag
     from imprint.methods import METHODS
 
-    if only and only not in METHODS:
-        raise ImprintError(f"--name {only}: unknown method; choose one of {', '.join(sorted(METHODS))}")
+    registry = METHODS if registry is None else registry
+    if only and only not in registry:
+        raise ImprintError(f"--name {only}: unknown method; choose one of {', '.join(sorted(registry))}")
     lines = []
-    for name, cls in sorted(METHODS.items()):
+    for name, cls in sorted(registry.items()):
         if only and name != only:
             continue
         lines.append(f"{name}: {cls.summary} (default lr {cls.default_lr:g})")
@@ -365,6 +378,10 @@ def run_command(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else WEIGHTS
         print(train_evaluator(steps=args.steps or 1800, seed=args.seed, output=output, device=args.device))
         print("accuracy on fresh renders:", accuracy_on_fresh_renders(load_evaluator(output)))
+    elif args.command == "lm":
+        from imprint.cli_lm import run_lm_command
+
+        return run_lm_command(args)
     elif args.command == "demo":
         from imprint.demo import run_demo
 

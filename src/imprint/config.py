@@ -76,6 +76,32 @@ def load_toml(path: str, groups: list[Group]) -> dict[str, Any]:
     return flat
 
 
+def chosen_method(values: dict[str, Any], registry: dict[str, type], default: str, command: str) -> type:
+    """The --method class; a setting of another method given with it is a one-line error."""
+    name = values.get("method", default)
+    if name not in registry:
+        raise ImprintError(f"--method {name}: unknown method; choose one of {', '.join(sorted(registry))}")
+    own = {f.name for f in dataclasses.fields(registry[name].Settings)}
+    for key in sorted(values):
+        owners = [m for m, cls in registry.items() if key in {f.name for f in dataclasses.fields(cls.Settings)}]
+        if owners and key not in own and values[key] is not None:
+            raise ImprintError(f"{flag(key)}: a setting of {' / '.join(owners)}, not of --method {name}; "
+                               f"drop it or choose that method (`{command} --help`)")
+    return registry[name]
+
+
+def method_groups(registry: dict[str, type], first: str) -> list[Group]:
+    """One group per method with settings, `first` leading: the flags several methods share are
+    listed under it, and its title says which others they set."""
+    first_fields = {f.name for f in dataclasses.fields(registry[first].Settings)}
+    sharing = sorted(n for n, cls in registry.items() if n != first
+                     and first_fields & {f.name for f in dataclasses.fields(cls.Settings)})
+    titles = {first: f"method {first} (its flags also set {', '.join(sharing)})"} if sharing else {}
+    return [Group(name, titles.get(name, f"method {name}"), [cls.Settings])
+            for name, cls in sorted(registry.items(), key=lambda item: (item[0] != first, item[0]))
+            if dataclasses.fields(cls.Settings)]
+
+
 def check_values(values: dict[str, Any], fields: dict[str, dataclasses.Field]) -> None:
     """Types, choices and ranges of the given values, from the fields' declarations."""
     for name, value in values.items():

@@ -434,3 +434,47 @@ def save_clip_vision_model(folder: str | Path, seed: int = 0, projection_dim: in
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
+
+
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+                   "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                   "{% endif %}")
+
+
+def tiny_chat_tokenizer():
+    """A byte-level tokenizer (one token per byte, no merges) with ChatML's special tokens and
+    template, as SmolLM2's: a chat tokenizer that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: i for i, char in enumerate(_bytes_to_unicode().values())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                        bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2):
+    """A Llama with random weights (4 blocks, 64 wide, grouped-query attention like SmolLM2's) and
+    the tiny chat tokenizer: (model, tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_chat_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def save_tiny_llama(folder: str | Path, seed: int = 0, **shape) -> Path:
+    model, tokenizer = build_tiny_llama(seed, **shape)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return Path(folder)

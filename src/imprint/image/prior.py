@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from imprint.image.data import list_image_files
 from imprint.image.sampling import images_per_call
-from imprint.util.files import write_json_atomic
+from imprint.util.files import cache_root, write_json_atomic
 
 log = logging.getLogger("imprint")
 
@@ -27,9 +27,7 @@ MANIFEST = "manifest.json"
 
 
 def default_cache_root() -> Path:
-    root = os.environ.get("IMPRINT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imprint")
-    return Path(root) / "class_images"
+    return cache_root() / "class_images"
 
 
 def manifest_for(model: str, prompt: str, resolution: int, seed: int, steps: int) -> dict:

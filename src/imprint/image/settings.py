@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from imprint.config import Group, all_fields, check_values, flag, instantiate
+from imprint.config import Group, all_fields, check_values, chosen_method, flag, instantiate, method_groups
 from imprint.core.optim import default_lr
 from imprint.core.settings import TrainerSettings
 from imprint.families.flow import FlowMatchingSettings
@@ -126,14 +126,7 @@ def groups() -> list[Group]:
         Group("selection", "best-checkpoint selection", [SelectionSettings]),
     ]
     # lora first: the flags several methods share (--rank, --alpha, ...) are listed under it
-    lora_fields = {f.name for f in dataclasses.fields(METHODS["lora"].Settings)}
-    sharing = sorted(n for n, cls in METHODS.items() if n != "lora"
-                     and lora_fields & {f.name for f in dataclasses.fields(cls.Settings)})
-    titles = {"lora": f"method lora (its flags also set {', '.join(sharing)})"} if sharing else {}
-    out += [Group(name, titles.get(name, f"method {name}"), [cls.Settings])
-            for name, cls in sorted(METHODS.items(), key=lambda item: (item[0] != "lora", item[0]))
-            if dataclasses.fields(cls.Settings)]
-    return out
+    return out + method_groups(METHODS, "lora")
 
 
 @dataclass
@@ -174,16 +167,7 @@ def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check
         raise ImprintError(f"unknown setting(s) {', '.join(unknown)}; see `imprint train --help`")
     if isinstance(values.get("sample_prompt"), str):
         values["sample_prompt"] = [values["sample_prompt"]]
-    method_name = values.get("method", RunSettings.method)
-    if method_name not in METHODS:
-        raise ImprintError(f"--method {method_name}: unknown method; choose one of {', '.join(sorted(METHODS))}")
-    method_cls = METHODS[method_name]
-    own = {f.name for f in dataclasses.fields(method_cls.Settings)}
-    for name in sorted(values):
-        owners = [m for m, cls in METHODS.items() if name in {f.name for f in dataclasses.fields(cls.Settings)}]
-        if owners and name not in own and values[name] is not None:
-            raise ImprintError(f"{flag(name)}: a setting of {' / '.join(owners)}, not of --method {method_name}; "
-                               "drop it or choose that method")
+    method_cls = chosen_method(values, METHODS, RunSettings.method, "imprint train")
     check_values(values, every)
     cfg = ImageRunConfig(
         **{name: instantiate(cls, values) for name, cls in SECTIONS.items()},

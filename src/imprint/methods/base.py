@@ -14,11 +14,14 @@ from pathlib import Path
 
 import torch
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type["Method"]] = {}   # image methods (imprint train)
+LM_METHODS: dict[str, type] = {}           # language-model methods (imprint lm train), methods/lm_base.py
 
 
-def register(cls: type["Method"]) -> type["Method"]:
-    METHODS[cls.name] = cls
+def register(cls: type) -> type:
+    """One decorator for every method; a method's modality picks its table, as the same name
+    (lora, full) is one method per modality: the same maths on other parts, with other files."""
+    (LM_METHODS if getattr(cls, "modality", "image") == "text" else METHODS)[cls.name] = cls
     return cls
 
 

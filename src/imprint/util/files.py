@@ -40,6 +40,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def cache_root() -> Path:
+    """imprint's cache: $IMPRINT_CACHE, else $XDG_CACHE_HOME/imprint (~/.cache/imprint)."""
+    root = os.environ.get("IMPRINT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "imprint")
+    return Path(root)
+
+
 def make_folder(path: str | Path, flag: str) -> Path:
     """mkdir -p, with a one-line error naming the flag where a file is in the way."""
     from imprint.util.errors import ImprintError

@@ -1,0 +1,43 @@
+"""Answers from a finished language-model run (its method's result applied to its base model),
+or from a base model alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imprint.families.causal_lm import EMBEDDED, CausalLM
+from imprint.util.errors import ImprintError
+
+
+def load_run_model(run: str | Path, model: str | None = None, device=None) -> tuple[CausalLM, dict]:
+    """The run's fine-tuned model (its base, or `model`, with the result applied) and its metadata."""
+    from imprint.core.run_folder import RunFolder
+    from imprint.methods import LM_METHODS
+
+    folder = RunFolder(run)
+    metadata = folder.read_metadata("--run")
+    if metadata.get("task") != "lm":
+        raise ImprintError(f"--run {run}: not a language-model run (made by `imprint lm train`)")
+    if metadata["method"] not in LM_METHODS:
+        raise ImprintError(f"--run {run}: method {metadata['method']!r} is not known to this imprint; upgrade imprint")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = CausalLM.load(model or metadata["base_model"], torch.float32, device)
+    if lm.fingerprint != metadata.get("base_model_fingerprint"):
+        raise ImprintError(f"--model {model or metadata['base_model']}: not the architecture run {run} was trained on")
+    LM_METHODS[metadata["method"]].apply_result(lm, folder.path, metadata)
+    return lm, metadata
+
+
+def answer_prompts(run: str | None, prompts: list[str], model: str | None = None, max_new_tokens: int = 128) -> list[str]:
+    from imprint.lm.evaluate import generate_answers
+
+    if max_new_tokens <= 0:
+        raise ImprintError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
+    if run:
+        lm, metadata = load_run_model(run, model)
+        system_prompt = metadata.get("hyperparameters", {}).get("system_prompt")
+    else:
+        lm, system_prompt = CausalLM.load(model or EMBEDDED), None
+    return generate_answers(lm, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens, system_prompt)

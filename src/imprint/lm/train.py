@@ -1,0 +1,242 @@
+"""Teaching a causal LM a task on the trainer core: JSONL examples in, a method's result files,
+validation losses and (by default) the forgetting evaluation out.
+
+The loss is the cross-entropy of the answer tokens only. The head runs on those positions
+alone (not on every position, as a model's own `labels=` loss does), so the vocabulary-wide
+logits of prompt tokens are never made. With gradient accumulation a step's loss is the sum over
+its micro-batches' answer tokens divided by their total count: the same as one big batch (the
+per-micro-batch mean many trainers take weights short answers up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import imprint
+from imprint.core.loop import Callback, Task, check_can_run, fit
+from imprint.core.precision import DTYPES, make_accelerator
+from imprint.core.run_folder import RunFolder
+from imprint.families.causal_lm import CausalLM
+from imprint.lm.data import IGNORE, BatchPlan, collate, read_jsonl, split_validation, tokenize_all
+from imprint.lm.settings import RESUMABLE_CHANGES, LMRunConfig, build_config
+from imprint.methods import LM_METHODS
+from imprint.util.errors import ImprintError
+from imprint.util.files import write_json_atomic
+
+log = logging.getLogger("imprint")
+
+DROPOUT_STREAM = 12  # the global generator is seeded from (seed, stream, micro-batch) for dropout
+
+
+def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of the answer tokens' cross-entropy, their number): the backbone's last hidden states
+    at the positions that predict an answer token, through the output head."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    chosen = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][chosen]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # models that cap their logits (Gemma 2) do it after the head
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, targets[chosen], reduction="sum"), int(chosen.sum())
+
+
+class LMTask(Task):
+    name = "lm"
+
+    def __init__(self, cfg: LMRunConfig, accelerator, lm: CausalLM, train_examples, method):
+        self.cfg, self.accelerator, self.lm, self.method = cfg, accelerator, lm, method
+        self.examples = train_examples
+        self.device = accelerator.device
+        accumulate = cfg.trainer.gradient_accumulation_steps
+        self.accumulate = accumulate
+        self.plan = BatchPlan([len(e.input_ids) for e in train_examples], cfg.data.batch_size, cfg.trainer.seed,
+                              cfg.data.group_by_length)
+        method.set_run_length(cfg.trainer.steps)
+        self.params = method.prepare(lm, cfg.trainer.seed)
+        if cfg.data.gradient_checkpointing:
+            lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm.model.enable_input_require_grads()
+        lm.model.train()
+
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        indices = self.plan(step * self.accumulate + micro)
+        return collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id)
+
+    def answer_tokens(self, step: int) -> int:
+        return sum(int((self.batch(step, m)["labels"][:, 1:] != IGNORE).sum()) for m in range(self.accumulate))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self.params
+
+    def loss(self, step: int, micro: int):
+        if micro == 0:
+            self.method.begin_step(self.lm, step)
+            self.tokens_this_step = self.answer_tokens(step) if self.accumulate > 1 else None
+        seed = self.cfg.trainer.seed
+        torch.manual_seed((seed * 1_000_003 + DROPOUT_STREAM * 7_919 + step * self.accumulate + micro) % 2**63)
+        batch = {k: v.to(self.device) for k, v in self.batch(step, micro).items()}
+        with self.accelerator.autocast():
+            total, tokens = answer_loss_sum(self.lm.model, batch)
+        # per micro-batch: its share of the step's token mean (the core divides by accumulate)
+        normaliser = tokens if self.tokens_this_step is None else self.tokens_this_step / self.accumulate
+        loss = total / max(normaliser, 1)
+        parts = {"answer_loss": total.item() / max(tokens, 1)}
+        regularization = self.method.regularization(self.lm)
+        if regularization is not None:
+            parts[f"{self.method.name}_regularization"] = regularization.item()
+            loss = loss + regularization
+        return loss, parts
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.method.trainable_state_dict(self.lm)
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.method.load_trainable_state_dict(self.lm, state)
+
+    def parameter_groups(self) -> list[dict]:
+        return self.method.parameter_groups(self.params)
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.method.after_optimizer_step(self.lm, step)
+
+
+@torch.no_grad()
+def mean_answer_loss(model, examples, pad_id: int, batch_size: int, device, autocast=None) -> float:
+    """The token mean of the answer cross-entropy over `examples` (the validation loss)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            value, n = answer_loss_sum(model, batch)
+        total, tokens = total + float(value), tokens + n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+class Validation(Callback):
+    """The validation loss every --eval-every steps (or at each checkpoint) and at the end, into
+    RUN/validation.json (kept across a resume)."""
+
+    def __init__(self, task: LMTask, run: RunFolder, examples):
+        self.task, self.run, self.examples = task, run, examples
+        self.losses: dict[int, float] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.run.path / "validation.json"
+
+    def measure(self, step: int) -> None:
+        if not self.examples:
+            return
+        task = self.task
+        value = mean_answer_loss(task.lm.model, self.examples, task.lm.tokenizer.pad_token_id,
+                                 task.cfg.data.batch_size, task.device, task.accelerator.autocast)
+        self.losses[step] = value
+        log.info("step %d: validation loss %.4f", step, value)
+        write_json_atomic(self.path, {"validation_loss": {str(k): v for k, v in sorted(self.losses.items())}})
+
+    def on_resume(self, step: int) -> None:
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())["validation_loss"]
+            self.losses = {int(k): v for k, v in saved.items() if int(k) <= step}
+
+    def on_step_end(self, step: int) -> None:
+        every = self.task.cfg.evaluation.eval_every
+        if every and step % every == 0 and step < self.task.cfg.trainer.steps:
+            self.measure(step)
+
+    def on_checkpoint(self, step: int) -> set[int]:
+        if not self.task.cfg.evaluation.eval_every:
+            self.measure(step)
+        return set()
+
+    def on_train_end(self, step: int) -> None:
+        if step not in self.losses:
+            self.measure(step)
+
+
+def check_resume(cfg: LMRunConfig, run: RunFolder) -> None:
+    before = run.read_config()
+    if before is None:
+        return
+    now = cfg.to_dict()
+    try:
+        normal = build_config({k: v for k, v in before.items() if k in now or k == "method"}, {},
+                              check_required=False).to_dict()
+    except ImprintError as e:
+        raise ImprintError(f"--resume: {run.config_path} does not load ({e}); use a new --output") from e
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and normal.get(k) != now[k])
+    if changed:
+        raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
+                           f"use the same settings as {run.config_path} or a new --output")
+
+
+def load_records(cfg: LMRunConfig):
+    """(training records, validation records), checked before any model loads."""
+    records = read_jsonl(cfg.run.data, "--data")
+    if cfg.data.validation_data:
+        return records, read_jsonl(cfg.data.validation_data, "--validation-data")
+    return split_validation(records, cfg.data.validation_share, cfg.trainer.seed)
+
+
+def train(cfg: LMRunConfig) -> Path:
+    train_records, validation_records = load_records(cfg)
+    run = RunFolder(cfg.run.output)
+    if cfg.run.resume is None:
+        run.check_new_output()
+    elif run.is_finished():
+        log.info("%s: the run already finished; nothing to resume", run.path)
+        return run.path
+    else:
+        check_resume(cfg, run)
+    accelerator = make_accelerator(cfg.trainer.mixed_precision)
+    check_can_run(cfg.trainer, accelerator.device)
+    method = LM_METHODS[cfg.run.method](cfg.method)
+    dtype = torch.float32 if method.trains_base_weights else DTYPES[cfg.trainer.mixed_precision]
+    lm = CausalLM.load(cfg.run.model, dtype, accelerator.device)
+    train_examples = tokenize_all(lm.tokenizer, train_records, cfg.data.max_length, "--data", cfg.data.system_prompt)
+    validation_examples = tokenize_all(lm.tokenizer, validation_records, cfg.data.max_length,
+                                       "--validation-data" if cfg.data.validation_data else "--data",
+                                       cfg.data.system_prompt)
+    log.info("%d training examples, %d validation examples", len(train_examples), len(validation_examples))
+    task = LMTask(cfg, accelerator, lm, train_examples, method)
+    run.create()
+    run.write_config(cfg.to_dict())
+    if validation_records:
+        from imprint.lm.evaluate import write_records
+
+        write_records(run.path / "validation.jsonl", validation_records)
+    validation = Validation(task, run, validation_examples)
+    fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, callbacks=[validation],
+        desc=f"lm train {cfg.run.method}")
+    lm.model.eval()
+    files = method.save_result(lm, run.path)
+    run.write_metadata({
+        "imprint_version": imprint.__version__,
+        "task": "lm",
+        **lm.describe(),
+        "method": cfg.run.method,
+        "steps": cfg.trainer.steps,
+        "files": files,
+        "hyperparameters": cfg.to_dict(),
+        "trainable_parameters": method.trainable_parameter_count(lm),
+        "training_examples": len(train_examples),
+        "validation_loss": validation.losses.get(cfg.trainer.steps),
+        **method.metadata(),
+    })
+    log.info("run finished: %s", run.path)
+    if cfg.evaluation.evaluate:
+        from imprint.lm.evaluate import evaluate_run
+
+        evaluate_run(run.path, max_new_tokens=cfg.evaluation.max_new_tokens)
+    return run.path
+

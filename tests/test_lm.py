@@ -1,0 +1,284 @@
+"""imprint lm: JSONL data, answer-only labels, batches, the loss, methods, resume, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imprint.lm.data import IGNORE, BatchPlan, Record, collate, read_jsonl, tokenize_record
+from imprint.util.errors import ImprintError
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from imprint.tiny import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def reverse_data(tmp_path_factory) -> Path:
+    """40 word-reversal examples (prompt / completion / answer), as the shipped transform task."""
+    folder = tmp_path_factory.mktemp("lm-data")
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(40):
+        words = [WORDS[i] for i in torch.randint(len(WORDS), (3,), generator=g).tolist()]
+        answer = " ".join(reversed(words))
+        lines.append(json.dumps({"prompt": f"Reverse: {' '.join(words)}", "completion": answer, "answer": answer,
+                                 "match": "exact"}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "train.jsonl"
+
+
+def tokenizer_of(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a", "completion": "b"', "line 2: not valid JSON"),
+    ('{"prompt": "a"}', "line 2: missing field `completion`"),
+    ('{"prompt": "a", "completion": "  "}', "line 2: `completion` is empty"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: the last message must be the assistant's"),
+    ('{"messages": [{"role": "bot", "content": "hi"}]}', "line 2: messages[0] must be"),
+    ('{"prompt": "a", "completion": "b", "match": "fuzzy"}', "line 2"),
+    ('[1, 2]', "line 2: a record must be a JSON object"),
+])
+def test_a_bad_line_is_a_one_line_error_naming_it(tmp_path, line, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "fine", "completion": "ok"}\n' + line + "\n")
+    with pytest.raises(ImprintError) as e:
+        read_jsonl(path)
+    assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_over_long_example_names_its_line_and_the_flag(tiny_llama, tmp_path):
+    from imprint.lm.data import tokenize_all
+
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "short", "completion": "ok"}\n{"prompt": "' + "long " * 50 + '", "completion": "ok"}\n')
+    with pytest.raises(ImprintError, match=r"line 2: \d+ tokens, over --max-length 100"):
+        tokenize_all(tokenizer_of(tiny_llama), read_jsonl(path), max_length=100)
+
+
+def test_labels_are_the_assistant_turns_and_their_end_of_turn(tiny_llama):
+    tokenizer = tokenizer_of(tiny_llama)
+    record = Record([{"role": "user", "content": "Say A"}, {"role": "assistant", "content": "A."},
+                     {"role": "user", "content": "Say B"}, {"role": "assistant", "content": "B!"}], "B!", "exact", 1)
+    example = tokenize_record(tokenizer, record)
+    full = tokenizer.apply_chat_template(record.messages, tokenize=False)
+    assert tokenizer.decode(example.input_ids) == full  # the pieces make the whole conversation
+    trained = [t if t != IGNORE else None for t in example.labels]
+    runs, current = [], []
+    for token in trained + [None]:
+        if token is None and current:
+            runs.append(tokenizer.decode(current))
+            current = []
+        elif token is not None:
+            current.append(token)
+    assert runs == ["A.<|im_end|>\n", "B!<|im_end|>\n"]
+
+
+def test_batches_are_the_same_after_a_resume_and_grouping_pads_less():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 200, (200,), generator=g).tolist()
+    plan, again = BatchPlan(lengths, 8, seed=1), BatchPlan(lengths, 8, seed=1)
+    assert [plan(n) for n in range(60)] == [again(n) for n in reversed(range(60))][::-1]
+    epoch = sorted(i for n in range(25) for i in plan(n))
+    assert epoch == list(range(200))  # an epoch visits every example once
+
+    def padding(p):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in (p(n) for n in range(25)))
+    assert padding(plan) < 0.5 * padding(BatchPlan(lengths, 8, seed=1, group_by_length=False))
+
+
+# --- the loss ----------------------------------------------------------------------------------
+
+def make_config(model, data, output, **flags):
+    from imprint.lm.settings import build_config
+
+    return build_config({}, {"model": str(model), "data": str(data), "output": str(output), **flags})
+
+
+def test_accumulated_loss_is_the_token_mean_of_one_big_batch(tiny_llama, reverse_data, tmp_path):
+    """A step of 2 micro-batches gives the gradient of sum(CE) / all answer tokens of the step."""
+    from imprint.core.precision import make_accelerator
+    from imprint.families.causal_lm import CausalLM
+    from imprint.lm.data import tokenize_all
+    from imprint.lm.train import LMTask
+    from imprint.methods import LM_METHODS
+
+    cfg = make_config(tiny_llama, reverse_data, tmp_path / "run", method="full", batch_size=3,
+                      gradient_accumulation_steps=2)
+    lm = CausalLM.load(str(tiny_llama))
+    examples = tokenize_all(lm.tokenizer, read_jsonl(reverse_data), 512)
+    # unequal answer lengths, so a mean of micro-batch means would differ
+    examples[0].labels = [IGNORE] * (len(examples[0].labels) - 3) + examples[0].labels[-3:]
+    task = LMTask(cfg, make_accelerator("no"), lm, examples, LM_METHODS["full"]())
+    for micro in range(2):
+        loss, _ = task.loss(0, micro)
+        (loss / 2).backward()
+    accumulated = [p.grad.clone() for p in task.params]
+    task.lm.model.zero_grad()
+    rows = [examples[i] for micro in range(2) for i in task.plan(micro)]
+    batch = collate(rows, lm.tokenizer.pad_token_id)
+    logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    direct = torch.nn.functional.cross_entropy(logits[targets != IGNORE], targets[targets != IGNORE])
+    direct.backward()
+    for a, p in zip(accumulated, task.params):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+# --- methods, resume ----------------------------------------------------------------------------
+
+CASES = {
+    "lora": ["--method", "lora", "--lr", "1e-2", "--rank", "4", "--lr-scheduler", "cosine"],
+    "dora": ["--method", "lora", "--dora", "--rslora", "--lr", "1e-2", "--rank", "4"],
+    "full": ["--method", "full", "--lr", "1e-3", "--gradient-accumulation-steps", "2"],
+    # a new half at step 3: the resume (from 4) must restore the second stage's half
+    "hft": ["--method", "hft", "--lr", "1e-3", "--hft-stages", "2"],
+}
+
+
+def lm_train(model, data, out, extra, kill=None, resume=False):
+    env = dict(os.environ)
+    env.pop("IMPRINT_TEST_KILL", None)
+    if kill:
+        env["IMPRINT_TEST_KILL"] = kill
+    args = [sys.executable, "-m", "imprint.cli", "lm", "train", "--model", str(model), "--data", str(data),
+            "--output", str(out), "--steps", "6", "--checkpoint-every", "2", "--batch-size", "4", "--seed", "3",
+            "--no-evaluate", *extra] + (["--resume"] if resume else [])
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def result_tensors(run: Path) -> dict[str, torch.Tensor]:
+    files = sorted(run.glob("**/*.safetensors"))
+    files = [f for f in files if "checkpoints" not in f.parts]
+    assert files, f"no result files in {run}"
+    return {f"{f.relative_to(run)}:{k}": v for f in files for k, v in load_file(str(f)).items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_and_resumed_equals_unbroken(case, tiny_llama, reverse_data, tmp_path):
+    unbroken = lm_train(tiny_llama, reverse_data, tmp_path / "a", CASES[case])
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    killed = lm_train(tiny_llama, reverse_data, tmp_path / "b", CASES[case], kill="step:5")
+    assert killed.returncode != 0
+    resumed = lm_train(tiny_llama, reverse_data, tmp_path / "b", CASES[case], resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = result_tensors(tmp_path / "a"), result_tensors(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    base = result_tensors(tiny_llama)
+    changed = [k for k in a if k.startswith("model/") and not torch.equal(a[k], base[k.replace("model/", "", 1)])]
+    assert changed or case in ("lora", "dora")  # the full-weight methods changed the model
+    validation = json.loads((tmp_path / "b" / "validation.json").read_text())["validation_loss"]
+    assert set(validation) == {"2", "4", "6"}
+
+
+def test_lora_result_is_a_peft_adapter_and_equals_the_applied_run(tiny_llama, reverse_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from imprint.lm.generate import load_run_model
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["lora"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    lm, metadata = load_run_model(tmp_path / "run")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
+                                           str(tmp_path / "run" / "adapter"))
+    ids = torch.randint(0, 250, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, peft_model(ids).logits, rtol=1e-5, atol=1e-5)
+        with peft_model.disable_adapter():
+            assert (lm.model(ids).logits - peft_model(ids).logits).abs().max() > 1e-3  # it did learn
+    assert metadata["trainable_parameters"] == sum(v.numel() for v in result_tensors(tmp_path / "run").values())
+
+
+def test_hft_trains_exactly_half_of_each_block_by_category():
+    from imprint.methods.hft import CATEGORIES, draw_half
+
+    g = torch.Generator().manual_seed(0)
+    half = draw_half(30, g)
+    for chosen in half:
+        assert len(chosen & set(CATEGORIES["attention"])) == 2
+        assert len(chosen & set(CATEGORIES["norm"])) == 1
+        assert len(chosen & set(CATEGORIES["mlp"])) in (1, 2)
+    assert sum(len(c & set(CATEGORIES["mlp"])) for c in half) == 45  # half of 90 MLP matrices
+    assert half != draw_half(30, torch.Generator().manual_seed(1))
+
+
+def test_hft_leaves_the_frozen_half_as_it_was(tiny_llama, reverse_data, tmp_path):
+    from imprint.methods.hft import CATEGORIES, HFT_STREAM, draw_half, member_of
+    from imprint.core.rng import step_generator
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", ["--method", "hft", "--lr", "1e-2"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    tuned, base = load_file(str(tmp_path / "run" / "model" / "model.safetensors")), load_file(str(tiny_llama / "model.safetensors"))
+    half = draw_half(4, step_generator(3, HFT_STREAM, 0))
+    for name, value in base.items():
+        parts = name.split(".")
+        if "layers" not in parts:
+            continue
+        layer = int(parts[parts.index("layers") + 1])
+        trained = member_of(name) in half[layer]
+        assert trained != torch.equal(value, tuned[name]), name
+    assert any(member_of(n) in CATEGORIES["norm"] for n in base)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+def test_evaluation_of_the_base_against_itself_has_no_drift(tiny_llama, reverse_data):
+    from imprint.families.causal_lm import CausalLM
+    from imprint.lm.evaluate import evaluate_model
+
+    lm = CausalLM.load(str(tiny_llama))
+    targets = read_jsonl(reverse_data)[:4]
+    result = evaluate_model(lm, None, targets, max_new_tokens=4)
+    assert result["kl_drift"] == pytest.approx(0.0, abs=1e-9)
+    assert result["target"]["accuracy"] == result["target"]["base_accuracy"]
+    assert result["target"]["gain"] == 0
+
+
+def test_lm_evaluate_writes_the_evaluation_and_a_report(tiny_llama, reverse_data, tmp_path):
+    from imprint.cli import main
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["lora"] + ["--validation-share", "0.1"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert main(["lm", "evaluate", str(tmp_path / "run"), "--max-new-tokens", "4",
+                 "--output", str(tmp_path / "all.html")]) == 0
+    result = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert result["target"]["examples"] == 4 and result["kl_drift"] > 0
+    assert (tmp_path / "run" / "report.html").is_file() and "<svg" in (tmp_path / "all.html").read_text()
+
+
+def test_lm_commands_show_their_defaults_and_errors(tiny_llama, tmp_path, capsys):
+    from imprint.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lm", "train", "--help"])
+    text = capsys.readouterr().out
+    assert "--batch-size BATCH_SIZE" in text and "[default: 8]" in text and "[default: smollm2]" in text
+    assert main(["lm", "methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{m}:" in listed for m in ("lora", "full", "hft"))
+    assert main(["lm", "train", "--model", str(tiny_llama), "--data", str(tmp_path / "missing.jsonl"),
+                 "--output", str(tmp_path / "run")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["lm", "train", "--data", "x.jsonl", "--output", "o", "--hft-stages", "2"]) == 2
+    assert "a setting of hft" in capsys.readouterr().err
