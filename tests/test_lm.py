@@ -282,3 +282,55 @@ def test_lm_commands_show_their_defaults_and_errors(tiny_llama, tmp_path, capsys
     assert "--data" in capsys.readouterr().err
     assert main(["lm", "train", "--data", "x.jsonl", "--output", "o", "--hft-stages", "2"]) == 2
     assert "a setting of hft" in capsys.readouterr().err
+
+
+# --- LiNeS ----------------------------------------------------------------------------------------
+
+def test_lines_scaling_is_the_papers_formula_per_block(tiny_llama, reverse_data, tmp_path):
+    """theta_0 + (alpha + beta * l / (L - 1)) * tau in block l, alpha outside the blocks."""
+    from imprint.families.causal_lm import CausalLM
+    from imprint.lm import lines as lines_module
+    from imprint.lm.generate import load_run_model
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["full"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    tuned = {k: v for k, v in load_run_model(tmp_path / "run")[0].model.named_parameters()}
+    base = {k: v for k, v in CausalLM.load(str(tiny_llama)).model.named_parameters()}
+    lm, metadata = load_run_model(tmp_path / "run")
+    metadata = {**metadata, "method": "lines", "source_run": str(tmp_path / "run"), "alpha": 0.3, "beta": 0.7}
+    scaled = CausalLM.load(str(tiny_llama))
+    lines_module.apply(scaled, tmp_path / "run", metadata)
+    L, seen = 4, set()
+    for name, p in scaled.model.named_parameters():
+        parts = name.split(".")
+        scale = 0.3 + 0.7 * int(parts[2]) / (L - 1) if parts[1] == "layers" else 0.3
+        direct = base[name] + scale * (tuned[name] - base[name])
+        torch.testing.assert_close(p, direct, rtol=0, atol=1e-7, msg=name)
+        seen.add(round(scale, 6))
+    assert seen == {0.3, round(0.3 + 0.7 / 3, 6), round(0.3 + 1.4 / 3, 6), 1.0}
+
+
+def test_lines_chooses_by_twice_the_normalised_target_plus_control():
+    from imprint.lm.lines import choose
+
+    sweep = [{"alpha": 1.0, "beta": 0.0, "target": 0.8, "retention": 0.5},
+             {"alpha": 0.5, "beta": 0.5, "target": 0.7, "retention": 0.9},   # 2 * 0.875 + 0.9 = 2.65
+             {"alpha": 0.0, "beta": 1.0, "target": 0.2, "retention": 1.0}]   # 2 * 0.25 + 1 = 1.5
+    assert choose(sweep)["alpha"] == 0.5
+    assert choose(sweep, target_weight=10)["alpha"] == 1.0  # 10 * 1 + 0.5 beats 10 * 0.875 + 0.9
+
+
+def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_data, tmp_path):
+    from imprint.cli import main
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["lora"] + ["--validation-share", "0.1"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert main(["lm", "lines", str(tmp_path / "run"), "--alphas", "0,0.5,1", "--max-new-tokens", "3"]) == 0
+    chosen = json.loads((tmp_path / "run-lines" / "lines.json").read_text())
+    assert [e["alpha"] for e in chosen["sweep"]] == [1.0, 0.5, 0.0]
+    assert main(["lm", "evaluate", str(tmp_path / "run"), "--max-new-tokens", "3"]) == 0
+    itself = json.loads((tmp_path / "run" / "evaluation.json").read_text())  # alpha 1, beta 0: the run
+    assert chosen["sweep"][0]["kl_drift"] == pytest.approx(itself["kl_drift"], rel=1e-4)
+    assert chosen["sweep"][0]["kl_drift"] > 0
+    assert main(["lm", "evaluate", str(tmp_path / "run-lines"), "--max-new-tokens", "3"]) == 0
+    assert main(["lm", "generate", "--run", str(tmp_path / "run-lines"), "Reverse: red cat", "--max-new-tokens", "3"]) == 0

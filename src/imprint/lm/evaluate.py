@@ -188,22 +188,17 @@ def summary_line(result: dict) -> str:
 def evaluate_run(run: str | Path, data: str | None = None, max_new_tokens: int = 64, device=None) -> dict:
     """Evaluate a finished run against its base model; write RUN/evaluation.json and report.html."""
     from imprint.core.run_folder import RunFolder
-    from imprint.methods import LM_METHODS
+    from imprint.lm.generate import apply_run, read_lm_metadata
 
     folder = RunFolder(run)
-    metadata = folder.read_metadata("--run")
-    if metadata.get("task") != "lm":
-        raise ImprintError(f"--run {run}: not a language-model run (made by `imprint lm train`)")
-    method = LM_METHODS.get(metadata["method"])
-    if method is None:
-        raise ImprintError(f"--run {run}: method {metadata['method']!r} is not known to this imprint; upgrade imprint")
-    targets = target_records(folder.path, data)
+    metadata = read_lm_metadata(run)
+    targets = target_records(Path(metadata.get("source_run", folder.path)), data)
     lm = CausalLM.load(metadata["base_model"], torch.float32, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if lm.fingerprint != metadata.get("base_model_fingerprint"):
         raise ImprintError(f"--run {run}: its base model {metadata['base_model']} has another architecture now; "
                            "evaluate with the base model the run was trained on")
     system_prompt = metadata.get("hyperparameters", {}).get("system_prompt")
-    result = evaluate_model(lm, lambda base: method.apply_result(base, folder.path, metadata), targets,
+    result = evaluate_model(lm, lambda base: apply_run(base, folder.path, metadata), targets,
                             max_new_tokens, system_prompt)
     result = {"run": str(folder.path), "method": metadata["method"],
               "trainable_parameters": metadata.get("trainable_parameters"), **result}

@@ -1,5 +1,6 @@
-"""Answers from a finished language-model run (its method's result applied to its base model),
-or from a base model alone."""
+"""Answers from a finished language-model run (its result applied to its base model), or from a
+base model alone; and the one way every kind of run is applied: a method's result, a LiNeS
+rescaling of another run."""
 
 from __future__ import annotations
 
@@ -11,22 +12,39 @@ from imprint.families.causal_lm import EMBEDDED, CausalLM
 from imprint.util.errors import ImprintError
 
 
-def load_run_model(run: str | Path, model: str | None = None, device=None) -> tuple[CausalLM, dict]:
-    """The run's fine-tuned model (its base, or `model`, with the result applied) and its metadata."""
+def read_lm_metadata(run: str | Path, flag: str = "--run") -> dict:
     from imprint.core.run_folder import RunFolder
     from imprint.methods import LM_METHODS
 
-    folder = RunFolder(run)
-    metadata = folder.read_metadata("--run")
+    metadata = RunFolder(run).read_metadata(flag)
     if metadata.get("task") != "lm":
-        raise ImprintError(f"--run {run}: not a language-model run (made by `imprint lm train`)")
-    if metadata["method"] not in LM_METHODS:
-        raise ImprintError(f"--run {run}: method {metadata['method']!r} is not known to this imprint; upgrade imprint")
+        raise ImprintError(f"{flag} {run}: not a language-model run (made by `imprint lm train`)")
+    if metadata["method"] not in LM_METHODS and metadata["method"] != "lines":
+        raise ImprintError(f"{flag} {run}: method {metadata['method']!r} is not known to this imprint; upgrade imprint")
+    return metadata
+
+
+def apply_run(lm: CausalLM, run: str | Path, metadata: dict) -> None:
+    """Turn the base model `lm` into the run's model."""
+    from imprint.methods import LM_METHODS
+
+    if metadata["method"] == "lines":
+        from imprint.lm import lines
+
+        lines.apply(lm, Path(run), metadata)
+    else:
+        LM_METHODS[metadata["method"]].apply_result(lm, Path(run), metadata)
+
+
+def load_run_model(run: str | Path, model: str | None = None, device=None) -> tuple[CausalLM, dict]:
+    """The run's fine-tuned model (its base, or `model`, with the result applied) and its metadata."""
+    metadata = read_lm_metadata(run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = CausalLM.load(model or metadata["base_model"], torch.float32, device)
     if lm.fingerprint != metadata.get("base_model_fingerprint"):
-        raise ImprintError(f"--model {model or metadata['base_model']}: not the architecture run {run} was trained on")
-    LM_METHODS[metadata["method"]].apply_result(lm, folder.path, metadata)
+        raise ImprintError(f"--model {model or metadata['base_model']}: not the architecture run {run} was trained on; "
+                           "use the run's base model")
+    apply_run(lm, run, metadata)
     return lm, metadata
 
 
