@@ -151,6 +151,9 @@ CASES = {
     "full": ["--method", "full", "--lr", "1e-3", "--gradient-accumulation-steps", "2"],
     # a new half at step 3: the resume (from 4) must restore the second stage's half
     "hft": ["--method", "hft", "--lr", "1e-3", "--hft-stages", "2"],
+    # masks refreshed at step 3, before the checkpoint (4) the resume starts from
+    "lift": ["--method", "lift", "--lr", "1e-2", "--lift-rank", "2", "--lift-filter-rank", "4",
+             "--lift-update-interval", "3"],
 }
 
 
@@ -186,7 +189,7 @@ def test_killed_and_resumed_equals_unbroken(case, tiny_llama, reverse_data, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     base = result_tensors(tiny_llama)
     changed = [k for k in a if k.startswith("model/") and not torch.equal(a[k], base[k.replace("model/", "", 1)])]
-    assert changed or case in ("lora", "dora")  # the full-weight methods changed the model
+    assert changed or case in ("lora", "dora", "lift")  # the full-weight methods changed the model
     validation = json.loads((tmp_path / "b" / "validation.json").read_text())["validation_loss"]
     assert set(validation) == {"2", "4", "6"}
 
@@ -334,3 +337,51 @@ def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_
     assert chosen["sweep"][0]["kl_drift"] > 0
     assert main(["lm", "evaluate", str(tmp_path / "run-lines"), "--max-new-tokens", "3"]) == 0
     assert main(["lm", "generate", "--run", str(tmp_path / "run-lines"), "Reverse: red cat", "--max-new-tokens", "3"]) == 0
+
+
+# --- LIFT -------------------------------------------------------------------------------------------
+
+def test_lift_mask_is_the_top_entries_of_the_low_rank_approximation():
+    from imprint.methods.lift import principal_mask
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 9, generator=g)
+    u, s, vh = torch.linalg.svd(w)
+    approx = u[:, :3] @ torch.diag(s[:3]) @ vh[:3]
+    mask = principal_mask(w, 3, 20)
+    threshold = approx.abs().flatten().sort(descending=True).values[19]
+    assert mask.numel() == 20 and torch.equal(mask, (approx.abs().flatten() >= threshold).nonzero().flatten())
+
+
+def test_lift_sparse_adam_equals_a_dense_masked_adam():
+    """Same tensors, same gradients: the sparse state gives the dense masked Adam's weights, also
+    across a mask refresh (moments kept where the masks overlap, zero where an entry is new)."""
+    from imprint.methods.lift import SparseMaskedAdam
+
+    g = torch.Generator().manual_seed(1)
+    w0 = torch.randn(8, 6, generator=g)
+    masks = [torch.randperm(48, generator=g)[:15].sort().values, torch.randperm(48, generator=g)[:15].sort().values]
+    assert 0 < len(set(masks[0].tolist()) & set(masks[1].tolist())) < 15
+    grads = [torch.randn(8, 6, generator=g) for _ in range(6)]
+    lr, (b1, b2), eps, wd = 1e-2, (0.9, 0.95), 1e-6, 0.1
+
+    p = torch.nn.Parameter(w0.clone())
+    opt = SparseMaskedAdam([p], [masks[0]], lr=lr, weight_decay=wd)
+    dense, m, v = w0.clone().flatten(), torch.zeros(48), torch.zeros(48)
+    for t, grad in enumerate(grads, start=1):
+        if t == 4:
+            opt.set_masks([masks[1]])
+            keep = torch.zeros(48, dtype=torch.bool)
+            keep[masks[1]] = True
+            m, v = m * keep, v * keep
+        mask = torch.zeros(48, dtype=torch.bool)
+        mask[masks[0] if t < 4 else masks[1]] = True
+        p.grad = grad.clone()
+        opt.step()
+        gm = grad.flatten() * mask
+        m, v = b1 * m + (1 - b1) * gm, b2 * v + (1 - b2) * gm * gm
+        update = (lr / (1 - b1 ** t)) * m / ((v / (1 - b2 ** t)).sqrt() + eps)
+        dense = torch.where(mask, dense * (1 - lr * wd) - update, dense)
+    torch.testing.assert_close(p.data.flatten(), dense, rtol=1e-6, atol=1e-7)
+    changed = (p.data.flatten() != w0.flatten()).nonzero().flatten().tolist()
+    assert set(changed) == set(masks[0].tolist()) | set(masks[1].tolist())

@@ -55,6 +55,11 @@ class Task(ABC):
         """The tensors an EMA averages (default: every trained parameter)."""
         return {str(i): p.data for i, p in enumerate(self.parameters())}
 
+    def make_optimizer(self, settings: TrainerSettings):
+        """The optimizer (default: --optimizer over parameter_groups); a method with an optimizer
+        of its own (LIFT's sparse Adam) makes it here."""
+        return make_optimizer(self.parameter_groups(), settings)
+
     def make_scheduler(self, optimizer, settings: TrainerSettings):
         from diffusers.optimization import get_scheduler
 
@@ -96,7 +101,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
     """Train `task` for settings.steps optimizer steps in `run`; -> the EMA, if one was kept."""
     params = task.parameters()
     check_can_run(settings, params[0].device if params else accelerator.device)
-    raw_optimizer = make_optimizer(task.parameter_groups(), settings)
+    raw_optimizer = task.make_optimizer(settings)
     scheduler = task.make_scheduler(raw_optimizer, settings)
     optimizer = accelerator.prepare_optimizer(raw_optimizer)
     ema = EMA(task.ema_tensors(), settings.ema_decay) if settings.ema_decay > 0 else None

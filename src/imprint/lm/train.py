@@ -103,6 +103,9 @@ class LMTask(Task):
     def parameter_groups(self) -> list[dict]:
         return self.method.parameter_groups(self.params)
 
+    def make_optimizer(self, settings):
+        return self.method.make_optimizer(self.params, settings) or super().make_optimizer(settings)
+
     def after_optimizer_step(self, step: int) -> None:
         self.method.after_optimizer_step(self.lm, step)
 

@@ -40,6 +40,10 @@ class LMMethod(ABC):
     def parameter_groups(self, params: list[torch.nn.Parameter]) -> list[dict]:
         return [{"params": params}]
 
+    def make_optimizer(self, params: list[torch.nn.Parameter], settings) -> torch.optim.Optimizer | None:
+        """An optimizer of the method's own (LIFT's sparse Adam), or None for --optimizer's."""
+        return None
+
     def set_run_length(self, steps: int) -> None:
         """The run's optimizer steps, for methods whose schedule is a share of the run."""
 
