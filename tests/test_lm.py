@@ -154,6 +154,8 @@ CASES = {
     # masks refreshed at step 3, before the checkpoint (4) the resume starts from
     "lift": ["--method", "lift", "--lr", "1e-2", "--lift-rank", "2", "--lift-filter-rank", "4",
              "--lift-update-interval", "3"],
+    # phase 2 from step 3: the resume (from 4) restores its mask and its fresh optimizer's state
+    "ltsft": ["--method", "ltsft", "--lr", "1e-2", "--ltsft-density", "0.05", "--ltsft-l1", "0.1"],
 }
 
 
@@ -189,7 +191,7 @@ def test_killed_and_resumed_equals_unbroken(case, tiny_llama, reverse_data, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     base = result_tensors(tiny_llama)
     changed = [k for k in a if k.startswith("model/") and not torch.equal(a[k], base[k.replace("model/", "", 1)])]
-    assert changed or case in ("lora", "dora", "lift")  # the full-weight methods changed the model
+    assert changed or case in ("lora", "dora", "lift", "ltsft")  # the full-weight methods changed the model
     validation = json.loads((tmp_path / "b" / "validation.json").read_text())["validation_loss"]
     assert set(validation) == {"2", "4", "6"}
 
@@ -385,3 +387,38 @@ def test_lift_sparse_adam_equals_a_dense_masked_adam():
     torch.testing.assert_close(p.data.flatten(), dense, rtol=1e-6, atol=1e-7)
     changed = (p.data.flatten() != w0.flatten()).nonzero().flatten().tolist()
     assert set(changed) == set(masks[0].tolist()) | set(masks[1].tolist())
+
+
+# --- LT-SFT ------------------------------------------------------------------------------------------
+
+def test_ltsft_mask_is_the_k_most_changed_entries_over_all_tensors():
+    from imprint.methods.ltsft import top_k_mask
+
+    base = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    tuned = {"a": torch.tensor([[0.5, -3.0, 0.1], [1.0, 1.0, 0.0]]), "b": torch.tensor([2.0, -1.0, 0.2, 0.0])}
+    masks = top_k_mask(tuned, base, 2)
+    assert masks["a"].tolist() == [[False, True, False], [False, False, False]]
+    assert masks["b"].tolist() == [True, False, False, False]
+    masks = top_k_mask(tuned, base, 4)  # places 3-5 tie at 1.0: exactly 4 kept, the first tie dropped
+    assert masks["a"].tolist() == [[False, True, False], [False, True, False]]
+    assert masks["b"].tolist() == [True, True, False, False]
+
+
+def test_ltsft_result_changes_at_most_k_entries_and_composes(tiny_llama, reverse_data, tmp_path):
+    from safetensors.torch import load_file as load
+
+    from imprint.families.causal_lm import CausalLM
+    from imprint.methods.sparse_delta import apply_sparse_delta
+
+    run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["ltsft"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    delta = load(str(tmp_path / "run" / "sparse_delta.safetensors"))
+    lm = CausalLM.load(str(tiny_llama))
+    eligible = sum(p.numel() for n, p in lm.model.named_parameters() if "norm" not in n)
+    changed = sum(v.numel() for k, v in delta.items() if k.endswith(".values"))
+    assert 0 < changed <= round(0.05 * eligible)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    apply_sparse_delta(lm.model, tmp_path / "run" / "sparse_delta.safetensors")
+    apply_sparse_delta(lm.model, tmp_path / "run" / "sparse_delta.safetensors", scale=-1.0)
+    for n, p in lm.model.named_parameters():
+        torch.testing.assert_close(p, before[n], rtol=0, atol=1e-6)
