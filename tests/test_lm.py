@@ -422,3 +422,50 @@ def test_ltsft_result_changes_at_most_k_entries_and_composes(tiny_llama, reverse
     apply_sparse_delta(lm.model, tmp_path / "run" / "sparse_delta.safetensors", scale=-1.0)
     for n, p in lm.model.named_parameters():
         torch.testing.assert_close(p, before[n], rtol=0, atol=1e-6)
+
+
+# --- merging ---------------------------------------------------------------------------------------
+
+def test_ties_is_trim_elect_and_disjoint_mean():
+    from imprint.lm.merge import ties_merge
+
+    a = torch.tensor([3.0, -2.0, 0.1, 1.0, 0.0])
+    b = torch.tensor([-1.0, -4.0, 0.2, 2.0, 0.5])
+    # density 0.6: a keeps 3, -2, 1; b keeps -1, -4, 2
+    # entry 0: 3 - 1 = 2 > 0: only a agrees -> 3; entry 1: both negative -> mean -3; entry 3: mean 1.5
+    expected = torch.tensor([3.0, -3.0, 0.0, 1.5, 0.0])
+    torch.testing.assert_close(ties_merge([a, b], 0.6), expected)
+
+
+def test_task_arithmetic_alpha_is_one_over_t():
+    from imprint.lm.merge import merge_alpha, merged_vector
+
+    g = torch.Generator().manual_seed(0)
+    vectors = [{"w": torch.randn(3, 4, generator=g)} for _ in range(3)]
+    merged = merged_vector(vectors, "task_arithmetic")
+    torch.testing.assert_close(merged["w"], sum(v["w"] for v in vectors))
+    assert merge_alpha(vectors, merged) == pytest.approx(1 / 3)
+
+
+def test_compose_adds_the_sparse_deltas_and_merge_makes_a_run(tiny_llama, reverse_data, tmp_path):
+    from imprint.cli import main
+    from imprint.families.causal_lm import CausalLM
+    from imprint.lm.generate import load_run_model
+    from imprint.methods.sparse_delta import apply_sparse_delta
+
+    for name, seed in (("one", "3"), ("two", "4")):
+        run = lm_train(tiny_llama, reverse_data, tmp_path / name, CASES["ltsft"] + ["--seed", seed, "--validation-share", "0.1"])
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert main(["lm", "compose", str(tmp_path / "one"), str(tmp_path / "two"), "--output", str(tmp_path / "both")]) == 0
+    composed = load_run_model(tmp_path / "both")[0]
+    direct = CausalLM.load(str(tiny_llama))
+    for name in ("one", "two"):
+        apply_sparse_delta(direct.model, tmp_path / name / "sparse_delta.safetensors")
+    for (n, p), q in zip(composed.model.named_parameters(), direct.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
+    assert main(["lm", "merge", str(tmp_path / "one"), str(tmp_path / "two"), "--how", "ties", "--beta", "0.5",
+                 "--output", str(tmp_path / "ties")]) == 0
+    metadata = json.loads((tmp_path / "ties" / "metadata.json").read_text())
+    assert metadata["beta"] == 0.5 and metadata["alpha"] > 0
+    assert main(["lm", "evaluate", str(tmp_path / "ties"), "--max-new-tokens", "3"]) == 0
+    assert json.loads((tmp_path / "ties" / "evaluation.json").read_text())["target"]["examples"] == 8

@@ -64,6 +64,24 @@ def add_lm_commands(parser: argparse.ArgumentParser) -> None:
     li.add_argument("--data", help="held-out examples (default: the run's validation split)")
     li.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer")
 
+    me = _sub(sub, "merge", "merge runs of one base: TIES or task arithmetic, with LiNeS on the merged vector; "
+              "or compose them (the plain sum, exact for sparse deltas: lift, ltsft)",
+              "  imprint lm merge runs/facts-lora runs/reverse-lora --how ties --output runs/merged")
+    me.add_argument("runs", nargs="+", help="run folders of one base model")
+    me.add_argument("--output", required=True, help="run folder of the result")
+    me.add_argument("--how", choices=("ties", "task_arithmetic", "sum"), default="ties",
+                    help="ties: trim, elect sign, disjoint mean; task_arithmetic: the sum, LiNeS-scaled; sum: "
+                    "theta_0 + every run's delta, unscaled (composable sparse fine-tuning)")
+    me.add_argument("--density", type=float, default=0.2, help="ties: share of each task vector kept")
+    me.add_argument("--beta", type=float, help="LiNeS beta (default: chosen on the runs' held-out examples from "
+                    "the paper's grid)")
+    me.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer when choosing beta")
+
+    co = _sub(sub, "compose", "compose runs: theta_0 plus every run's delta (composable sparse fine-tuning; "
+              "the same as merge --how sum)", "  imprint lm compose runs/facts-ltsft runs/reverse-ltsft --output runs/both")
+    co.add_argument("runs", nargs="+", help="run folders of one base model (sparse runs: lift, ltsft)")
+    co.add_argument("--output", required=True, help="run folder of the result")
+
     demo = _sub(sub, "demo", "teach SmolLM2 invented facts with LoRA and with HFT, apply LiNeS to the LoRA run, "
                 "print target and control side by side: offline, on the CPU", "  imprint lm demo --output lm-demo")
     demo.add_argument("--output", default="lm-demo", help="folder for the data, runs and report")
@@ -123,6 +141,14 @@ def run_lm_command(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ImprintError(f"--alphas {args.alphas}: give comma-separated numbers such as 0,0.5,1") from e
         print(f"LiNeS result written to {lines(args.run, args.output, alphas, args.target_weight, args.data, args.max_new_tokens)}")
+    elif command == "merge":
+        from imprint.lm.merge import merge
+
+        print(f"merged run written to {merge(args.runs, args.output, args.how, args.density, args.beta, args.max_new_tokens)}")
+    elif command == "compose":
+        from imprint.lm.merge import merge
+
+        print(f"composed run written to {merge(args.runs, args.output, 'sum')}")
     elif command == "demo":
         from imprint.lm.demo import run_demo
         from imprint.util.files import make_folder

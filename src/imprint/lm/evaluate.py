@@ -192,7 +192,10 @@ def evaluate_run(run: str | Path, data: str | None = None, max_new_tokens: int =
 
     folder = RunFolder(run)
     metadata = read_lm_metadata(run)
-    targets = target_records(Path(metadata.get("source_run", folder.path)), data)
+    if data or "sources" not in metadata:
+        targets = target_records(Path(metadata.get("source_run", folder.path)), data)
+    else:  # a merge: every source's held-out examples
+        targets = [r for source in metadata["sources"] for r in target_records(Path(source), None)]
     lm = CausalLM.load(metadata["base_model"], torch.float32, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if lm.fingerprint != metadata.get("base_model_fingerprint"):
         raise ImprintError(f"--run {run}: its base model {metadata['base_model']} has another architecture now; "

@@ -11,6 +11,8 @@ import torch
 from imprint.families.causal_lm import EMBEDDED, CausalLM
 from imprint.util.errors import ImprintError
 
+DERIVED = {"lines": "imprint.lm.lines", "merge": "imprint.lm.merge"}  # run kinds made from other runs
+
 
 def read_lm_metadata(run: str | Path, flag: str = "--run") -> dict:
     from imprint.core.run_folder import RunFolder
@@ -19,7 +21,7 @@ def read_lm_metadata(run: str | Path, flag: str = "--run") -> dict:
     metadata = RunFolder(run).read_metadata(flag)
     if metadata.get("task") != "lm":
         raise ImprintError(f"{flag} {run}: not a language-model run (made by `imprint lm train`)")
-    if metadata["method"] not in LM_METHODS and metadata["method"] != "lines":
+    if metadata["method"] not in LM_METHODS and metadata["method"] not in DERIVED:
         raise ImprintError(f"{flag} {run}: method {metadata['method']!r} is not known to this imprint; upgrade imprint")
     return metadata
 
@@ -28,10 +30,10 @@ def apply_run(lm: CausalLM, run: str | Path, metadata: dict) -> None:
     """Turn the base model `lm` into the run's model."""
     from imprint.methods import LM_METHODS
 
-    if metadata["method"] == "lines":
-        from imprint.lm import lines
+    if metadata["method"] in DERIVED:  # made from other runs: LiNeS, a merge
+        import importlib
 
-        lines.apply(lm, Path(run), metadata)
+        importlib.import_module(DERIVED[metadata["method"]]).apply(lm, Path(run), metadata)
     else:
         LM_METHODS[metadata["method"]].apply_result(lm, Path(run), metadata)
 
