@@ -156,6 +156,8 @@ CASES = {
              "--lift-update-interval", "3"],
     # phase 2 from step 3: the resume (from 4) restores its mask and its fresh optimizer's state
     "ltsft": ["--method", "ltsft", "--lr", "1e-2", "--ltsft-density", "0.05", "--ltsft-l1", "0.1"],
+    # stage 2 (offsets on the chosen heads) from step 3
+    "lofit": ["--method", "lofit", "--lofit-heads", "3", "--lofit-l1", "1e-3"],
 }
 
 
@@ -191,7 +193,7 @@ def test_killed_and_resumed_equals_unbroken(case, tiny_llama, reverse_data, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     base = result_tensors(tiny_llama)
     changed = [k for k in a if k.startswith("model/") and not torch.equal(a[k], base[k.replace("model/", "", 1)])]
-    assert changed or case in ("lora", "dora", "lift", "ltsft")  # the full-weight methods changed the model
+    assert changed or case in ("lora", "dora", "lift", "ltsft", "lofit")  # the full-weight methods changed the model
     validation = json.loads((tmp_path / "b" / "validation.json").read_text())["validation_loss"]
     assert set(validation) == {"2", "4", "6"}
 
@@ -469,3 +471,49 @@ def test_compose_adds_the_sparse_deltas_and_merge_makes_a_run(tiny_llama, revers
     assert metadata["beta"] == 0.5 and metadata["alpha"] > 0
     assert main(["lm", "evaluate", str(tmp_path / "ties"), "--max-new-tokens", "3"]) == 0
     assert json.loads((tmp_path / "ties" / "evaluation.json").read_text())["target"]["examples"] == 8
+
+
+# --- LoFiT --------------------------------------------------------------------------------------------
+
+def test_lofit_edits_each_heads_slice_as_the_paper():
+    from imprint.methods.lofit import HeadVectors, top_heads
+
+    g = torch.Generator().manual_seed(0)
+    vectors = HeadVectors(layers=2, heads=3, head_dim=4)
+    with torch.no_grad():
+        vectors.scalings.copy_(torch.randn(2, 3, 4, generator=g))
+        vectors.offsets.copy_(torch.randn(2, 3, 4, generator=g))
+    z = torch.randn(5, 7, 12, generator=g)
+    out = vectors.edit(1, z)
+    for h in range(3):
+        direct = (1 + vectors.scalings[1, h]) * z[..., 4 * h:4 * h + 4] + vectors.offsets[1, h]
+        torch.testing.assert_close(out[..., 4 * h:4 * h + 4], direct)
+    norms = vectors.scalings.norm(dim=-1)
+    mask = top_heads(vectors.scalings, 2)
+    assert mask.sum() == 2 and norms[mask].min() >= norms[~mask].max()
+
+
+def test_lofit_result_as_an_o_proj_bias_equals_the_offsets(tiny_llama, tmp_path):
+    from imprint.families.causal_lm import CausalLM
+    from imprint.methods.lofit import LoFiT, LoFiTSettings
+
+    lm = CausalLM.load(str(tiny_llama))
+    method = LoFiT(LoFiTSettings(lofit_heads=3))
+    method.set_run_length(2)
+    method.prepare(lm, seed=0)
+    heads = torch.zeros(4, 4, dtype=torch.bool)
+    heads[0, 1] = heads[2, 3] = heads[3, 0] = True
+    method.start_stage2(heads, fresh=True)
+    with torch.no_grad():
+        method.vectors.offsets.mul_(300)  # visible in the logits
+    ids = torch.randint(0, 250, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hooked = lm.model(ids).logits
+    method.save_result(lm, tmp_path)
+    fresh = CausalLM.load(str(tiny_llama))
+    with torch.no_grad():
+        plain = fresh.model(ids).logits
+        LoFiT.apply_result(fresh, tmp_path, {})
+        applied = fresh.model(ids).logits
+    assert (hooked - plain).abs().max() > 1e-2
+    torch.testing.assert_close(applied, hooked, rtol=1e-4, atol=1e-5)

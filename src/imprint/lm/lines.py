@@ -46,7 +46,8 @@ def rescale(lm, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], a
     """Set the model's parameters to theta_0 + lambda(l) * (theta_ft - theta_0)."""
     for name, p in lm.model.named_parameters():
         scale = layer_scale(lm.layer_of(name), lm.num_layers, alpha, beta)
-        p.copy_(base[name] + scale * (tuned[name] - base[name]))
+        start = base[name] if name in base else torch.zeros_like(p)  # a bias the run added (LoFiT's)
+        p.copy_(start + scale * (tuned[name] - start))
 
 
 def apply(lm, folder: Path, metadata: dict) -> None:

@@ -38,19 +38,22 @@ def task_vectors(lm, sources: list[Path]) -> tuple[dict[str, torch.Tensor], list
     from imprint.lm.generate import apply_run, read_lm_metadata
 
     base = snapshot(lm)
-    vectors = []
+    tuned = []
     for source in sources:
         apply_run(lm, source, read_lm_metadata(source))
-        tuned = snapshot(lm)
-        vectors.append({n: tuned[n] - base[n] for n in base})
+        tuned.append(snapshot(lm))
         restore(lm, base)
-    return base, vectors
+    # a parameter a run added (LoFiT's o_proj bias) is zero in the base and in the runs without it
+    names = [n for n, _ in lm.model.named_parameters()]
+    params = dict(lm.model.named_parameters())
+    base = {n: base[n] if n in base else torch.zeros_like(params[n]) for n in names}
+    return base, [{n: (t[n] if n in t else base[n]) - base[n] for n in names} for t in tuned]
 
 
 @torch.no_grad()
 def restore(lm, state: dict[str, torch.Tensor]) -> None:
     for name, p in lm.model.named_parameters():
-        p.copy_(state[name])
+        p.copy_(state[name] if name in state else torch.zeros_like(p))
 
 
 def flat(vector: dict[str, torch.Tensor]) -> torch.Tensor:
