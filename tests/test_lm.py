@@ -158,6 +158,7 @@ CASES = {
     "ltsft": ["--method", "ltsft", "--lr", "1e-2", "--ltsft-density", "0.05", "--ltsft-l1", "0.1"],
     # stage 2 (offsets on the chosen heads) from step 3
     "lofit": ["--method", "lofit", "--lofit-heads", "3", "--lofit-l1", "1e-3"],
+    "locft": ["--method", "locft", "--lr", "1e-2", "--locft-layer", "2"],
 }
 
 
@@ -193,7 +194,7 @@ def test_killed_and_resumed_equals_unbroken(case, tiny_llama, reverse_data, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     base = result_tensors(tiny_llama)
     changed = [k for k in a if k.startswith("model/") and not torch.equal(a[k], base[k.replace("model/", "", 1)])]
-    assert changed or case in ("lora", "dora", "lift", "ltsft", "lofit")  # the full-weight methods changed the model
+    assert changed or case in ("lora", "dora", "lift", "ltsft", "lofit", "locft")  # the full-weight methods changed the model
     validation = json.loads((tmp_path / "b" / "validation.json").read_text())["validation_loss"]
     assert set(validation) == {"2", "4", "6"}
 
@@ -517,3 +518,25 @@ def test_lofit_result_as_an_o_proj_bias_equals_the_offsets(tiny_llama, tmp_path)
         applied = fresh.model(ids).logits
     assert (hooked - plain).abs().max() > 1e-2
     torch.testing.assert_close(applied, hooked, rtol=1e-4, atol=1e-5)
+
+
+# --- LocFT-BF ------------------------------------------------------------------------------------------
+
+def test_locft_trains_one_weight_skips_low_loss_steps_and_stops_on_the_epoch_mean(tiny_llama, reverse_data, tmp_path):
+    from safetensors.torch import load_file as load
+
+    trained = lm_train(tiny_llama, reverse_data, tmp_path / "trained", CASES["locft"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    weight = load(str(tmp_path / "trained" / "locft_weight.safetensors"))
+    assert list(weight) == ["model.layers.2.mlp.down_proj.weight"]
+    base = load(str(tiny_llama / "model.safetensors"))["model.layers.2.mlp.down_proj.weight"]
+    assert not torch.equal(weight["model.layers.2.mlp.down_proj.weight"], base)
+    # every batch loss is below 100: every step is skipped, and the first epoch's mean stops the run
+    # (36 training examples in batches of 4: 9 steps an epoch)
+    stopped = lm_train(tiny_llama, reverse_data, tmp_path / "stopped", CASES["locft"][:-2] + [
+        "--locft-layer", "2", "--locft-skip-loss", "100", "--locft-stop-loss", "100", "--steps", "30"])
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    metadata = json.loads((tmp_path / "stopped" / "metadata.json").read_text())
+    assert metadata["steps"] == 9 and metadata["stopped_early"]
+    unchanged = load(str(tmp_path / "stopped" / "locft_weight.safetensors"))["model.layers.2.mlp.down_proj.weight"]
+    assert torch.equal(unchanged, base)

@@ -48,6 +48,10 @@ class Task(ABC):
         """The optimizer's parameter groups; a group may carry its own "lr" (default: one group)."""
         return [{"params": self.parameters()}]
 
+    def before_optimizer_step(self, step: int) -> None:
+        """After the gradients of update `step` (0-based) are summed, before they are used (a
+        method that skips a step sets them to None)."""
+
     def after_optimizer_step(self, step: int) -> None:
         """For tasks whose method constrains the weights after update `step` (1-based)."""
 
@@ -133,6 +137,7 @@ def fit(task: Task, settings: TrainerSettings, run: RunFolder, accelerator, resu
             accelerator.backward(loss / accumulate if accumulate > 1 else loss)
             loss_value += loss.item() / accumulate
             parts = {k: parts.get(k, 0.0) + v / accumulate for k, v in micro_parts.items()}
+        task.before_optimizer_step(step)
         if settings.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()

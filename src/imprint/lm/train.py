@@ -59,6 +59,7 @@ class LMTask(Task):
         self.plan = BatchPlan([len(e.input_ids) for e in train_examples], cfg.data.batch_size, cfg.trainer.seed,
                               cfg.data.group_by_length)
         method.set_run_length(cfg.trainer.steps)
+        method.set_epoch_length(self.plan.per_epoch, accumulate)
         self.params = method.prepare(lm, cfg.trainer.seed)
         if cfg.data.gradient_checkpointing:
             lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -88,6 +89,7 @@ class LMTask(Task):
         normaliser = tokens if self.tokens_this_step is None else self.tokens_this_step / self.accumulate
         loss = total / max(normaliser, 1)
         parts = {"answer_loss": total.item() / max(tokens, 1)}
+        self.method.observe_loss(step, micro, parts["answer_loss"])
         regularization = self.method.regularization(self.lm)
         if regularization is not None:
             parts[f"{self.method.name}_regularization"] = regularization.item()
@@ -106,8 +108,24 @@ class LMTask(Task):
     def make_optimizer(self, settings):
         return self.method.make_optimizer(self.params, settings) or super().make_optimizer(settings)
 
+    def before_optimizer_step(self, step: int) -> None:
+        self.method.before_optimizer_step(self.lm, step)
+
     def after_optimizer_step(self, step: int) -> None:
         self.method.after_optimizer_step(self.lm, step)
+
+
+class MethodStop(Callback):
+    """A method's own early stop (LocFT-BF's, on the epoch's mean loss); records where it stopped."""
+
+    def __init__(self, method):
+        self.method, self.stopped_at = method, None
+
+    def should_stop(self, step: int) -> bool:
+        if self.method.should_stop(step):
+            self.stopped_at = step
+            return True
+        return False
 
 
 @torch.no_grad()
@@ -218,9 +236,10 @@ def train(cfg: LMRunConfig) -> Path:
         from imprint.lm.evaluate import write_records
 
         write_records(run.path / "validation.jsonl", validation_records)
-    validation = Validation(task, run, validation_examples)
-    fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, callbacks=[validation],
+    validation, stop = Validation(task, run, validation_examples), MethodStop(method)
+    fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, callbacks=[stop, validation],
         desc=f"lm train {cfg.run.method}")
+    trained = stop.stopped_at or cfg.trainer.steps
     lm.model.eval()
     files = method.save_result(lm, run.path)
     run.write_metadata({
@@ -228,12 +247,13 @@ def train(cfg: LMRunConfig) -> Path:
         "task": "lm",
         **lm.describe(),
         "method": cfg.run.method,
-        "steps": cfg.trainer.steps,
+        "steps": trained,
+        "stopped_early": trained < cfg.trainer.steps,
         "files": files,
         "hyperparameters": cfg.to_dict(),
         "trainable_parameters": method.trainable_parameter_count(lm),
         "training_examples": len(train_examples),
-        "validation_loss": validation.losses.get(cfg.trainer.steps),
+        "validation_loss": validation.losses.get(trained),
         **method.metadata(),
     })
     log.info("run finished: %s", run.path)

@@ -47,8 +47,21 @@ class LMMethod(ABC):
     def set_run_length(self, steps: int) -> None:
         """The run's optimizer steps, for methods whose schedule is a share of the run."""
 
+    def set_epoch_length(self, micro_batches: int, accumulate: int) -> None:
+        """Micro-batches per pass over the training examples, and per optimizer step."""
+
     def begin_step(self, lm, step: int) -> None:
         """Before the first micro-batch of update `step` (0-based; also the first step after a resume)."""
+
+    def observe_loss(self, step: int, micro: int, loss: float) -> None:
+        """The answer loss of each micro-batch, as it is computed."""
+
+    def before_optimizer_step(self, lm, step: int) -> None:
+        """After update `step`'s gradients are summed (0-based); a method that skips the step sets them to None."""
+
+    def should_stop(self, step: int) -> bool:
+        """After update `step` (1-based): end training here (a method's early stop)."""
+        return False
 
     def after_optimizer_step(self, lm, step: int) -> None:
         """After update `step` (1-based)."""
