@@ -1,7 +1,7 @@
 import torch
 
 from imprint.core import checkpoint as ckpt
-from imprint.core.rng import batch_indices
+from imprint.util.rng import batch_indices
 
 
 def test_optimizer_state_round_trip_without_pickle(tmp_path):

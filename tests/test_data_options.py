@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import FAST, draw_subject, run_cli
-from imprint.core.rng import batch_indices
+from imprint.util.rng import batch_indices
 from imprint.image.buckets import Bucket, bucket_for, bucket_sizes, subject_rows
 from imprint.image.data import list_image_files, read_captions
 from imprint.util.errors import ImprintError

@@ -233,7 +233,7 @@ def test_hft_trains_exactly_half_of_each_block_by_category():
 
 def test_hft_leaves_the_frozen_half_as_it_was(tiny_llama, reverse_data, tmp_path):
     from imprint.methods.hft import CATEGORIES, HFT_STREAM, draw_half, member_of
-    from imprint.core.rng import step_generator
+    from imprint.util.rng import step_generator
 
     run = lm_train(tiny_llama, reverse_data, tmp_path / "run", ["--method", "hft", "--lr", "1e-2"])
     assert run.returncode == 0, run.stderr[-2000:]

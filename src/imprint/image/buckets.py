@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import torch
 
-from imprint.core.rng import batch_indices, step_generator
+from imprint.util.rng import batch_indices, step_generator
 
 ROWS_STREAM = 1  # the random stream of the subject rows (0: noise, 2: class rows, 3: flips)
 

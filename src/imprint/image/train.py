@@ -23,7 +23,7 @@ import imprint
 from imprint.core import checkpoint as ckpt
 from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
-from imprint.core.rng import batch_indices, step_generator
+from imprint.util.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
 from imprint.config import flag
 from imprint.families import family_class, load_family

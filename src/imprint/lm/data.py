@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from imprint.core.rng import step_generator
+from imprint.util.rng import step_generator
 from imprint.util.errors import ImprintError
 
 BATCH_STREAM = 10  # the random stream of the batch order

@@ -106,7 +106,9 @@ class LMTask(Task):
         return self.method.parameter_groups(self.params)
 
     def make_optimizer(self, settings):
-        return self.method.make_optimizer(self.params, settings) or super().make_optimizer(settings)
+        optimizer = self.method.make_optimizer(self.params, settings) or super().make_optimizer(settings)
+        self.method.attach_optimizer(optimizer)
+        return optimizer
 
     def before_optimizer_step(self, step: int) -> None:
         self.method.before_optimizer_step(self.lm, step)

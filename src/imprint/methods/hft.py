@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imprint.core.rng import step_generator
+from imprint.util.rng import step_generator
 from imprint.methods.base import register
 from imprint.methods.lm_full import LMFull
 from imprint.util.errors import ImprintError

@@ -44,6 +44,9 @@ class LMMethod(ABC):
         """An optimizer of the method's own (LIFT's sparse Adam), or None for --optimizer's."""
         return None
 
+    def attach_optimizer(self, optimizer) -> None:
+        """The run's optimizer, once made (for a method that resets its state between stages)."""
+
     def set_run_length(self, steps: int) -> None:
         """The run's optimizer steps, for methods whose schedule is a share of the run."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from imprint.core.rng import step_generator
+from imprint.util.rng import step_generator
 from imprint.methods.base import register
 from imprint.methods.lm_base import LMMethod
 from imprint.util.errors import ImprintError

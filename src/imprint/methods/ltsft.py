@@ -93,11 +93,8 @@ class LTSFT(LMMethod):
         self.base = {n: p.detach().cpu().clone() for n, p in self.params.items()}
         return list(self.params.values())
 
-    def make_optimizer(self, params, settings):
-        from imprint.core.optim import make_optimizer
-
-        self.optimizer = make_optimizer([{"params": params}], settings)  # kept: phase 2 starts it afresh
-        return self.optimizer
+    def attach_optimizer(self, optimizer) -> None:
+        self.optimizer = optimizer  # kept: phase 2 starts it afresh
 
     def regularization(self, lm) -> torch.Tensor | None:
         if self.masks is not None or not self.settings.ltsft_l1:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from imprint.core.loop import Task, fit
 from imprint.core.precision import make_accelerator
-from imprint.core.rng import step_generator
+from imprint.util.rng import step_generator
 from imprint.core.run_folder import RunFolder
 from imprint.core.settings import TrainerSettings
 from imprint.objectives import Batch, Objective
