@@ -540,3 +540,12 @@ def test_locft_trains_one_weight_skips_low_loss_steps_and_stops_on_the_epoch_mea
     assert metadata["steps"] == 9 and metadata["stopped_early"]
     unchanged = load(str(tmp_path / "stopped" / "locft_weight.safetensors"))["model.layers.2.mlp.down_proj.weight"]
     assert torch.equal(unchanged, base)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("lm-*.toml")), ids=lambda p: p.name)
+def test_lm_examples_parse(path):
+    from imprint.config import load_toml
+    from imprint.lm.settings import build_config, groups
+
+    cfg = build_config(load_toml(str(path), groups()), {})
+    assert cfg.run.data and cfg.run.output and cfg.data.validation_data

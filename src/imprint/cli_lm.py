@@ -12,7 +12,8 @@ TRAIN_EXAMPLE = """  imprint lm train --data facts/train.jsonl --method lora --s
   imprint lm train --data facts/train.jsonl --method hft --lr 2e-5 --output runs/facts-hft
   imprint lm train --config run.toml --resume          # continue after a crash or kill
 
-Every flag is also a TOML key (at the top level, or in its section's table: [data], [lora], ...).
+Every flag is also a TOML key (at the top level, or in its section's table).
+TOML tables: [run], [examples], [trainer], [evaluation], one per method ([lora], ...).
 A JSONL record is {"messages": [...]} or {"prompt": ..., "completion": ...}, optionally with
 "answer" and "match" (contains | exact | final_number | regex) for evaluation.
 `imprint lm methods` lists the methods and their settings.

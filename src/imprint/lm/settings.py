@@ -61,7 +61,7 @@ RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", 
 def groups() -> list[Group]:
     return [
         Group("run", "run", [LMRunSettings]),
-        Group("data", "data", [LMDataSettings]),
+        Group("examples", "examples and batches", [LMDataSettings]),
         Group("trainer", "optimizer, precision, checkpoints", [TrainerSettings]),
         Group("evaluation", "evaluation", [LMEvalSettings]),
         *method_groups(LM_METHODS, "lora"),
