@@ -170,6 +170,9 @@ def evaluate_model(lm: CausalLM, apply, targets: list[Record], max_new_tokens: i
                                           for k, v in sorted(by_kind.items())}},
         "kl_drift": drift,
         "max_new_tokens": max_new_tokens,
+        # per item, for paired comparisons of runs on the same items (benchmarks/lm_forgetting.py)
+        "target_right": tuned_target_right,
+        "control_right": {control[i]["prompt"]: tuned_control_right[i] for i in kept},
         "examples": {
             "target": [{"prompt": t[-1]["content"], "answer": a, "gold": r.answer, "right": ok}
                        for t, a, r, ok in list(zip(target_conversations, tuned_target, targets, tuned_target_right))[:20]],
