@@ -161,5 +161,5 @@ class LIFT(LMMethod):
 
     @classmethod
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:
-        apply_sparse_delta(lm.model, Path(folder) / DELTA_FILE)
+        apply_sparse_delta(lm.model, cls.result_path(folder, DELTA_FILE))
 

@@ -97,6 +97,16 @@ class LMMethod(ABC):
     def save_result(self, lm, folder: Path) -> list[str]:
         """Write the files users keep; return their names (relative to folder)."""
 
+    @staticmethod
+    def result_path(folder: Path, name: str) -> Path:
+        """A result file or folder of a run, or a one-line error where it is missing."""
+        path = Path(folder) / name
+        if not path.exists():
+            from imprint.util.errors import ImprintError
+
+            raise ImprintError(f"{folder}: no {name}; the run folder is damaged or of another method")
+        return path
+
     @classmethod
     @abstractmethod
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:

@@ -9,7 +9,6 @@ import torch
 
 from imprint.methods.base import register
 from imprint.methods.lm_base import LMMethod
-from imprint.util.errors import ImprintError
 
 MODEL_FOLDER = "model"
 
@@ -35,9 +34,7 @@ class LMFull(LMMethod):
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:
         from transformers import AutoModelForCausalLM
 
-        source = Path(folder) / MODEL_FOLDER
-        if not (source / "config.json").is_file():
-            raise ImprintError(f"{folder}: no {MODEL_FOLDER}/config.json; the run folder is damaged")
+        source = cls.result_path(folder, f"{MODEL_FOLDER}/config.json").parent
         dtype, device = next(lm.model.parameters()).dtype, lm.device
         lm.model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, use_safetensors=True).to(device)
         lm.model.requires_grad_(False)

@@ -89,7 +89,5 @@ class LMLoRA(LMMethod):
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:
         from peft import PeftModel
 
-        source = Path(folder) / ADAPTER_FOLDER
-        if not (source / "adapter_config.json").is_file():
-            raise ImprintError(f"{folder}: no {ADAPTER_FOLDER}/adapter_config.json; the run folder is damaged")
+        source = cls.result_path(folder, f"{ADAPTER_FOLDER}/adapter_config.json").parent
         lm.model = PeftModel.from_pretrained(lm.model, str(source)).merge_and_unload()

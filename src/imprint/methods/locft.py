@@ -117,9 +117,7 @@ class LocFT(LMMethod):
     @classmethod
     @torch.no_grad()
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:
-        path = Path(folder) / RESULT_FILE
-        if not path.is_file():
-            raise ImprintError(f"{folder}: no {RESULT_FILE}; the run folder is damaged")
+        path = cls.result_path(folder, RESULT_FILE)
         params = dict(lm.model.named_parameters())
         for name, value in load_file(str(path)).items():
             if name not in params or params[name].shape != value.shape:

@@ -166,10 +166,7 @@ class LoFiT(LMMethod):
     @classmethod
     @torch.no_grad()
     def apply_result(cls, lm, folder: Path, metadata: dict) -> None:
-        path = Path(folder) / RESULT_FILE
-        if not path.is_file():
-            raise ImprintError(f"{folder}: no {RESULT_FILE}; the run folder is damaged")
-        saved = load_file(str(path))
+        saved = load_file(str(cls.result_path(folder, RESULT_FILE)))
         offsets = saved["offsets"]
         for layer, projection in enumerate(lm.attention_output_projections()):
             if not saved["heads"][layer].any():
