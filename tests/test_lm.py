@@ -147,7 +147,8 @@ def test_accumulated_loss_is_the_token_mean_of_one_big_batch(tiny_llama, reverse
 
 CASES = {
     "lora": ["--method", "lora", "--lr", "1e-2", "--rank", "4", "--lr-scheduler", "cosine"],
-    "dora": ["--method", "lora", "--dora", "--rslora", "--lr", "1e-2", "--rank", "4"],
+    # DoRA's magnitudes beside A and B; dropout seeded per step
+    "dora": ["--method", "lora", "--dora", "--rslora", "--lr", "1e-2", "--rank", "4", "--lora-dropout", "0.2"],
     "full": ["--method", "full", "--lr", "1e-3", "--gradient-accumulation-steps", "2"],
     # a new half at step 3: the resume (from 4) must restore the second stage's half
     "hft": ["--method", "hft", "--lr", "1e-3", "--hft-stages", "2"],

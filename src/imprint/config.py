@@ -164,7 +164,8 @@ def add_flags(parser: argparse.ArgumentParser, groups: list[Group], special: dic
             choices = f.metadata.get("choices")
             if choices and kind != "bool":
                 text += f" ({' | '.join(map(str, choices))})"
-            kwargs = {"dest": name, "default": None, "help": f"{text} [default: {default_text(f)}]"}
+            help_text = f"{text} [default: {default_text(f)}]".replace("%", "%%")  # argparse formats help with %
+            kwargs = {"dest": name, "default": None, "help": help_text}
             kwargs.update((special or {}).get(name, {}))
             if kind == "bool":
                 arguments.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kwargs)
