@@ -103,8 +103,9 @@ def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float
         results[alpha] = result
         sweep.append({"alpha": alpha, "beta": beta, "target": result["target"]["accuracy"],
                       "retention": result["control"]["retention"], "kl_drift": result["kl_drift"]})
-        log.info("LiNeS alpha %.1f beta %.1f: target %.3f, control retention %s, KL drift %.4f", alpha, beta,
-                 sweep[-1]["target"], sweep[-1]["retention"], result["kl_drift"])
+        retention = sweep[-1]["retention"]
+        log.info("LiNeS alpha %.2f beta %.2f: target %.3f, control retention %s, KL drift %.4f", alpha, beta,
+                 sweep[-1]["target"], "-" if retention is None else f"{retention:.3f}", result["kl_drift"])
     best = choose(sweep, target_weight)
     out.create()
     write_json_atomic(out.path / "lines.json", {"sweep": sweep, "chosen": best, "target_weight": target_weight})
@@ -116,5 +117,5 @@ def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float
               "trainable_parameters": metadata.get("trainable_parameters"), **results[best["alpha"]]}
     write_json_atomic(out.path / "evaluation.json", chosen)
     write_report([chosen], out.path / "report.html")
-    log.info("LiNeS chose alpha %.1f, beta %.1f: %s", best["alpha"], best["beta"], out.path)
+    log.info("LiNeS chose alpha %.2f, beta %.2f: %s", best["alpha"], best["beta"], out.path)
     return out.path
