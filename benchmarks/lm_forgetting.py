@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="LiNeS sweep")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_forgetting"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     args = parser.parse_args()
     work = Path(args.work)
     os.environ.setdefault("IMPRINT_CACHE", str(work / "cache"))
@@ -130,13 +131,17 @@ def main() -> None:
     for task in args.tasks:
         for seed in args.seeds:
             for method in args.methods:
+                run = work / "runs" / f"{task}-{method}-s{seed}"
+                if args.report_only and not (run / "evaluation.json").is_file():
+                    continue
                 run = one_run(args, task, method, seed, work)
                 evaluation = json.loads((run / "evaluation.json").read_text())
                 metadata = json.loads((run / "metadata.json").read_text())
                 rss = json.loads(Path(str(run) + ".rss").read_text()) / 1024 if Path(str(run) + ".rss").is_file() else None
                 evaluations[(task, method, seed)] = evaluation
                 rows.append((task, method, seed, evaluation, metadata["trainable_parameters"], step_seconds(run), rss))
-                if method in ("lora", "full"):
+                if method in ("lora", "full") and not (args.report_only and not
+                                                      (run.with_name(run.name + "-lines") / "evaluation.json").is_file()):
                     lines = lines_run(args, run)
                     evaluations[(task, f"{method}-lines", seed)] = json.loads((lines / "evaluation.json").read_text())
                     chosen = json.loads((lines / "lines.json").read_text())["chosen"]
@@ -161,7 +166,9 @@ def main() -> None:
         difference = paired(evaluations, a, b, args.tasks, args.seeds)
         claims.append(f"| {paper} | {claim} | {a} - {b} | {fmt_interval(difference['target'])} "
                       f"| {fmt_interval(difference['control'])} |")
-    body = (f"`python benchmarks/lm_forgetting.py --tasks {' '.join(args.tasks)} --methods {' '.join(args.methods)} "
+    done = [r for r in rows if r[1] in args.methods]
+    body = (f"{len(done)} runs finished of the {len(args.tasks) * len(args.methods) * len(args.seeds)} asked. "
+            f"`python benchmarks/lm_forgetting.py --tasks {' '.join(args.tasks)} --methods {' '.join(args.methods)} "
             f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --batch-size {args.batch_size}` on {device}; "
             f"SmolLM2-135M-Instruct (embedded); each method at its default lr ({', '.join(f'{m} {LRS[m]:g}' for m in args.methods)}); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
