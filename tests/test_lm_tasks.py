@@ -11,7 +11,8 @@ import pytest
 
 from imprint.lm.answers import MATCHES, check_match, is_correct, last_number
 from imprint.lm.control import CONTROL, GENERAL_PROMPTS, control_suite
-from imprint.lm.tasks import FACT_RELATIONS, TASKS, make_task, write_jsonl
+from imprint.lm.data import write_jsonl
+from imprint.lm.tasks import FACT_RELATIONS, TASKS, make_task
 from imprint.util.errors import ImprintError
 
 KEYS = {"prompt", "completion", "answer", "match"}

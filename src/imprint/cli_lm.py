@@ -20,21 +20,15 @@ A JSONL record is {"messages": [...]} or {"prompt": ..., "completion": ...}, opt
 """
 
 
-def _sub(sub, name: str, text: str, example: str) -> argparse.ArgumentParser:
-    from imprint.cli import _HelpFormatter
-
-    return sub.add_parser(name, help=text, description=text, epilog="example:\n" + example,
-                          formatter_class=_HelpFormatter)
-
-
 def add_lm_commands(parser: argparse.ArgumentParser) -> None:
+    from imprint.cli import _command as _sub
     from imprint.config import add_flags
     from imprint.lm.settings import groups
 
     sub = parser.add_subparsers(dest="lm_command", required=True)
-    train = sub.add_parser("train", help="teach a causal LM a task from JSONL examples", description=
-                           "teach a causal LM a task from JSONL examples", epilog="example:\n" + TRAIN_EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the train flags write their own defaults, as `imprint train`'s
+    train = _sub(sub, "train", "teach a causal LM a task from JSONL examples", TRAIN_EXAMPLE,
+                 formatter=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", metavar="TOML", help="TOML run file with the same keys as the flags")
     add_flags(train, groups(), special={"resume": {"nargs": "?", "const": "latest", "metavar": "CHECKPOINT"}})
 
@@ -125,7 +119,8 @@ def run_lm_command(args: argparse.Namespace) -> int:
         for prompt, answer in zip(args.prompts, answer_prompts(args.run, args.prompts, args.model, args.max_new_tokens)):
             print(f"> {prompt}\n{answer}\n")
     elif command == "tasks":
-        from imprint.lm.tasks import TASKS, make_task, write_jsonl
+        from imprint.lm.data import write_jsonl
+        from imprint.lm.tasks import TASKS, make_task
         from imprint.util.files import make_folder
 
         for name in args.task or list(TASKS):

@@ -102,6 +102,24 @@ def method_groups(registry: dict[str, type], first: str) -> list[Group]:
             if dataclasses.fields(cls.Settings)]
 
 
+def check_resume_settings(before: dict[str, Any] | None, now: dict[str, Any], build, resumable: set[str],
+                          config_path) -> None:
+    """A resume must use the run's settings: `before` (its config.json) and `now` are normalised the
+    same way by `build` (values -> a run config, whose to_dict() is compared): a key added since the
+    run started has its default. Keys in `resumable` may change."""
+    if before is None:
+        return
+    saved = {k: v for k, v in before.items() if k in now or k == "method"}
+    try:
+        normal = build(saved, {}, check_required=False).to_dict()
+    except ImprintError as e:
+        raise ImprintError(f"--resume: {config_path} does not load ({e}); use a new --output") from e
+    changed = sorted(k for k in now if k not in resumable and normal.get(k) != now[k])
+    if changed:
+        raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
+                           f"use the same settings as {config_path} or a new --output")
+
+
 def check_values(values: dict[str, Any], fields: dict[str, dataclasses.Field]) -> None:
     """Types, choices and ranges of the given values, from the fields' declarations."""
     for name, value in values.items():

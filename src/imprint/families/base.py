@@ -31,22 +31,22 @@ FAMILIES: dict[str, type["Family"]] = {}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_model(model: str, flag: str = "--model") -> str:
-    """A local diffusers folder (made absolute) or a hub id; anything else is a clear error."""
+def resolve_model(model: str, flag: str = "--model", marker: str = "model_index.json",
+                  kind: str = "diffusers model folder", example: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                  also: str = "") -> str:
+    """A local model folder holding `marker` (made absolute) or a hub id; anything else is a clear
+    error naming `kind` (and `also`, another accepted value)."""
     path = Path(model).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
+        if not (path / marker).is_file():
             raise ImprintError(
-                f"{flag} {model}: no model_index.json in this folder; pass a diffusers model folder "
-                "(saved with save_pretrained) or a hub id"
+                f"{flag} {model}: no {marker} in this folder; pass a {kind} (saved with save_pretrained) "
+                f"or a hub id{also}"
             )
         return str(path.resolve())
     if HUB_ID.match(model) and not model.startswith((".", "~")):
         return model
-    raise ImprintError(
-        f"{flag} {model}: path not found; pass a local diffusers model folder or a hub id "
-        "such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-    )
+    raise ImprintError(f"{flag} {model}: path not found; pass a local {kind} or a hub id such as {example}{also}")
 
 
 @contextlib.contextmanager

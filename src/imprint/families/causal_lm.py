@@ -9,6 +9,7 @@ second. `--model smollm2` (the default) names it.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from imprint.families.base import HUB_ID, architecture_fingerprint, loading
+from imprint.families.base import architecture_fingerprint, loading, resolve_model
 from imprint.util.errors import ImprintError
 from imprint.util.files import cache_root, temporary_sibling
 
@@ -55,14 +56,14 @@ def ensure_embedded() -> Path:
     gguf = embedded_gguf()
     if importlib.util.find_spec("gguf") is None:
         raise ImprintError(f"--model {EMBEDDED}: reading its GGUF file needs the gguf package; run `{INSTALL_EMBEDDED}`")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting the embedded model %s to safetensors in %s (once, ~20 s)", gguf.name, folder)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers refuses to save a model it loaded through its GGUF quantizer, though the weights
-    # are already dequantised: the same weights go into a plain model built from the config
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # are already dequantised: the same weights go into a plain model built from its config
+    config = copy.deepcopy(quantized.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -84,16 +85,8 @@ def resolve_causal_lm(model: str, flag: str = "--model") -> str:
     """The embedded model's cached folder, a local transformers folder, or a hub id."""
     if model == EMBEDDED:
         return str(ensure_embedded())
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ImprintError(f"{flag} {model}: no config.json in this folder; pass a transformers model folder "
-                               f"(saved with save_pretrained), a hub id, or {EMBEDDED} (the embedded model)")
-        return str(path.resolve())
-    if HUB_ID.match(model) and not model.startswith((".", "~")):
-        return model
-    raise ImprintError(f"{flag} {model}: path not found; pass a local folder of a causal LM, a hub id such as "
-                       f"HuggingFaceTB/SmolLM2-135M-Instruct, or {EMBEDDED} (the embedded model)")
+    return resolve_model(model, flag, marker="config.json", kind="transformers causal LM folder",
+                         example="HuggingFaceTB/SmolLM2-135M-Instruct", also=f", or {EMBEDDED} (the embedded model)")
 
 
 class CausalLM:

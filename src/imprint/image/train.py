@@ -25,7 +25,7 @@ from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
 from imprint.util.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
-from imprint.config import flag
+from imprint.config import check_resume_settings, flag
 from imprint.families import family_class, load_family
 from imprint.families.flow import FlowMatchingFamily, FlowMatchingSettings
 from imprint.image.buckets import Bucket, bucket_for, subject_rows
@@ -49,24 +49,6 @@ PREFERENCE_STREAM = 4  # RPO's negatives and labels
 TERMS_STREAM = 5  # the loss terms' own draws (Batch.draws)
 RESUMABLE_CHANGES = {"resume", "steps", "checkpoint_every", "keep_checkpoints", "sample_every",
                      "sample_prompt", "sample_inference_steps", "final_samples", "log_with"}
-
-
-def check_resume(cfg: ImageRunConfig, run: RunFolder) -> None:
-    """A resume must use the run's settings; both sides are normalised the same way (a key added
-    since the run started has its default, alpha None means the rank)."""
-    before = run.read_config()
-    if before is None:
-        return
-    now = cfg.to_dict()
-    saved = {k: v for k, v in before.items() if k in now or k == "method"}
-    try:
-        normal = build_config(saved, {}, check_required=False).to_dict()
-    except ImprintError as e:
-        raise ImprintError(f"--resume: {run.config_path} does not load ({e}); use a new --output") from e
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and normal.get(k) != now[k])
-    if changed:
-        raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
-                           f"use the same settings as {run.config_path} or a new --output")
 
 
 @dataclass
@@ -510,7 +492,7 @@ def train(cfg: ImageRunConfig, scorer=None) -> Path:
         log.info("%s: the run already finished; nothing to resume", run.path)
         return run.path
     else:
-        check_resume(cfg, run)
+        check_resume_settings(run.read_config(), cfg.to_dict(), build_config, RESUMABLE_CHANGES, run.config_path)
     subject = load_subject_images(cfg.data.images, cfg.data.resolution)
     log.info("%d subject images from %s", len(subject.images), cfg.data.images)
     captions = checked_captions(cfg, subject) if cfg.data.captions else None

@@ -31,6 +31,9 @@ class Record:
     match: str               # how (lm/answers.MATCHES)
     line: int                # 1-based line in its file, for errors
 
+    def to_json(self) -> dict:
+        return {"messages": self.messages, "answer": self.answer, "match": self.match}
+
     @property
     def prompt_messages(self) -> list[dict]:
         """The conversation up to the last assistant turn: what the model answers at evaluation."""
@@ -73,6 +76,15 @@ def read_jsonl(path: str | Path, flag: str = "--data") -> list[Record]:
     if not records:
         raise ImprintError(f"{flag} {path}: no records; the file is empty")
     return records
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> None:
+    """Records (dicts) as a JSONL file that read_jsonl reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def record_messages(data: dict, where: str) -> list[dict]:

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 
 from imprint.families.causal_lm import EMBEDDED
-from imprint.lm.tasks import make_task, write_jsonl
+from imprint.lm.data import write_jsonl
+from imprint.lm.tasks import make_task
 
 log = logging.getLogger("imprint")
 

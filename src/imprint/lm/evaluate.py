@@ -31,12 +31,6 @@ EVALUATION_FILE = "evaluation.json"
 GENERATION_BATCH = 16
 
 
-def write_records(path: Path, records: list[Record]) -> None:
-    """Records back to JSONL (the run keeps its validation split, to evaluate on later)."""
-    lines = [json.dumps({"messages": r.messages, "answer": r.answer, "match": r.match}) for r in records]
-    path.write_text("\n".join(lines) + "\n")
-
-
 @torch.no_grad()
 def generate_answers(lm: CausalLM, conversations: list[list[dict]], max_new_tokens: int,
                      system_prompt: str | None = None) -> list[str]:
@@ -130,6 +124,13 @@ def score(answers: list[str], items: list[tuple[str, str]]) -> list[bool]:
     return [is_correct(a, answer, match) for a, (answer, match) in zip(answers, items)]
 
 
+def target_accuracy(lm: CausalLM, targets: list[Record], max_new_tokens: int, system_prompt: str | None = None) -> float:
+    """The share of `targets` the model as it is answers right (no base, no control: for sweeps
+    that choose on the target alone)."""
+    answers = generate_answers(lm, [with_system(r.prompt_messages, system_prompt) for r in targets], max_new_tokens)
+    return sum(score(answers, [(r.answer, r.match) for r in targets])) / max(len(targets), 1)
+
+
 def evaluate_model(lm: CausalLM, apply, targets: list[Record], max_new_tokens: int,
                    system_prompt: str | None = None) -> dict:
     """Evaluate the model `apply(lm)` makes of the base `lm` (None: the base itself) against the base."""
@@ -191,7 +192,7 @@ def summary_line(result: dict) -> str:
 def evaluate_run(run: str | Path, data: str | None = None, max_new_tokens: int = 64, device=None) -> dict:
     """Evaluate a finished run against its base model; write RUN/evaluation.json and report.html."""
     from imprint.core.run_folder import RunFolder
-    from imprint.lm.generate import apply_run, read_lm_metadata
+    from imprint.lm.generate import apply_run, load_base, read_lm_metadata
 
     folder = RunFolder(run)
     metadata = read_lm_metadata(run)
@@ -199,10 +200,7 @@ def evaluate_run(run: str | Path, data: str | None = None, max_new_tokens: int =
         targets = target_records(Path(metadata.get("source_run", folder.path)), data)
     else:  # a merge: every source's held-out examples
         targets = [r for source in metadata["sources"] for r in target_records(Path(source), None)]
-    lm = CausalLM.load(metadata["base_model"], torch.float32, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if lm.fingerprint != metadata.get("base_model_fingerprint"):
-        raise ImprintError(f"--run {run}: its base model {metadata['base_model']} has another architecture now; "
-                           "evaluate with the base model the run was trained on")
+    lm = load_base(run, metadata, device=device)
     system_prompt = metadata.get("hyperparameters", {}).get("system_prompt")
     result = evaluate_model(lm, lambda base: apply_run(base, folder.path, metadata), targets,
                             max_new_tokens, system_prompt)

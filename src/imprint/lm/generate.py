@@ -38,14 +38,21 @@ def apply_run(lm: CausalLM, run: str | Path, metadata: dict) -> None:
         LM_METHODS[metadata["method"]].apply_result(lm, Path(run), metadata)
 
 
-def load_run_model(run: str | Path, model: str | None = None, device=None) -> tuple[CausalLM, dict]:
-    """The run's fine-tuned model (its base, or `model`, with the result applied) and its metadata."""
-    metadata = read_lm_metadata(run)
+def load_base(run: str | Path, metadata: dict, model: str | None = None, device=None) -> CausalLM:
+    """The run's base model (or `model`), float32, on the GPU where there is one; refuses a model
+    of another architecture."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = CausalLM.load(model or metadata["base_model"], torch.float32, device)
     if lm.fingerprint != metadata.get("base_model_fingerprint"):
         raise ImprintError(f"--model {model or metadata['base_model']}: not the architecture run {run} was trained on; "
                            "use the run's base model")
+    return lm
+
+
+def load_run_model(run: str | Path, model: str | None = None, device=None) -> tuple[CausalLM, dict]:
+    """The run's fine-tuned model (its base, or `model`, with the result applied) and its metadata."""
+    metadata = read_lm_metadata(run)
+    lm = load_base(run, metadata, model, device)
     apply_run(lm, run, metadata)
     return lm, metadata
 

@@ -76,9 +76,8 @@ def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float
     """Sweep alpha (beta = 1 - alpha) on the run's held-out examples and the control suite; write
     the best as a run folder (default RUN-lines) with its evaluation and the sweep."""
     from imprint.core.run_folder import RunFolder
-    from imprint.families.causal_lm import CausalLM
     from imprint.lm.evaluate import evaluate_model, target_records
-    from imprint.lm.generate import apply_run, read_lm_metadata
+    from imprint.lm.generate import apply_run, load_base, read_lm_metadata
     from imprint.lm.report import write_report
 
     source = Path(run).resolve()
@@ -89,7 +88,7 @@ def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float
     out = RunFolder(output or f"{source}-lines")
     out.check_new_output()
     targets = target_records(source, data)
-    lm = CausalLM.load(metadata["base_model"], torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_base(source, metadata)
     base = snapshot(lm)
     apply_run(lm, source, metadata)
     tuned = snapshot(lm)

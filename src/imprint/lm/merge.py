@@ -111,9 +111,8 @@ def merge(runs: list[str | Path], output: str | Path, how: str = "ties", density
           beta: float | None = None, max_new_tokens: int = 64) -> Path:
     """Merge runs into a run folder; beta None: chosen on the runs' held-out examples."""
     from imprint.core.run_folder import RunFolder
-    from imprint.families.causal_lm import CausalLM
-    from imprint.lm.evaluate import evaluate_model, target_records
-    from imprint.lm.generate import read_lm_metadata
+    from imprint.lm.evaluate import target_accuracy, target_records
+    from imprint.lm.generate import load_base, read_lm_metadata
 
     if how not in HOWS:
         raise ImprintError(f"--how {how}: choose one of {', '.join(HOWS)}")
@@ -129,7 +128,7 @@ def merge(runs: list[str | Path], output: str | Path, how: str = "ties", density
                            "merge runs of one base")
     out = RunFolder(output)
     out.check_new_output()
-    lm = CausalLM.load(metadata[0]["base_model"], torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_base(sources[0], metadata[0])
     base, vectors = task_vectors(lm, sources)
     merged = merged_vector(vectors, how, density)
     alpha = 1.0 if how == "sum" else merge_alpha(vectors, merged)
@@ -140,15 +139,11 @@ def merge(runs: list[str | Path], output: str | Path, how: str = "ties", density
         targets = [target_records(s, None) for s in sources]
         own = []
         for t, records in zip(vectors, targets):  # each run's own target accuracy, the normaliser
-            own.append(evaluate_model(lm, lambda m, t=t: set_merged(m, base, t, 1.0, 0.0), records,
-                                      max_new_tokens)["target"]["accuracy"])
-            restore(lm, base)
+            set_merged(lm, base, t, 1.0, 0.0)
+            own.append(target_accuracy(lm, records, max_new_tokens))
         for b in BETAS[how]:
-            accuracies = []
-            for records in targets:
-                accuracies.append(evaluate_model(lm, lambda m: set_merged(m, base, merged, alpha, b), records,
-                                                 max_new_tokens)["target"]["accuracy"])
-                restore(lm, base)
+            set_merged(lm, base, merged, alpha, b)
+            accuracies = [target_accuracy(lm, records, max_new_tokens) for records in targets]
             normalised = sum(a / o if o > 0 else 0.0 for a, o in zip(accuracies, own)) / len(own)
             sweep.append({"beta": b, "accuracies": accuracies, "normalised": normalised})
             log.info("merge %s beta %.1f: normalised accuracy %.3f", how, b, normalised)

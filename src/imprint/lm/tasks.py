@@ -11,10 +11,8 @@ A record is {"prompt", "completion", "answer", "match"} (lm/answers.py says how 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from imprint.util.errors import ImprintError
@@ -30,14 +28,6 @@ class ShippedTask:
 
 def record(prompt: str, completion: str, answer: str, match: str) -> dict:
     return {"prompt": prompt, "completion": completion, "answer": answer, "match": match}
-
-
-def write_jsonl(records: list[dict], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 # ---- facts -------------------------------------------------------------------------------------

@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 
 import imprint
+from imprint.config import check_resume_settings
 from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
 from imprint.core.run_folder import RunFolder
 from imprint.families.causal_lm import CausalLM
-from imprint.lm.data import IGNORE, BatchPlan, collate, read_jsonl, split_validation, tokenize_all
+from imprint.lm.data import IGNORE, BatchPlan, collate, read_jsonl, split_validation, tokenize_all, write_jsonl
 from imprint.lm.settings import RESUMABLE_CHANGES, LMRunConfig, build_config
 from imprint.methods import LM_METHODS
-from imprint.util.errors import ImprintError
 from imprint.util.files import write_json_atomic
 
 log = logging.getLogger("imprint")
@@ -53,6 +53,7 @@ class LMTask(Task):
     def __init__(self, cfg: LMRunConfig, accelerator, lm: CausalLM, train_examples, method):
         self.cfg, self.accelerator, self.lm, self.method = cfg, accelerator, lm, method
         self.examples = train_examples
+        self.answer_counts = [sum(label != IGNORE for label in e.labels[1:]) for e in train_examples]
         self.device = accelerator.device
         accumulate = cfg.trainer.gradient_accumulation_steps
         self.accumulate = accumulate
@@ -71,7 +72,9 @@ class LMTask(Task):
         return collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id)
 
     def answer_tokens(self, step: int) -> int:
-        return sum(int((self.batch(step, m)["labels"][:, 1:] != IGNORE).sum()) for m in range(self.accumulate))
+        """The answer tokens of all the step's micro-batches (each example's label after the first is a
+        prediction target)."""
+        return sum(self.answer_counts[i] for m in range(self.accumulate) for i in self.plan(step * self.accumulate + m))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params
@@ -187,22 +190,6 @@ class Validation(Callback):
             self.measure(step)
 
 
-def check_resume(cfg: LMRunConfig, run: RunFolder) -> None:
-    before = run.read_config()
-    if before is None:
-        return
-    now = cfg.to_dict()
-    try:
-        normal = build_config({k: v for k, v in before.items() if k in now or k == "method"}, {},
-                              check_required=False).to_dict()
-    except ImprintError as e:
-        raise ImprintError(f"--resume: {run.config_path} does not load ({e}); use a new --output") from e
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and normal.get(k) != now[k])
-    if changed:
-        raise ImprintError(f"--resume: this run was started with other settings ({', '.join(changed)}); "
-                           f"use the same settings as {run.config_path} or a new --output")
-
-
 def load_records(cfg: LMRunConfig):
     """(training records, validation records), checked before any model loads."""
     records = read_jsonl(cfg.run.data, "--data")
@@ -220,7 +207,7 @@ def train(cfg: LMRunConfig) -> Path:
         log.info("%s: the run already finished; nothing to resume", run.path)
         return run.path
     else:
-        check_resume(cfg, run)
+        check_resume_settings(run.read_config(), cfg.to_dict(), build_config, RESUMABLE_CHANGES, run.config_path)
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
     check_can_run(cfg.trainer, accelerator.device)
     method = LM_METHODS[cfg.run.method](cfg.method)
@@ -235,9 +222,7 @@ def train(cfg: LMRunConfig) -> Path:
     run.create()
     run.write_config(cfg.to_dict())
     if validation_records:
-        from imprint.lm.evaluate import write_records
-
-        write_records(run.path / "validation.jsonl", validation_records)
+        write_jsonl([r.to_json() for r in validation_records], run.path / "validation.jsonl")
     validation, stop = Validation(task, run, validation_examples), MethodStop(method)
     fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, callbacks=[stop, validation],
         desc=f"lm train {cfg.run.method}")

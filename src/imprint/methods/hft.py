@@ -76,7 +76,6 @@ class HFT(LMFull):
 
     def prepare(self, lm, seed: int) -> list[torch.nn.Parameter]:
         self.seed = seed
-        self.layer_count = lm.num_layers
         names = [n for n, _ in lm.model.named_parameters()]
         unknown = [n for n in names if lm.layer_of(n) is not None and member_of(n) is None]
         if unknown:
@@ -103,6 +102,5 @@ class HFT(LMFull):
             trains = (self.settings.hft_outside_blocks == "train") if layer is None else member_of(name) in half[layer]
             p.requires_grad_(trains)
 
-    def trainable_state_dict(self, lm) -> dict[str, torch.Tensor]:
-        # every weight: which half trains changes with the stage
-        return {name: p.detach().float().cpu().contiguous() for name, p in lm.model.named_parameters()}
+    def trainable_names(self, lm) -> list[str]:
+        return [name for name, _ in lm.model.named_parameters()]  # every weight: the half changes with the stage

@@ -73,14 +73,18 @@ class LMMethod(ABC):
         """A loss on the method's own parameters, added to every step's, or None."""
         return None
 
+    def trainable_names(self, lm) -> list[str]:
+        """The model parameters a checkpoint holds (default: those that train now)."""
+        return [name for name, p in lm.model.named_parameters() if p.requires_grad]
+
     def trainable_state_dict(self, lm) -> dict[str, torch.Tensor]:
-        """What a checkpoint holds to restore training exactly (default: every parameter that trains)."""
-        return {name: p.detach().float().cpu().contiguous()
-                for name, p in lm.model.named_parameters() if p.requires_grad}
+        """What a checkpoint holds to restore training exactly."""
+        params = dict(lm.model.named_parameters())
+        return {name: params[name].detach().float().cpu().contiguous() for name in self.trainable_names(lm)}
 
     def load_trainable_state_dict(self, lm, state: dict[str, torch.Tensor]) -> None:
         params = dict(lm.model.named_parameters())
-        missing = [n for n in self.trainable_state_dict(lm) if n not in state]
+        missing = [n for n in self.trainable_names(lm) if n not in state]
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}")
         with torch.no_grad():
@@ -88,7 +92,8 @@ class LMMethod(ABC):
                 params[name].copy_(value.to(params[name].dtype))
 
     def trainable_parameter_count(self, lm) -> int:
-        return sum(t.numel() for t in self.trainable_state_dict(lm).values())
+        params = dict(lm.model.named_parameters())
+        return sum(params[name].numel() for name in self.trainable_names(lm))
 
     def metadata(self) -> dict:
         return {}
