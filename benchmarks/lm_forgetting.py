@@ -8,6 +8,12 @@ time (median of the log's step intervals) and peak RSS; and the paired differenc
 paper's claim is about, per item (held-out example or control prompt) over tasks and seeds,
 with a 95% interval, beside the noise floor (LoRA against LoRA with the next seed).
 
+Each method's lr is chosen per task, before its runs, on validation loss: a short probe run
+(--probe-steps) at each of three candidate lrs, with seed 0, on the training file with a seeded
+15% held out as the validation split (never the test split the target is measured on); the lr
+whose validation loss is lowest wins (work/lrs.json keeps the choice and every probe's loss). A
+short probe favours lrs that learn fast; the probe length is reported beside the figures.
+
     python benchmarks/lm_forgetting.py --tasks facts --seeds 0 1 --steps 150
 """
 
@@ -17,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
-LRS = {"lora": 2e-4, "full": 1e-5, "hft": 1e-5, "lift": 2e-4, "lofit": 5e-3, "ltsft": 1e-5, "locft": 5e-4}
+CANDIDATE_LRS = {  # about half a decade apart, around each paper's or tool's usual lr for this method
+    "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
+    "lofit": [1e-3, 5e-3, 2e-2], "ltsft": [3e-5, 1e-4, 3e-4], "locft": [1e-4, 5e-4, 2e-3]}
+PROBE_VALIDATION_SHARE = 0.15
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
@@ -40,9 +50,39 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
 ]
 
 
-def one_run(args, task: str, method: str, seed: int, work: Path) -> Path:
+def train_flags(args, method: str) -> list[str]:
+    return ["--method", method, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
+
+
+def choose_lr(args, task: str, method: str, work: Path) -> float:
+    """The candidate lr with the lowest validation loss after --probe-steps (see the opening lines)."""
+    path = work / "lrs.json"
+    chosen = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{task}/{method}/{args.probe_steps}"
+    if key in chosen:
+        return chosen[key]["lr"]
+    losses = {}
+    for lr in CANDIDATE_LRS[method]:
+        run = work / "probe" / f"{task}-{method}-lr{lr:g}-n{args.probe_steps}"
+        if not (run / "metadata.json").is_file():
+            if run.exists():
+                shutil.rmtree(run)
+            subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--data",
+                            str(work / "tasks" / task / "train.jsonl"), "--validation-share", str(PROBE_VALIDATION_SHARE),
+                            *train_flags(args, method), "--lr", str(lr), "--steps", str(args.probe_steps), "--seed", "0",
+                            "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
+        loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
+        losses[f"{lr:g}"] = loss if loss is not None and math.isfinite(loss) else math.inf
+    best = min(CANDIDATE_LRS[method], key=lambda lr: losses[f"{lr:g}"])
+    chosen[key] = {"lr": best, "validation_loss": losses}
+    path.write_text(json.dumps(chosen, indent=1))
+    print(f"{task} {method}: lr {best:g} (validation loss by lr: {losses})", flush=True)
+    return best
+
+
+def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> Path:
     """Train (and evaluate) one run in its own process; -> its folder."""
-    run = work / "runs" / f"{task}-{method}-s{seed}"
+    run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
     if (run / "evaluation.json").is_file():
         return run
     if (run / "metadata.json").is_file():  # trained, not evaluated
@@ -51,8 +91,8 @@ def one_run(args, task: str, method: str, seed: int, work: Path) -> Path:
         return run
     data = work / "tasks" / task
     flags = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "test.jsonl"),
-             "--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-             "--seed", str(seed), "--lr", str(LRS[method]), "--checkpoint-every", str(args.steps // 2),
+             *train_flags(args, method), "--steps", str(args.steps),
+             "--seed", str(seed), "--lr", str(lr), "--checkpoint-every", str(args.steps // 2),
              "--max-new-tokens", str(args.max_new_tokens), "--output", str(run)]
     if run.exists():
         flags.append("--resume")
@@ -111,10 +151,12 @@ def fmt_interval(entry) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["facts", "transform", "arithmetic"])
-    parser.add_argument("--methods", nargs="+", default=list(LRS))
+    parser.add_argument("--methods", nargs="+", default=list(CANDIDATE_LRS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--probe-steps", type=int, default=50, help="steps of each lr probe run")
+    parser.add_argument("--padding-free", action="store_true", help="train with padding-free batches")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="LiNeS sweep")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_forgetting"))
@@ -127,34 +169,39 @@ def main() -> None:
         if not (work / "tasks" / task / "test.jsonl").is_file():
             subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "tasks", "--output", str(work / "tasks"),
                             "--task", task], check=True)
-    evaluations, rows = {}, []
-    for task in args.tasks:
-        for seed in args.seeds:
-            for method in args.methods:
-                run = work / "runs" / f"{task}-{method}-s{seed}"
+    evaluations, rows, lrs = {}, [], {}
+    for task in args.tasks:  # method by method, both seeds of one before the next: pairs complete early
+        for method in args.methods:
+            if args.report_only:
+                chosen = json.loads((work / "lrs.json").read_text()) if (work / "lrs.json").is_file() else {}
+                if f"{task}/{method}/{args.probe_steps}" not in chosen:
+                    continue
+            lr = lrs[(task, method)] = choose_lr(args, task, method, work)
+            for seed in args.seeds:
+                run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
                 if args.report_only and not (run / "evaluation.json").is_file():
                     continue
-                run = one_run(args, task, method, seed, work)
+                run = one_run(args, task, method, seed, work, lr)
                 evaluation = json.loads((run / "evaluation.json").read_text())
                 metadata = json.loads((run / "metadata.json").read_text())
                 rss = json.loads(Path(str(run) + ".rss").read_text()) / 1024 if Path(str(run) + ".rss").is_file() else None
                 evaluations[(task, method, seed)] = evaluation
-                rows.append((task, method, seed, evaluation, metadata["trainable_parameters"], step_seconds(run), rss))
+                rows.append((task, method, seed, lr, evaluation, metadata["trainable_parameters"], step_seconds(run), rss))
                 if method in ("lora", "full") and not (args.report_only and not
                                                       (run.with_name(run.name + "-lines") / "evaluation.json").is_file()):
                     lines = lines_run(args, run)
                     evaluations[(task, f"{method}-lines", seed)] = json.loads((lines / "evaluation.json").read_text())
                     chosen = json.loads((lines / "lines.json").read_text())["chosen"]
-                    rows.append((task, f"{method}-lines (alpha {chosen['alpha']:g})", seed,
+                    rows.append((task, f"{method}-lines (alpha {chosen['alpha']:g})", seed, lr,
                                  evaluations[(task, f"{method}-lines", seed)], metadata["trainable_parameters"], None, None))
     import torch
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    table = ["| task | method | seed | target | base target | control retention | KL drift | trained parameters "
-             "| s/step | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for task, method, seed, e, params, seconds, rss in rows:
+    table = ["| task | method | seed | lr | target | base target | control retention | KL drift | trained parameters "
+             "| s/step | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, method, seed, lr, e, params, seconds, rss in rows:
         retention = e["control"]["retention"]
-        table.append(f"| {task} | {method} | {seed} | {e['target']['accuracy']:.3f} | {e['target']['base_accuracy']:.3f} "
+        table.append(f"| {task} | {method} | {seed} | {lr:g} | {e['target']['accuracy']:.3f} | {e['target']['base_accuracy']:.3f} "
                      f"| {'-' if retention is None else f'{retention:.3f}'} | {e['kl_drift']:.4f} | {params:,} "
                      f"| {'-' if seconds is None else f'{seconds:.2f}'} | {'-' if rss is None else f'{rss:.0f}'} |")
     floor = paired(evaluations, "lora", "lora", args.tasks, args.seeds[:-1], seed_b=lambda s: args.seeds[args.seeds.index(s) + 1]) \
@@ -169,8 +216,10 @@ def main() -> None:
     done = [r for r in rows if r[1] in args.methods]
     body = (f"{len(done)} runs finished of the {len(args.tasks) * len(args.methods) * len(args.seeds)} asked. "
             f"`python benchmarks/lm_forgetting.py --tasks {' '.join(args.tasks)} --methods {' '.join(args.methods)} "
-            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --batch-size {args.batch_size}` on {device}; "
-            f"SmolLM2-135M-Instruct (embedded); each method at its default lr ({', '.join(f'{m} {LRS[m]:g}' for m in args.methods)}); "
+            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --batch-size {args.batch_size}"
+            f"{' --padding-free' if args.padding_free else ''} --probe-steps {args.probe_steps}` on {device}; "
+            f"SmolLM2-135M-Instruct (embedded); each method's lr chosen per task on validation loss after "
+            f"{args.probe_steps} probe steps (the lr column; candidates {', '.join(f'{m} ' + '/'.join(f'{x:g}' for x in CANDIDATE_LRS[m]) for m in args.methods)}); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
             + "\n".join(table) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over tasks and seeds, mean and 95% interval; an interval that holds 0 is no difference "

@@ -143,6 +143,34 @@ def test_accumulated_loss_is_the_token_mean_of_one_big_batch(tiny_llama, reverse
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_padding_free_batches_give_the_padded_loss_and_gradient(tiny_llama, reverse_data):
+    """Examples end to end in one row, position ids restarting: each example attends only to itself,
+    so the loss and the gradient are the padded batch's (the rows differ in length here)."""
+    from imprint.families.causal_lm import CausalLM
+    from imprint.lm.data import tokenize_all
+    from imprint.lm.train import answer_loss_sum
+
+    lm = CausalLM.load(str(tiny_llama))
+    lm.model.requires_grad_(True)
+    examples = tokenize_all(lm.tokenizer, read_jsonl(reverse_data), 512)[:5]
+    examples[1] = type(examples[1])(examples[1].input_ids + examples[0].input_ids[:7],
+                                    examples[1].labels + examples[0].labels[:7])
+    assert len({len(e.input_ids) for e in examples}) > 1
+    packed = collate(examples, lm.tokenizer.pad_token_id, padding_free=True)
+    assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for e in examples)) and "attention_mask" not in packed
+    results = []
+    for batch in (collate(examples, lm.tokenizer.pad_token_id), packed):
+        lm.model.zero_grad()
+        total, tokens = answer_loss_sum(lm.model, batch)
+        total.backward()
+        results.append((total.item(), tokens, [p.grad.clone() for p in lm.model.parameters()]))
+    (padded_total, padded_tokens, padded_grads), (free_total, free_tokens, free_grads) = results
+    assert free_tokens == padded_tokens
+    assert free_total == pytest.approx(padded_total, rel=1e-5)
+    for a, b in zip(padded_grads, free_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # --- methods, resume ----------------------------------------------------------------------------
 
 CASES = {
@@ -329,7 +357,7 @@ def test_lines_chooses_by_twice_the_normalised_target_plus_control():
     assert choose(sweep, target_weight=10)["alpha"] == 1.0  # 10 * 1 + 0.5 beats 10 * 0.875 + 0.9
 
 
-def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_data, tmp_path):
+def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_data, tmp_path, monkeypatch):
     from imprint.cli import main
 
     run = lm_train(tiny_llama, reverse_data, tmp_path / "run", CASES["lora"] + ["--validation-share", "0.1"])
@@ -343,6 +371,19 @@ def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_
     assert chosen["sweep"][0]["kl_drift"] > 0
     assert main(["lm", "evaluate", str(tmp_path / "run-lines"), "--max-new-tokens", "3"]) == 0
     assert main(["lm", "generate", "--run", str(tmp_path / "run-lines"), "Reverse: red cat", "--max-new-tokens", "3"]) == 0
+    # now that the run has its evaluation, alpha 1 reuses it where the targets and length match
+    import imprint.lm.evaluate as evaluate
+
+    measured = []
+    real = evaluate.evaluate_model
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: measured.append(1) or real(*a, **k))
+    assert main(["lm", "lines", str(tmp_path / "run"), "--alphas", "0,1", "--max-new-tokens", "3",
+                 "--output", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "lines.json").read_text())
+    assert len(measured) == 1 and again["sweep"][0]["kl_drift"] == itself["kl_drift"]
+    assert main(["lm", "lines", str(tmp_path / "run"), "--alphas", "0,1", "--max-new-tokens", "4",
+                 "--output", str(tmp_path / "longer")]) == 0
+    assert len(measured) == 3  # another answer length: measured again
 
 
 # --- LIFT -------------------------------------------------------------------------------------------

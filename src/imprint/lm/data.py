@@ -201,8 +201,12 @@ class BatchPlan:
         return self._batches[within]
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input ids, attention mask and labels (IGNORE on padding)."""
+def collate(examples: list[Example], pad_id: int, padding_free: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels (IGNORE on padding); or, padding-free, the
+    examples end to end in one row with position ids that restart at each example and no attention
+    mask, which transformers reads as a block-diagonal causal mask (one block per example)."""
+    if padding_free:
+        return collate_padding_free(examples)
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -213,3 +217,13 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_padding_free(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """One row of every example's tokens. An example's first label is IGNORE (in a padded row it is
+    never a target either), so no example learns to predict the one after it."""
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [label for e in examples for label in [IGNORE, *e.labels[1:]]]
+    positions = [p for e in examples for p in range(len(e.input_ids))]
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]),
+            "labels": torch.tensor([labels])}

@@ -120,6 +120,12 @@ def target_records(run: Path, data: str | None) -> list[Record]:
     return read_jsonl(path, "validation.jsonl")
 
 
+def targets_key(conversations: list[list[dict]], items: list[tuple[str, str]]) -> str:
+    """What identifies a target set (prompts and how each answer is checked): two evaluations with the
+    same key, model and answer length are the same measurement."""
+    return hashlib.sha256(json.dumps([conversations, items], sort_keys=True).encode()).hexdigest()[:20]
+
+
 def score(answers: list[str], items: list[tuple[str, str]]) -> list[bool]:
     return [is_correct(a, answer, match) for a, (answer, match) in zip(answers, items)]
 
@@ -171,6 +177,7 @@ def evaluate_model(lm: CausalLM, apply, targets: list[Record], max_new_tokens: i
                                           for k, v in sorted(by_kind.items())}},
         "kl_drift": drift,
         "max_new_tokens": max_new_tokens,
+        "targets_key": targets_key(target_conversations, target_items),
         # per item, for paired comparisons of runs on the same items (benchmarks/lm_forgetting.py)
         "target_right": tuned_target_right,
         "control_right": {control[i]["prompt"]: tuned_control_right[i] for i in kept},

@@ -14,6 +14,7 @@ so any method's run (LoRA, full, HFT, a merge) gets LiNeS the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -71,6 +72,22 @@ def choose(sweep: list[dict], target_weight: float = TARGET_WEIGHT) -> dict:
     return max(sweep, key=score)
 
 
+def own_evaluation(source: Path, targets, max_new_tokens: int, system_prompt: str | None) -> dict | None:
+    """The run's evaluation.json where it measured these targets at this answer length (alpha 1 is
+    the run itself; greedy answers make it the same measurement), else None."""
+    from imprint.lm.data import with_system
+    from imprint.lm.evaluate import EVALUATION_FILE, targets_key
+
+    path = source / EVALUATION_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    key = targets_key([with_system(r.prompt_messages, system_prompt) for r in targets], [(r.answer, r.match) for r in targets])
+    if saved.get("max_new_tokens") != max_new_tokens or saved.get("targets_key") != key:
+        return None
+    return {k: v for k, v in saved.items() if k not in ("run", "method", "trainable_parameters")}
+
+
 def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float, ...] = ALPHAS,
           target_weight: float = TARGET_WEIGHT, data: str | None = None, max_new_tokens: int = 64) -> Path:
     """Sweep alpha (beta = 1 - alpha) on the run's held-out examples and the control suite; write
@@ -94,11 +111,15 @@ def lines(run: str | Path, output: str | Path | None = None, alphas: tuple[float
     tuned = snapshot(lm)
     system_prompt = metadata.get("hyperparameters", {}).get("system_prompt")
     sweep, results = [], {}
+    own = own_evaluation(source, targets, max_new_tokens, system_prompt)
     for alpha in sorted(alphas, reverse=True):
         beta = round(1.0 - alpha, 10)
-        rescale(lm, base, tuned, 0.0, 0.0)  # the base: evaluate_model measures it first (cached)
-        result = evaluate_model(lm, lambda m: rescale(m, base, tuned, alpha, beta), targets, max_new_tokens,
-                                system_prompt)
+        if alpha == 1.0 and own is not None:  # the run itself, already measured on these targets
+            result = own
+        else:
+            rescale(lm, base, tuned, 0.0, 0.0)  # the base: evaluate_model measures it first (cached)
+            result = evaluate_model(lm, lambda m: rescale(m, base, tuned, alpha, beta), targets, max_new_tokens,
+                                    system_prompt)
         results[alpha] = result
         sweep.append({"alpha": alpha, "beta": beta, "target": result["target"]["accuracy"],
                       "retention": result["control"]["retention"], "kl_drift": result["kl_drift"]})

@@ -38,6 +38,8 @@ class LMDataSettings:
                               positive=True)
     batch_size: int = setting(8, "examples per micro-batch", positive=True)
     group_by_length: bool = setting(True, "batch examples of similar length together (less padding)")
+    padding_free: bool = setting(False, "put a micro-batch's examples end to end in one row, each attending only "
+                                 "to itself (position ids restart; no padding tokens are computed)")
     system_prompt: str | None = setting(None, "system message put before every conversation that has none",
                                         shown_default="the chat template's own")
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "

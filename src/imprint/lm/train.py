@@ -37,7 +37,8 @@ def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     """(sum of the answer tokens' cross-entropy, their number): the backbone's last hidden states
     at the positions that predict an answer token, through the output head."""
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     chosen = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][chosen]).float()
@@ -69,7 +70,7 @@ class LMTask(Task):
 
     def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         indices = self.plan(step * self.accumulate + micro)
-        return collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id)
+        return collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id, self.cfg.data.padding_free)
 
     def answer_tokens(self, step: int) -> int:
         """The answer tokens of all the step's micro-batches (each example's label after the first is a
@@ -134,13 +135,14 @@ class MethodStop(Callback):
 
 
 @torch.no_grad()
-def mean_answer_loss(model, examples, pad_id: int, batch_size: int, device, autocast=None) -> float:
+def mean_answer_loss(model, examples, pad_id: int, batch_size: int, device, autocast=None,
+                     padding_free: bool = False) -> float:
     """The token mean of the answer cross-entropy over `examples` (the validation loss)."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id, padding_free).items()}
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             value, n = answer_loss_sum(model, batch)
         total, tokens = total + float(value), tokens + n
@@ -165,7 +167,8 @@ class Validation(Callback):
             return
         task = self.task
         value = mean_answer_loss(task.lm.model, self.examples, task.lm.tokenizer.pad_token_id,
-                                 task.cfg.data.batch_size, task.device, task.accelerator.autocast)
+                                 task.cfg.data.batch_size, task.device, task.accelerator.autocast,
+                                 task.cfg.data.padding_free)
         self.losses[step] = value
         log.info("step %d: validation loss %.4f", step, value)
         write_json_atomic(self.path, {"validation_loss": {str(k): v for k, v in sorted(self.losses.items())}})
