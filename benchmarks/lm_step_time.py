@@ -155,8 +155,8 @@ def mean_batch_tokens(data: Path, model: str, batch_size: int) -> int:
     return round(batch_size * statistics.fmean(len(e.input_ids) for e in examples))
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+def spread(values: list[float], digits: int = 2) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
 def main() -> None:
@@ -228,34 +228,48 @@ def report(args, results: dict[str, list[dict]], pack_length: int) -> str:
 
     from results_file import write_section
 
-    table = ["| configuration | s/step (median; runs) | real tokens / step | computed tokens / step | answer tokens "
-             "| peak RSS MiB (runs) |", "|---|---|---|---|---|---|"]
+    table = ["| configuration | s/step (median; runs) | ms per real token | real tokens / step | computed tokens / step "
+             "| answer tokens | peak RSS MiB (runs) |", "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         steps = [r["step_s"] for r in runs]
         table.append(f"| {name} | {statistics.fmean(steps):.2f} ({spread(steps)}) "
+                     f"| {statistics.fmean(1000 * r['step_s'] / r['real_tokens'] for r in runs):.2f} "
                      f"| {statistics.fmean(r['real_tokens'] for r in runs):.0f} "
                      f"| {statistics.fmean(r['computed_tokens'] for r in runs):.0f} "
                      f"| {statistics.fmean(r['answer_tokens'] for r in runs):.0f} "
                      f"| {statistics.fmean(r['peak_rss_mib'] for r in runs):.0f} "
-                     f"({spread([r['peak_rss_mib'] for r in runs])}) |")
+                     f"({spread([r['peak_rss_mib'] for r in runs], 0)}) |")
 
-    def ratio(a: str, b: str) -> str:
+    def per_token(run: dict) -> float:
+        return run["step_s"] / run["real_tokens"]
+
+    def ratio(a: str | None, b: str | None, of=lambda run: run["step_s"]) -> str:
+        """a / b of the runs' means, and the range over every pair of their runs."""
         if a not in results or b not in results:
             return "-"
-        x = [r["step_s"] for r in results[a]]
-        y = [r["step_s"] for r in results[b]]
-        worst, best = max(x) / min(y), min(x) / max(y)
-        return f"{statistics.fmean(x) / statistics.fmean(y):.2f}x (over the runs {best:.2f}-{worst:.2f}x)"
+        x, y = [of(r) for r in results[a]], [of(r) for r in results[b]]
+        return (f"{statistics.fmean(x) / statistics.fmean(y):.2f}x (pairs of runs {min(x) / max(y):.2f}-"
+                f"{max(x) / min(y):.2f}x)")
 
-    best_trl = min((n for n in results if n.startswith("TRL")), key=lambda n: statistics.fmean(
-        r["step_s"] for r in results[n]), default=None)
-    best_imprint = min((n for n in results if n.startswith("imprint")), key=lambda n: statistics.fmean(
-        r["step_s"] for r in results[n]), default=None)
+    def fastest(tool: str) -> str | None:  # per real token: packing's bins hold fewer tokens than 8 examples
+        names = [n for n in results if n.startswith(tool)]
+        return min(names, key=lambda n: statistics.fmean(per_token(r) for r in results[n]), default=None)
+
+    def rss(a: str, b: str) -> str:
+        if a not in results or b not in results:
+            return "-"
+        x, y = (statistics.fmean(r["peak_rss_mib"] for r in results[n]) for n in (a, b))
+        return f"{x:.0f} / {y:.0f} MiB"
+
+    best_imprint, best_trl = fastest("imprint"), fastest("TRL")
     lines = [
-        f"- same settings (padded, no checkpointing): imprint / TRL step time {ratio('imprint padded', 'TRL padded')}",
-        f"- same settings with checkpointing: {ratio('imprint padded + checkpointing', 'TRL padded + checkpointing')}",
-        f"- each tool's best ({best_imprint} / {best_trl}): {ratio(best_imprint, best_trl) if best_trl else '-'}",
-        "- target: at most 0.8x, and imprint's peak RSS no higher than TRL's in the same settings",
+        f"- same settings (padded, no checkpointing): imprint / TRL step time {ratio('imprint padded', 'TRL padded')}; "
+        f"peak RSS {rss('imprint padded', 'TRL padded')}",
+        f"- same settings with checkpointing: {ratio('imprint padded + checkpointing', 'TRL padded + checkpointing')}; "
+        f"peak RSS {rss('imprint padded + checkpointing', 'TRL padded + checkpointing')}",
+        f"- each tool's fastest per real token ({best_imprint} / {best_trl}): time per real token "
+        f"{ratio(best_imprint, best_trl, per_token)}; peak RSS {rss(best_imprint, best_trl)}",
+        "- target: at most 0.8x, and imprint's peak RSS no higher than TRL's",
     ]
     body = (f"`python benchmarks/lm_step_time.py --steps {args.steps} --warmup {args.warmup} --repeats {args.repeats} "
             f"--batch-size {args.batch_size}` on cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores); "
