@@ -1,16 +1,17 @@
 """What each language-model method learns and forgets (issue 17), on the embedded SmolLM2.
 
 Every method trains on each chosen shipped task with the same step budget and batch, for each
-seed; each run is one `imprint lm train` process (its peak RSS is its own) that evaluates itself
-on the task's held-out test split and the control suite; LiNeS is then applied to the LoRA and
-full runs. The figures: target accuracy, control retention, KL drift, trainable parameters, step
+seed; each run is one `imprint lm train` process (its peak RSS is the training's own), evaluated
+afterwards on the task's held-out test split and the control suite; LiNeS is then applied to the
+LoRA and full runs, its alpha chosen on the task's validation split and the chosen run measured
+on the test split. The test split is used for nothing but the figures. The figures: target accuracy, control retention, KL drift, trainable parameters, step
 time (median of the log's step intervals) and peak RSS; and the paired differences each seed
 paper's claim is about, per item (held-out example or control prompt) over tasks and seeds,
 with a 95% interval, beside the noise floor (LoRA against LoRA with the next seed).
 
 Each method's lr is chosen per task, before its runs, on validation loss: a short probe run
-(--probe-steps) at each of three candidate lrs, with seed 0, on the training file with a seeded
-15% held out as the validation split (never the test split the target is measured on); the lr
+(--probe-steps) at each of three candidate lrs, with seed 0, on the whole training file, its loss
+measured on the task's validation split (held out like the test and apart from it); the lr
 whose validation loss is lowest wins (work/lrs.json keeps the choice and every probe's loss). A
 short probe favours lrs that learn fast; the probe length is reported beside the figures.
 
@@ -37,7 +38,6 @@ from results_file import write_section  # noqa: E402
 CANDIDATE_LRS = {  # about half a decade apart, around each paper's or tool's usual lr for this method
     "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
     "lofit": [1e-3, 5e-3, 2e-2], "ltsft": [3e-5, 1e-4, 3e-4], "locft": [1e-4, 5e-4, 2e-3]}
-PROBE_VALIDATION_SHARE = 0.15
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
@@ -68,7 +68,8 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
             if run.exists():
                 shutil.rmtree(run)
             subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--data",
-                            str(work / "tasks" / task / "train.jsonl"), "--validation-share", str(PROBE_VALIDATION_SHARE),
+                            str(work / "tasks" / task / "train.jsonl"), "--validation-data",
+                            str(work / "tasks" / task / "validation.jsonl"),
                             *train_flags(args, method), "--lr", str(lr), "--steps", str(args.probe_steps), "--seed", "0",
                             "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
@@ -83,14 +84,13 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
 def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> Path:
     """Train (and evaluate) one run in its own process; -> its folder."""
     run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
-    if (run / "evaluation.json").is_file():
+    data = work / "tasks" / task
+    if (run / "evaluated-on-test").is_file():
         return run
     if (run / "metadata.json").is_file():  # trained, not evaluated
-        subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "evaluate", str(run), "--max-new-tokens",
-                        str(args.max_new_tokens)], check=True)
+        evaluate_on_test(args, run, data)
         return run
-    data = work / "tasks" / task
-    flags = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "test.jsonl"),
+    flags = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl"), "--no-evaluate",
              *train_flags(args, method), "--steps", str(args.steps),
              "--seed", str(seed), "--lr", str(lr), "--checkpoint-every", str(args.steps // 2),
              "--max-new-tokens", str(args.max_new_tokens), "--output", str(run)]
@@ -101,15 +101,28 @@ def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> P
             "sys.exit(rc)")
     started = time.time()
     subprocess.run([sys.executable, "-c", code, "lm", "train", *flags], check=True)
-    print(f"{run.name}: {time.time() - started:.0f} s", flush=True)
+    print(f"{run.name}: trained in {time.time() - started:.0f} s", flush=True)
+    evaluate_on_test(args, run, data)
     return run
 
 
-def lines_run(args, run: Path) -> Path:
+def evaluate_on_test(args, run: Path, data: Path) -> None:
+    """The run's evaluation.json: target on the test split, the control suite, KL drift."""
+    subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "evaluate", str(run), "--data", str(data / "test.jsonl"),
+                    "--max-new-tokens", str(args.max_new_tokens)], check=True)
+    (run / "evaluated-on-test").write_text("")
+
+
+def lines_run(args, run: Path, data: Path) -> Path:
+    """LiNeS on the run, alpha chosen on the run's held-out examples (the validation split), then
+    the chosen run measured on the test split."""
     out = run.with_name(run.name + "-lines")
-    if not (out / "evaluation.json").is_file():
+    if not (out / "evaluated-on-test").is_file():
+        if out.exists():
+            shutil.rmtree(out)
         subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "lines", str(run), "--output", str(out),
                         "--alphas", args.alphas, "--max-new-tokens", str(args.max_new_tokens)], check=True)
+        evaluate_on_test(args, out, data)
     return out
 
 
@@ -166,7 +179,7 @@ def main() -> None:
     work = Path(args.work)
     os.environ.setdefault("IMPRINT_CACHE", str(work / "cache"))
     for task in args.tasks:
-        if not (work / "tasks" / task / "test.jsonl").is_file():
+        if not (work / "tasks" / task / "validation.jsonl").is_file():
             subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "tasks", "--output", str(work / "tasks"),
                             "--task", task], check=True)
     evaluations, rows, lrs = {}, [], {}
@@ -179,7 +192,7 @@ def main() -> None:
             lr = lrs[(task, method)] = choose_lr(args, task, method, work)
             for seed in args.seeds:
                 run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
-                if args.report_only and not (run / "evaluation.json").is_file():
+                if args.report_only and not (run / "evaluated-on-test").is_file():
                     continue
                 run = one_run(args, task, method, seed, work, lr)
                 evaluation = json.loads((run / "evaluation.json").read_text())
@@ -188,8 +201,8 @@ def main() -> None:
                 evaluations[(task, method, seed)] = evaluation
                 rows.append((task, method, seed, lr, evaluation, metadata["trainable_parameters"], step_seconds(run), rss))
                 if method in ("lora", "full") and not (args.report_only and not
-                                                      (run.with_name(run.name + "-lines") / "evaluation.json").is_file()):
-                    lines = lines_run(args, run)
+                                                      (run.with_name(run.name + "-lines") / "evaluated-on-test").is_file()):
+                    lines = lines_run(args, run, work / "tasks" / task)
                     evaluations[(task, f"{method}-lines", seed)] = json.loads((lines / "evaluation.json").read_text())
                     chosen = json.loads((lines / "lines.json").read_text())["chosen"]
                     rows.append((task, f"{method}-lines (alpha {chosen['alpha']:g})", seed, lr,

@@ -117,6 +117,20 @@ def test_no_test_prompt_in_train(tasks):
         assert len({r["prompt"] for r in task.test}) == len(task.test)
 
 
+def test_the_validation_split_is_held_out_like_the_test_and_apart_from_it(tasks):
+    for task in tasks.values():
+        prompts = {r["prompt"] for r in task.validation}
+        assert len(prompts) == len(task.validation) == len(task.test), task.name
+        assert not prompts & {r["prompt"] for r in task.train} and not prompts & {r["prompt"] for r in task.test}
+    facts = tasks["facts"]
+    # each fact once more, in the held-out phrasing its test question does not use
+    assert sorted(r["completion"] for r in facts.validation) == sorted(r["completion"] for r in facts.test)
+    tested = {r["completion"]: _template_of(r["prompt"])[1] for r in facts.test}
+    for r in facts.validation:
+        relation, template, _ = _template_of(r["prompt"])
+        assert template in FACT_RELATIONS[relation][2] and template != tested[r["completion"]]
+
+
 def _template_of(prompt: str) -> tuple[str, str, str]:
     """(relation, template, entity) of a facts prompt; exactly one template must fit."""
     fits = []

@@ -128,7 +128,9 @@ def run_lm_command(args: argparse.Namespace) -> int:
             folder = make_folder(Path(args.output) / name, "--output")
             write_jsonl(task.train, folder / "train.jsonl")
             write_jsonl(task.test, folder / "test.jsonl")
-            print(f"{folder}: {len(task.train)} training, {len(task.test)} test examples ({task.description})")
+            write_jsonl(task.validation, folder / "validation.jsonl")
+            print(f"{folder}: {len(task.train)} training, {len(task.test)} test, {len(task.validation)} validation "
+                  f"examples ({task.description})")
     elif command == "lines":
         from imprint.lm.lines import lines
 

@@ -24,6 +24,9 @@ class ShippedTask:
     description: str
     train: list[dict]
     test: list[dict]
+    # held out like the test and apart from it: for choices made on held-out data (an lr, LiNeS's
+    # alpha), so the test is measured only once
+    validation: list[dict]
 
 
 def record(prompt: str, completion: str, answer: str, match: str) -> dict:
@@ -160,17 +163,22 @@ def _facts_world(rng: random.Random, per_kind: int = 10) -> list[tuple[str, str,
 
 def _facts(seed: int) -> ShippedTask:
     rng = random.Random(f"facts:{seed}")
-    train, test = [], []
+    train, test, validation = [], [], []
     for relation, entity, answer in _facts_world(rng):
         sentence, train_questions, test_questions = FACT_RELATIONS[relation]
         completion = sentence.format(e=entity, a=answer)
         for question in rng.sample(train_questions, 3):
             train.append(record(question.format(e=entity), completion, answer, "contains"))
-        test.append(record(rng.choice(test_questions).format(e=entity), completion, answer, "contains"))
+        tested = rng.choice(test_questions)
+        test.append(record(tested.format(e=entity), completion, answer, "contains"))
+        # the other held-out phrasing (no draw from rng, so train and test are as before)
+        other = next(q for q in test_questions if q != tested)
+        validation.append(record(other.format(e=entity), completion, answer, "contains"))
     rng.shuffle(train)
     rng.shuffle(test)
+    rng.shuffle(validation)
     return ShippedTask("facts", "new knowledge: facts about invented countries, people, rivers and "
-                       "companies, tested in held-out phrasings", train, test)
+                       "companies, tested in held-out phrasings", train, test, validation)
 
 
 # ---- transform ---------------------------------------------------------------------------------
@@ -190,7 +198,7 @@ def _transform(seed: int, n_train: int = 300, n_test: int = 100) -> ShippedTask:
     rng = random.Random(f"transform:{seed}")
     inputs: list[str] = []
     seen = set()
-    while len(inputs) < n_train + n_test:
+    while len(inputs) < n_train + 2 * n_test:  # the validation inputs are drawn after the test's
         words = rng.sample(_WORDS, rng.randint(3, 5))
         text = " ".join(words)
         if text not in seen:  # no test input is ever seen in training
@@ -199,7 +207,7 @@ def _transform(seed: int, n_train: int = 300, n_test: int = 100) -> ShippedTask:
     records = [record(f"Reverse the order of the words: {text}", reverse_words(text),
                       reverse_words(text), "exact") for text in inputs]
     return ShippedTask("transform", "a new skill: reverse the order of 3 to 5 words",
-                       records[:n_train], records[n_train:])
+                       records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:])
 
 
 # ---- arithmetic --------------------------------------------------------------------------------
@@ -223,7 +231,7 @@ def worked_steps(a: int, op1: str, b: int, op2: str, c: int) -> tuple[str, int]:
 def _arithmetic(seed: int, n_train: int = 300, n_test: int = 100) -> ShippedTask:
     rng = random.Random(f"arithmetic:{seed}")
     records, seen = [], set()
-    while len(records) < n_train + n_test:
+    while len(records) < n_train + 2 * n_test:  # the validation problems are drawn after the test's
         a, op1, b, op2, c = _problem(rng)
         prompt = f"What is {a} {op1} {b} {op2} {c}?"
         if prompt in seen:
@@ -232,7 +240,7 @@ def _arithmetic(seed: int, n_train: int = 300, n_test: int = 100) -> ShippedTask
         completion, result = worked_steps(a, op1, b, op2, c)
         records.append(record(prompt, completion, str(result), "final_number"))
     return ShippedTask("arithmetic", "two-step arithmetic with the steps worked out",
-                       records[:n_train], records[n_train:])
+                       records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:])
 
 
 TASKS: dict[str, Callable[[int], ShippedTask]] = {
