@@ -229,3 +229,15 @@ def test_control_suite_returns_copies():
 def test_general_prompts():
     assert len(GENERAL_PROMPTS) >= 15 and len(set(GENERAL_PROMPTS)) == len(GENERAL_PROMPTS)
     assert all(isinstance(p, str) and p.strip() for p in GENERAL_PROMPTS)
+
+
+def test_lm_tasks_writes_the_three_splits(tmp_path, capsys):
+    from imprint.cli import main
+
+    assert main(["lm", "tasks", "--output", str(tmp_path), "--task", "transform", "--task", "arithmetic"]) == 0
+    for name in ("transform", "arithmetic"):
+        task = make_task(name)
+        for split in ("train", "test", "validation"):
+            lines = (tmp_path / name / f"{split}.jsonl").read_text().splitlines()
+            assert [json.loads(line) for line in lines] == getattr(task, split)
+    assert "300 training, 100 test, 100 validation examples" in capsys.readouterr().out
