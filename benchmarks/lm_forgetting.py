@@ -13,7 +13,9 @@ Each method's lr is chosen per task, before its runs, on validation loss: a shor
 (--probe-steps) at each of three candidate lrs, with seed 0, on the whole training file, its loss
 measured on the task's validation split (held out like the test and apart from it); the lr
 whose validation loss is lowest wins (work/lrs.json keeps the choice and every probe's loss). A
-short probe favours lrs that learn fast; the probe length is reported beside the figures.
+short probe favours lrs that learn fast; the probe length is reported beside the figures. Where
+the best is the smallest or largest lr tried, the next rung of a half-decade ladder is probed too
+(twice at most), so a choice at the edge of the grid is not taken for a minimum.
 
     python benchmarks/lm_forgetting.py --tasks facts --seeds 0 1 --steps 150
 """
@@ -35,9 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
-CANDIDATE_LRS = {  # about half a decade apart, around each paper's or tool's usual lr for this method
+LADDER = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # lrs about half a decade apart
+CANDIDATE_LRS = {  # three rungs around each paper's or tool's usual lr for the method
     "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
-    "lofit": [1e-3, 5e-3, 2e-2], "ltsft": [3e-5, 1e-4, 3e-4], "locft": [1e-4, 5e-4, 2e-3]}
+    "lofit": [3e-3, 1e-2, 3e-2], "ltsft": [3e-5, 1e-4, 3e-4], "locft": [1e-4, 3e-4, 1e-3]}
+MAX_EXTENSIONS = 2  # where the best lr is at an end of the candidates, probe up to this many rungs further
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
@@ -55,14 +59,16 @@ def train_flags(args, method: str) -> list[str]:
 
 
 def choose_lr(args, task: str, method: str, work: Path) -> float:
-    """The candidate lr with the lowest validation loss after --probe-steps (see the opening lines)."""
+    """The lr with the lowest validation loss after --probe-steps (see the opening lines): the
+    method's three candidates, and further rungs of the ladder while the best is at an end."""
     path = work / "lrs.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
-    key = f"{task}/{method}/{args.probe_steps}"
+    key = f"{task}/{method}/{args.probe_steps}/extended"
     if key in chosen:
         return chosen[key]["lr"]
-    losses = {}
-    for lr in CANDIDATE_LRS[method]:
+    losses: dict[float, float] = {}
+
+    def probe(lr: float) -> None:
         run = work / "probe" / f"{task}-{method}-lr{lr:g}-n{args.probe_steps}"
         if not (run / "metadata.json").is_file():
             if run.exists():
@@ -73,12 +79,42 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
                             *train_flags(args, method), "--lr", str(lr), "--steps", str(args.probe_steps), "--seed", "0",
                             "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
-        losses[f"{lr:g}"] = loss if loss is not None and math.isfinite(loss) else math.inf
-    best = min(CANDIDATE_LRS[method], key=lambda lr: losses[f"{lr:g}"])
-    chosen[key] = {"lr": best, "validation_loss": losses}
+        losses[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
+
+    for lr in CANDIDATE_LRS[method]:
+        probe(lr)
+    for _ in range(MAX_EXTENSIONS):
+        tried = sorted(losses)
+        best = min(tried, key=losses.get)
+        rung = LADDER.index(best) if best in LADDER else None
+        if rung is None or best not in (tried[0], tried[-1]):
+            break
+        further = rung + (1 if best == tried[-1] else -1)
+        if not 0 <= further < len(LADDER):
+            break
+        probe(LADDER[further])
+    best = min(losses, key=losses.get)
+    chosen[key] = {"lr": best, "validation_loss": {f"{lr:g}": v for lr, v in sorted(losses.items())}}
     path.write_text(json.dumps(chosen, indent=1))
-    print(f"{task} {method}: lr {best:g} (validation loss by lr: {losses})", flush=True)
+    print(f"{task} {method}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
     return best
+
+
+def probe_table(work: Path, args) -> str:
+    """The lr probes' validation losses, per task and method (the chosen lr in bold)."""
+    path = work / "lrs.json"
+    chosen = json.loads(path.read_text()) if path.is_file() else {}
+    rows = ["| task | method | validation loss after the probe, by lr |", "|---|---|---|"]
+    for task in args.tasks:
+        for method in args.methods:
+            entry = chosen.get(f"{task}/{method}/{args.probe_steps}/extended")
+            if entry:
+                cells = [(f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
+                         for lr, loss in sorted(entry["validation_loss"].items(), key=lambda kv: float(kv[0]))]
+                rows.append(f"| {task} | {method} | {', '.join(cells)} |")
+    return ("Each method's lr: the lowest validation loss (on the validation split) after "
+            f"{args.probe_steps} probe steps, seed 0; where the best was the smallest or largest lr tried, "
+            "the next half-decade rung was probed too (twice at most).\n\n" + "\n".join(rows))
 
 
 def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> Path:
@@ -187,7 +223,7 @@ def main() -> None:
         for method in args.methods:
             if args.report_only:
                 chosen = json.loads((work / "lrs.json").read_text()) if (work / "lrs.json").is_file() else {}
-                if f"{task}/{method}/{args.probe_steps}" not in chosen:
+                if f"{task}/{method}/{args.probe_steps}/extended" not in chosen:
                     continue
             lr = lrs[(task, method)] = choose_lr(args, task, method, work)
             for seed in args.seeds:
@@ -232,9 +268,9 @@ def main() -> None:
             f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --batch-size {args.batch_size}"
             f"{' --padding-free' if args.padding_free else ''} --probe-steps {args.probe_steps}` on {device}; "
             f"SmolLM2-135M-Instruct (embedded); each method's lr chosen per task on validation loss after "
-            f"{args.probe_steps} probe steps (the lr column; candidates {', '.join(f'{m} ' + '/'.join(f'{x:g}' for x in CANDIDATE_LRS[m]) for m in args.methods)}); "
+            f"{args.probe_steps} probe steps (the lr column; the probes' losses below); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
-            + "\n".join(table) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
+            + "\n".join(table) + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over tasks and seeds, mean and 95% interval; an interval that holds 0 is no difference "
             "seen.\n\n" + "\n".join(claims))
     print(write_section(args.results, "## Language models: what each method learns and forgets (issue 17)", body))
