@@ -47,7 +47,10 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
     ("LiNeS", "recovers control retention at a small target cost", "lora-lines", "lora"),
     ("LiNeS", "(on full fine-tuning)", "full-lines", "full"),
-    ("Illusion of equivalence", "LoRA forgets less than full fine-tuning but learns less", "lora", "full"),
+    ("Illusion of equivalence (arXiv 2410.21228)", "at a similar target, LoRA is a worse model of the pre-training "
+     "distribution than full fine-tuning: it forgets more", "lora", "full"),
+    ("LoRA Learns Less and Forgets Less (arXiv 2405.09673)", "LoRA learns less and forgets less than full "
+     "fine-tuning (the issue's wording of the claim above)", "lora", "full"),
     ("LT-SFT", "(sparse, against full)", "ltsft", "full"),
     ("LoFiT", "(head offsets, against LoRA)", "lofit", "lora"),
     ("LocFT-BF", "(one weight, against LoRA)", "locft", "lora"),
