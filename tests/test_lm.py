@@ -355,6 +355,10 @@ def test_lines_chooses_by_twice_the_normalised_target_plus_control():
              {"alpha": 0.0, "beta": 1.0, "target": 0.2, "retention": 1.0}]   # 2 * 0.25 + 1 = 1.5
     assert choose(sweep)["alpha"] == 0.5
     assert choose(sweep, target_weight=10)["alpha"] == 1.0  # 10 * 1 + 0.5 beats 10 * 0.875 + 0.9
+    # a tie goes to the smaller alpha, as the authors' argmax over alphas swept upward from 0
+    tie = [{"alpha": 1.0, "beta": 0.0, "target": 0.85, "retention": 12 / 17},
+           {"alpha": 0.5, "beta": 0.5, "target": 0.8, "retention": 14 / 17}]  # both 46 / 17
+    assert choose(tie)["alpha"] == 0.5
 
 
 def test_lm_lines_writes_a_run_that_evaluates_and_generates(tiny_llama, reverse_data, tmp_path, monkeypatch):

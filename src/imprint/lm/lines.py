@@ -69,7 +69,8 @@ def choose(sweep: list[dict], target_weight: float = TARGET_WEIGHT) -> dict:
         target = entry["target"] / full if full > 0 else 0.0
         return target_weight * target + (entry["retention"] or 0.0)
 
-    return max(sweep, key=score)
+    # max keeps the first of equal scores: alphas ascending, as the authors' argmax over their sweep
+    return max(sorted(sweep, key=lambda e: e["alpha"]), key=score)
 
 
 def own_evaluation(source: Path, targets, max_new_tokens: int, system_prompt: str | None) -> dict | None:
