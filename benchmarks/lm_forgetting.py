@@ -61,12 +61,21 @@ def train_flags(args, method: str) -> list[str]:
     return ["--method", method, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
 
 
+def lr_key(args, task: str, method: str) -> str:
+    """The key of a (task, method) lr choice in work/lrs.json."""
+    return f"{task}/{method}/{args.probe_steps}/extended"
+
+
+def run_folder(args, work: Path, task: str, method: str, seed: int, lr: float) -> Path:
+    return work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
+
+
 def choose_lr(args, task: str, method: str, work: Path) -> float:
     """The lr with the lowest validation loss after --probe-steps (see the opening lines): the
     method's three candidates, and further rungs of the ladder while the best is at an end."""
     path = work / "lrs.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
-    key = f"{task}/{method}/{args.probe_steps}/extended"
+    key = lr_key(args, task, method)
     if key in chosen:
         return chosen[key]["lr"]
     losses: dict[float, float] = {}
@@ -110,7 +119,7 @@ def probe_table(work: Path, args) -> str:
     rows = ["| task | method | validation loss after the probe, by lr |", "|---|---|---|"]
     for task in args.tasks:
         for method in args.methods:
-            entry = chosen.get(f"{task}/{method}/{args.probe_steps}/extended")
+            entry = chosen.get(lr_key(args, task, method))
             if entry:
                 cells = [(f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
                          for lr, loss in sorted(entry["validation_loss"].items(), key=lambda kv: float(kv[0]))]
@@ -122,7 +131,7 @@ def probe_table(work: Path, args) -> str:
 
 def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> Path:
     """Train (and evaluate) one run in its own process; -> its folder."""
-    run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
+    run = run_folder(args, work, task, method, seed, lr)
     data = work / "tasks" / task
     if (run / "evaluated-on-test").is_file():
         return run
@@ -226,11 +235,11 @@ def main() -> None:
         for method in args.methods:
             if args.report_only:
                 chosen = json.loads((work / "lrs.json").read_text()) if (work / "lrs.json").is_file() else {}
-                if f"{task}/{method}/{args.probe_steps}/extended" not in chosen:
+                if lr_key(args, task, method) not in chosen:
                     continue
             lr = lrs[(task, method)] = choose_lr(args, task, method, work)
             for seed in args.seeds:
-                run = work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
+                run = run_folder(args, work, task, method, seed, lr)
                 if args.report_only and not (run / "evaluated-on-test").is_file():
                     continue
                 run = one_run(args, task, method, seed, work, lr)
