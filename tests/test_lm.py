@@ -148,7 +148,7 @@ def test_padding_free_batches_give_the_padded_loss_and_gradient(tiny_llama, reve
     so the loss and the gradient are the padded batch's (the rows differ in length here)."""
     from imprint.families.causal_lm import CausalLM
     from imprint.lm.data import tokenize_all
-    from imprint.lm.train import answer_loss_sum
+    from imprint.lm.objectives.base import answer_loss_sum
 
     lm = CausalLM.load(str(tiny_llama))
     lm.model.requires_grad_(True)

@@ -272,7 +272,8 @@ def describe_methods(only: str | None = None, registry: dict | None = None) -> s
     for name, cls in sorted(registry.items()):
         if only and name != only:
             continue
-        lines.append(f"{name}: {cls.summary} (default lr {cls.default_lr:g})")
+        lr = f" (default lr {cls.default_lr:g})" if hasattr(cls, "default_lr") else ""
+        lines.append(f"{name}: {cls.summary}{lr}")
         for f in dataclasses.fields(cls.Settings):
             lines.append(f"  {flag(f.name):22s} {f.metadata.get('help', '')} [default: {default_text(f)}]")
         if not dataclasses.fields(cls.Settings):

@@ -13,9 +13,11 @@ TRAIN_EXAMPLE = """  imprint lm train --data facts/train.jsonl --method lora --s
   imprint lm train --config run.toml --resume          # continue after a crash or kill
 
 Every flag is also a TOML key (at the top level, or in its section's table).
-TOML tables: [run], [examples], [trainer], [evaluation], one per method ([lora], ...).
+TOML tables: [run], [examples], [trainer], [evaluation], one per method ([lora], ...) and per
+objective with settings ([dpo], [masked-thought], [otr]).
 A JSONL record is {"messages": [...]} or {"prompt": ..., "completion": ...}, optionally with
-"answer" and "match" (contains | exact | final_number | regex) for evaluation.
+"answer" and "match" (contains | exact | final_number | regex) for evaluation; with --objective dpo,
+{"prompt": ..., "chosen": ..., "rejected": ...}.
 `imprint lm methods` lists the methods and their settings.
 """
 
@@ -88,8 +90,9 @@ def add_lm_commands(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--task", action="append", help="only this task (repeatable; default: all)")
     tasks.add_argument("--seed", type=int, default=0, help="seed of the generated examples")
 
-    methods = _sub(sub, "methods", "list the language-model methods and their settings", "  imprint lm methods")
-    methods.add_argument("--name", help="only this method")
+    methods = _sub(sub, "methods", "list the language-model methods and objectives, with their settings",
+                   "  imprint lm methods")
+    methods.add_argument("--name", help="only this method or objective")
 
 
 def run_lm_command(args: argparse.Namespace) -> int:
@@ -157,8 +160,14 @@ def run_lm_command(args: argparse.Namespace) -> int:
         run_demo(Path(args.output), steps=args.steps)
     elif command == "methods":
         from imprint.cli import describe_methods
+        from imprint.lm.objectives import LM_OBJECTIVES
         from imprint.methods import LM_METHODS
 
-        print(describe_methods(args.name, LM_METHODS), end="")
+        if args.name in LM_OBJECTIVES:
+            print(describe_methods(args.name, LM_OBJECTIVES), end="")
+        else:
+            print(describe_methods(args.name, LM_METHODS), end="")
+        if not args.name:
+            print("\nobjectives (--objective NAME):\n" + describe_methods(None, LM_OBJECTIVES), end="")
     return 0
 

@@ -76,17 +76,20 @@ def load_toml(path: str, groups: list[Group]) -> dict[str, Any]:
     return flat
 
 
-def chosen_method(values: dict[str, Any], registry: dict[str, type], default: str, command: str) -> type:
-    """The --method class; a setting of another method given with it is a one-line error."""
-    name = values.get("method", default)
+def chosen_method(values: dict[str, Any], registry: dict[str, type], default: str, command: str,
+                  key: str = "method") -> type:
+    """The --method class (or another registry's, by `key`: --objective); a setting of another
+    entry given with it is a one-line error."""
+    name = values.get(key, default)
     if name not in registry:
-        raise ImprintError(f"--method {name}: unknown method; choose one of {', '.join(sorted(registry))}")
+        raise ImprintError(f"{flag(key)} {name}: unknown {key}; choose one of {', '.join(sorted(registry))}")
     own = {f.name for f in dataclasses.fields(registry[name].Settings)}
-    for key in sorted(values):
-        owners = [m for m, cls in registry.items() if key in {f.name for f in dataclasses.fields(cls.Settings)}]
-        if owners and key not in own and values[key] is not None:
-            raise ImprintError(f"{flag(key)}: a setting of {' / '.join(owners)}, not of --method {name}; "
-                               f"drop it or choose that method (`{command} --help`)")
+    for setting_name in sorted(values):
+        owners = [m for m, cls in registry.items()
+                  if setting_name in {f.name for f in dataclasses.fields(cls.Settings)}]
+        if owners and setting_name not in own and values[setting_name] is not None:
+            raise ImprintError(f"{flag(setting_name)}: a setting of {' / '.join(owners)}, not of {flag(key)} {name}; "
+                               f"drop it or choose that {key} (`{command} --help`)")
     return registry[name]
 
 

@@ -4,7 +4,10 @@ grouped by length and drawn from (seed, epoch), so a step's batch is the same af
 
 A record is {"messages": [{"role", "content"}, ...]} (every assistant turn is trained) or
 {"prompt": str, "completion": str}; both may carry "answer" and "match" (lm/answers.py), which
-evaluation checks the model's answer with (the completion, matched exactly, where absent).
+evaluation checks the model's answer with (the completion, matched exactly, where absent). A
+preference record (--objective dpo) is {"prompt", "chosen", "rejected"}, as TRL's: the prompt a
+string or a list of messages, each answer a string or one assistant message; its chosen answer is
+what SFT-like objectives and evaluation use.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ class Record:
     answer: str              # what evaluation checks the model's answer against
     match: str               # how (lm/answers.MATCHES)
     line: int                # 1-based line in its file, for errors
+    rejected: str | None = None  # a preference record's rejected answer (messages end with the chosen one)
 
     def to_json(self) -> dict:
-        return {"messages": self.messages, "answer": self.answer, "match": self.match}
+        out = {"messages": self.messages, "answer": self.answer, "match": self.match}
+        return {**out, "rejected": self.rejected} if self.rejected is not None else out
 
     @property
     def prompt_messages(self) -> list[dict]:
@@ -44,6 +49,8 @@ class Record:
 class Example:
     input_ids: list[int]
     labels: list[int]
+    rejected: "Example | None" = None  # a preference pair's rejected answer, tokenized the same way
+    reference: tuple[float, float] | None = None  # the reference model's log-probabilities of (chosen, rejected)
 
 
 def read_jsonl(path: str | Path, flag: str = "--data") -> list[Record]:
@@ -66,13 +73,13 @@ def read_jsonl(path: str | Path, flag: str = "--data") -> list[Record]:
                 raise ImprintError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix the line") from e
             if not isinstance(data, dict):
                 raise ImprintError(f"{where}: a record must be a JSON object with `messages` or `prompt`/`completion`")
-            messages = record_messages(data, where)
+            messages, rejected = record_messages(data, where)
             answer = data.get("answer", messages[-1]["content"])
             match = data.get("match", "exact" if "answer" not in data else "contains")
             if not isinstance(answer, str) or not answer.strip():
                 raise ImprintError(f"{where}: `answer` must be a non-empty string")
             check_match(match, where)
-            records.append(Record(messages, answer, match, number))
+            records.append(Record(messages, answer, match, number, rejected))
     if not records:
         raise ImprintError(f"{flag} {path}: no records; the file is empty")
     return records
@@ -87,20 +94,18 @@ def write_jsonl(records: list[dict], path: str | Path) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def record_messages(data: dict, where: str) -> list[dict]:
-    if "messages" in data:
-        messages = data["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise ImprintError(f"{where}: `messages` must be a non-empty list of {{\"role\", \"content\"}}")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise ImprintError(f"{where}: messages[{i}] must be {{\"role\": system|user|assistant, "
-                                   "\"content\": text}")
-            if not m["content"].strip():
-                raise ImprintError(f"{where}: messages[{i}] has empty content")
+def record_messages(data: dict, where: str) -> tuple[list[dict], str | None]:
+    """(the conversation ending with the answer trained on, a preference record's rejected answer)."""
+    if "messages" in data:  # also a preference record as imprint writes it back (to_json)
+        messages = checked_messages(data["messages"], "messages", where)
         if messages[-1]["role"] != "assistant":
             raise ImprintError(f"{where}: the last message must be the assistant's answer (role assistant)")
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
+        rejected = data.get("rejected")
+        if rejected is not None and (not isinstance(rejected, str) or not rejected.strip()):
+            raise ImprintError(f"{where}: `rejected` must be non-empty text")
+        return messages, rejected
+    if "chosen" in data or "rejected" in data:
+        return preference_messages(data, where)
     missing = [k for k in ("prompt", "completion") if k not in data]
     if missing:
         raise ImprintError(f"{where}: missing field `{missing[0]}`; a record has `messages`, or `prompt` and "
@@ -108,7 +113,47 @@ def record_messages(data: dict, where: str) -> list[dict]:
     for key in ("prompt", "completion"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise ImprintError(f"{where}: `{key}` is empty; give it text")
-    return [{"role": "user", "content": data["prompt"]}, {"role": "assistant", "content": data["completion"]}]
+    return [{"role": "user", "content": data["prompt"]}, {"role": "assistant", "content": data["completion"]}], None
+
+
+def checked_messages(messages, key: str, where: str) -> list[dict]:
+    """A list of {"role", "content"} messages, each checked."""
+    if not isinstance(messages, list) or not messages:
+        raise ImprintError(f"{where}: `{key}` must be a non-empty list of {{\"role\", \"content\"}}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ImprintError(f"{where}: {key}[{i}] must be {{\"role\": system|user|assistant, \"content\": text}}")
+        if not m["content"].strip():
+            raise ImprintError(f"{where}: {key}[{i}] has empty content")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def preference_messages(data: dict, where: str) -> tuple[list[dict], str]:
+    """A preference record's prompt and chosen answer as a conversation, and its rejected answer."""
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in data]
+    if missing:
+        raise ImprintError(f"{where}: missing field `{missing[0]}`; a preference record has `prompt`, `chosen` "
+                           "and `rejected`")
+    prompt = data["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ImprintError(f"{where}: `prompt` is empty; give it text")
+        prompt = [{"role": "user", "content": prompt}]
+    else:
+        prompt = checked_messages(prompt, "prompt", where)
+        if prompt[-1]["role"] == "assistant":
+            raise ImprintError(f"{where}: the prompt's last message is the assistant's; the answers go in "
+                               "`chosen` and `rejected`")
+    answers = []
+    for key in ("chosen", "rejected"):
+        value = data[key]
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) \
+                and value[0].get("role") == "assistant":
+            value = value[0].get("content")
+        if not isinstance(value, str) or not value.strip():
+            raise ImprintError(f"{where}: `{key}` must be non-empty text (or one assistant message)")
+        answers.append(value)
+    return [*prompt, {"role": "assistant", "content": answers[0]}], answers[1]
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -118,8 +163,16 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> 
 def tokenize_record(tokenizer, record: Record, system_prompt: str | None = None) -> Example:
     """The conversation through the chat template; labels are the tokens of each assistant turn
     (its text and the template's end-of-turn), IGNORE elsewhere. The text is cut where each
-    assistant turn starts, as rendered by the template itself, so no template is hard-coded."""
-    messages = with_system(record.messages, system_prompt)
+    assistant turn starts, as rendered by the template itself, so no template is hard-coded. A
+    preference record's rejected answer is tokenized the same way, in its place."""
+    example = tokenize_messages(tokenizer, record, with_system(record.messages, system_prompt))
+    if record.rejected is not None:
+        swapped = [*record.messages[:-1], {"role": "assistant", "content": record.rejected}]
+        example.rejected = tokenize_messages(tokenizer, record, with_system(swapped, system_prompt))
+    return example
+
+
+def tokenize_messages(tokenizer, record: Record, messages: list[dict]) -> Example:
     ids: list[int] = []
     labels: list[int] = []
     done = ""
@@ -150,8 +203,9 @@ def tokenize_all(tokenizer, records: list[Record], max_length: int, flag: str = 
     examples = []
     for record in records:
         example = tokenize_record(tokenizer, record, system_prompt)
-        if len(example.input_ids) > max_length:
-            raise ImprintError(f"{flag} line {record.line}: {len(example.input_ids)} tokens, over --max-length "
+        longest = max(len(e.input_ids) for e in (example, example.rejected) if e is not None)
+        if longest > max_length:
+            raise ImprintError(f"{flag} line {record.line}: {longest} tokens, over --max-length "
                                f"{max_length}; shorten the example or raise --max-length")
         if not any(label != IGNORE for label in example.labels):
             raise ImprintError(f"{flag} line {record.line}: no answer tokens after the chat template; check the record")

@@ -11,6 +11,7 @@ from imprint.config import Group, all_fields, check_values, chosen_method, flag,
 from imprint.core.optim import default_lr
 from imprint.core.settings import TrainerSettings
 from imprint.families.causal_lm import EMBEDDED
+from imprint.lm.objectives import LM_OBJECTIVES
 from imprint.methods import LM_METHODS
 from imprint.util.errors import ImprintError
 from imprint.util.settings import setting
@@ -24,6 +25,8 @@ class LMRunSettings:
                                "(optional `answer` and `match` say how an answer is checked)", shown_default="required")
     output: str | None = setting(None, "run folder", shown_default="required")
     method: str = setting("lora", "what is trained; `imprint lm methods` lists them with their settings")
+    objective: str = setting("sft", "what the training optimises: sft, dpo (preference records), masked-thought, otr; "
+                             "`imprint lm methods` lists them with their settings")
     resume: str | None = setting(None, "continue the run in --output from its latest checkpoint "
                                  "(or from the checkpoint folder given)", shown_default="off")
 
@@ -67,6 +70,8 @@ def groups() -> list[Group]:
         Group("trainer", "optimizer, precision, checkpoints", [TrainerSettings]),
         Group("evaluation", "evaluation", [LMEvalSettings]),
         *method_groups(LM_METHODS, "lora"),
+        *[Group(name, f"objective {name}", [cls.Settings]) for name, cls in LM_OBJECTIVES.items()
+          if dataclasses.fields(cls.Settings)],
     ]
 
 
@@ -77,10 +82,12 @@ class LMRunConfig:
     trainer: TrainerSettings
     evaluation: LMEvalSettings
     method: Any
+    objective: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
-        for section in (self.run, self.data, self.trainer, self.evaluation, self.method):
+        sections = (self.run, self.data, self.trainer, self.evaluation, self.method, self.objective)
+        for section in (s for s in sections if s is not None):
             out.update(dataclasses.asdict(section))
         return out
 
@@ -92,11 +99,14 @@ def build_config(toml_values: dict[str, Any], flag_values: dict[str, Any], check
     if unknown:
         raise ImprintError(f"unknown setting(s) {', '.join(unknown)}; see `imprint lm train --help`")
     method_cls = chosen_method(values, LM_METHODS, LMRunSettings.method, "imprint lm train")
+    objective_cls = chosen_method(values, LM_OBJECTIVES, LMRunSettings.objective, "imprint lm train", key="objective")
     check_values(values, every)
     cfg = LMRunConfig(**{name: instantiate(cls, values) for name, cls in SECTIONS.items()},
-                      method=instantiate(method_cls.Settings, values))
-    if hasattr(cfg.method, "resolve"):
-        cfg.method.resolve()
+                      method=instantiate(method_cls.Settings, values),
+                      objective=instantiate(objective_cls.Settings, values))
+    for section in (cfg.method, cfg.objective):
+        if hasattr(section, "resolve"):
+            section.resolve()
     if hasattr(cfg.method, "resolve_steps"):
         cfg.method.resolve_steps(cfg.trainer.steps)
     if cfg.trainer.lr is None:

@@ -1,11 +1,12 @@
 """Teaching a causal LM a task on the trainer core: JSONL examples in, a method's result files,
 validation losses and (by default) the forgetting evaluation out.
 
-The loss is the cross-entropy of the answer tokens only. The head runs on those positions
+The method says which parameters train, the objective (lm/objectives, SFT by default) what the
+loss is. SFT's is the cross-entropy of the answer tokens only; the head runs on those positions
 alone (not on every position, as a model's own `labels=` loss does), so the vocabulary-wide
 logits of prompt tokens are never made. With gradient accumulation a step's loss is the sum over
-its micro-batches' answer tokens divided by their total count: the same as one big batch (the
-per-micro-batch mean many trainers take weights short answers up).
+its micro-batches' units (answer tokens; DPO's pairs) divided by their total count: the same as
+one big batch (the per-micro-batch mean many trainers take weights short answers up).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import imprint
 from imprint.config import check_resume_settings
@@ -23,44 +23,36 @@ from imprint.core.loop import Callback, Task, check_can_run, fit
 from imprint.core.precision import DTYPES, make_accelerator
 from imprint.core.run_folder import RunFolder
 from imprint.families.causal_lm import CausalLM
-from imprint.lm.data import IGNORE, BatchPlan, collate, read_jsonl, split_validation, tokenize_all, write_jsonl
+from imprint.lm.data import BatchPlan, read_jsonl, split_validation, tokenize_all, write_jsonl
+from imprint.lm.objectives import LM_OBJECTIVES
 from imprint.lm.settings import RESUMABLE_CHANGES, LMRunConfig, build_config
 from imprint.methods import LM_METHODS
+from imprint.util.errors import ImprintError
 from imprint.util.files import write_json_atomic
+from imprint.util.rng import step_generator
 
 log = logging.getLogger("imprint")
 
 DROPOUT_STREAM = 12  # the global generator is seeded from (seed, stream, micro-batch) for dropout
-
-
-def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of the answer tokens' cross-entropy, their number): the backbone's last hidden states
-    at the positions that predict an answer token, through the output head."""
-    backbone = getattr(model, model.base_model_prefix)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    hidden = backbone(**inputs, use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    chosen = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][chosen]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:  # models that cap their logits (Gemma 2) do it after the head
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, targets[chosen], reduction="sum"), int(chosen.sum())
+OBJECTIVE_STREAM = 13  # an objective's own draws (masks, rollouts), per micro-batch
 
 
 class LMTask(Task):
     name = "lm"
 
-    def __init__(self, cfg: LMRunConfig, accelerator, lm: CausalLM, train_examples, method):
+    def __init__(self, cfg: LMRunConfig, accelerator, lm: CausalLM, train_examples, method, objective=None,
+                 validation_examples=()):
         self.cfg, self.accelerator, self.lm, self.method = cfg, accelerator, lm, method
-        self.examples = train_examples
-        self.answer_counts = [sum(label != IGNORE for label in e.labels[1:]) for e in train_examples]
+        self.objective = objective if objective is not None else LM_OBJECTIVES["sft"]()
+        self.examples, self.validation_examples = train_examples, list(validation_examples)
+        self.units = [self.objective.units(e) for e in train_examples]
         self.device = accelerator.device
         accumulate = cfg.trainer.gradient_accumulation_steps
         self.accumulate = accumulate
-        self.plan = BatchPlan([len(e.input_ids) for e in train_examples], cfg.data.batch_size, cfg.trainer.seed,
-                              cfg.data.group_by_length)
+        self.plan = BatchPlan([self.objective.length(e) for e in train_examples], cfg.data.batch_size,
+                              cfg.trainer.seed, cfg.data.group_by_length)
         method.set_run_length(cfg.trainer.steps)
+        self.objective.set_run_length(cfg.trainer.steps)
         method.set_epoch_length(self.plan.per_epoch, accumulate)
         self.params = method.prepare(lm, cfg.trainer.seed)
         if cfg.data.gradient_checkpointing:
@@ -70,12 +62,12 @@ class LMTask(Task):
 
     def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         indices = self.plan(step * self.accumulate + micro)
-        return collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id, self.cfg.data.padding_free)
+        return self.objective.collate([self.examples[i] for i in indices], self.lm.tokenizer.pad_token_id,
+                                      self.cfg.data.padding_free)
 
-    def answer_tokens(self, step: int) -> int:
-        """The answer tokens of all the step's micro-batches (each example's label after the first is a
-        prediction target)."""
-        return sum(self.answer_counts[i] for m in range(self.accumulate) for i in self.plan(step * self.accumulate + m))
+    def step_units(self, step: int) -> int:
+        """The units (answer tokens, or pairs) of all the step's micro-batches."""
+        return sum(self.units[i] for m in range(self.accumulate) for i in self.plan(step * self.accumulate + m))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params
@@ -83,17 +75,18 @@ class LMTask(Task):
     def loss(self, step: int, micro: int):
         if micro == 0:
             self.method.begin_step(self.lm, step)
-            self.tokens_this_step = self.answer_tokens(step) if self.accumulate > 1 else None
+            self.units_this_step = self.step_units(step) if self.accumulate > 1 else None
         seed = self.cfg.trainer.seed
-        torch.manual_seed((seed * 1_000_003 + DROPOUT_STREAM * 7_919 + step * self.accumulate + micro) % 2**63)
+        number = step * self.accumulate + micro
+        torch.manual_seed((seed * 1_000_003 + DROPOUT_STREAM * 7_919 + number) % 2**63)
         batch = {k: v.to(self.device) for k, v in self.batch(step, micro).items()}
         with self.accelerator.autocast():
-            total, tokens = answer_loss_sum(self.lm.model, batch)
-        # per micro-batch: its share of the step's token mean (the core divides by accumulate)
-        normaliser = tokens if self.tokens_this_step is None else self.tokens_this_step / self.accumulate
+            total, units, parts = self.objective.loss_sum(self.lm.model, batch, step,
+                                                          step_generator(seed, OBJECTIVE_STREAM, number))
+        # per micro-batch: its share of the step's mean over units (the core divides by accumulate)
+        normaliser = units if self.units_this_step is None else self.units_this_step / self.accumulate
         loss = total / max(normaliser, 1)
-        parts = {"answer_loss": total.item() / max(tokens, 1)}
-        self.method.observe_loss(step, micro, parts["answer_loss"])
+        self.method.observe_loss(step, micro, total.item() / max(units, 1))
         regularization = self.method.regularization(self.lm)
         if regularization is not None:
             parts[f"{self.method.name}_regularization"] = regularization.item()
@@ -135,27 +128,29 @@ class MethodStop(Callback):
 
 
 @torch.no_grad()
-def mean_answer_loss(model, examples, pad_id: int, batch_size: int, device, autocast=None,
-                     padding_free: bool = False) -> float:
-    """The token mean of the answer cross-entropy over `examples` (the validation loss)."""
+def mean_validation_loss(objective, model, examples, pad_id: int, batch_size: int, device, autocast=None,
+                         padding_free: bool = False) -> float:
+    """The objective's validation loss over `examples`, the mean over their units (SFT: the token
+    mean of the answer cross-entropy)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, units = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id, padding_free).items()}
+        batch = objective.collate(examples[start:start + batch_size], pad_id, padding_free)
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            value, n = answer_loss_sum(model, batch)
-        total, tokens = total + float(value), tokens + n
+            value, n = objective.validation_sum(model, batch)
+        total, units = total + value, units + n
     model.train(was_training)
-    return total / max(tokens, 1)
+    return total / max(units, 1)
 
 
 class Validation(Callback):
     """The validation loss every --eval-every steps (or at each checkpoint) and at the end, into
     RUN/validation.json (kept across a resume)."""
 
-    def __init__(self, task: LMTask, run: RunFolder, examples):
-        self.task, self.run, self.examples = task, run, examples
+    def __init__(self, task: LMTask, run: RunFolder):
+        self.task, self.run, self.examples = task, run, task.validation_examples
         self.losses: dict[int, float] = {}
 
     @property
@@ -166,9 +161,9 @@ class Validation(Callback):
         if not self.examples:
             return
         task = self.task
-        value = mean_answer_loss(task.lm.model, self.examples, task.lm.tokenizer.pad_token_id,
-                                 task.cfg.data.batch_size, task.device, task.accelerator.autocast,
-                                 task.cfg.data.padding_free)
+        value = mean_validation_loss(task.objective, task.lm.model, self.examples, task.lm.tokenizer.pad_token_id,
+                                     task.cfg.data.batch_size, task.device, task.accelerator.autocast,
+                                     task.cfg.data.padding_free)
         self.losses[step] = value
         log.info("step %d: validation loss %.4f", step, value)
         write_json_atomic(self.path, {"validation_loss": {str(k): v for k, v in sorted(self.losses.items())}})
@@ -214,6 +209,14 @@ def train(cfg: LMRunConfig) -> Path:
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
     check_can_run(cfg.trainer, accelerator.device)
     method = LM_METHODS[cfg.run.method](cfg.method)
+    objective = LM_OBJECTIVES[cfg.run.objective](cfg.objective)
+    if objective.needs_pairs:
+        held_out_flag = "--validation-data" if cfg.data.validation_data else "--data"
+        for flag, records in (("--data", train_records), (held_out_flag, validation_records)):
+            unpaired = next((r for r in records if r.rejected is None), None)
+            if unpaired is not None:
+                raise ImprintError(f"{flag} line {unpaired.line}: --objective {objective.name} needs preference "
+                                   "records ({\"prompt\", \"chosen\", \"rejected\"}); this one has no rejected answer")
     dtype = torch.float32 if method.trains_base_weights else DTYPES[cfg.trainer.mixed_precision]
     lm = CausalLM.load(cfg.run.model, dtype, accelerator.device)
     train_examples = tokenize_all(lm.tokenizer, train_records, cfg.data.max_length, "--data", cfg.data.system_prompt)
@@ -221,12 +224,13 @@ def train(cfg: LMRunConfig) -> Path:
                                        "--validation-data" if cfg.data.validation_data else "--data",
                                        cfg.data.system_prompt)
     log.info("%d training examples, %d validation examples", len(train_examples), len(validation_examples))
-    task = LMTask(cfg, accelerator, lm, train_examples, method)
+    task = LMTask(cfg, accelerator, lm, train_examples, method, objective, validation_examples)
     run.create()
     run.write_config(cfg.to_dict())
     if validation_records:
         write_jsonl([r.to_json() for r in validation_records], run.path / "validation.jsonl")
-    validation, stop = Validation(task, run, validation_examples), MethodStop(method)
+    objective.setup(task, run)
+    validation, stop = Validation(task, run), MethodStop(method)
     fit(task, cfg.trainer, run, accelerator, resume=cfg.run.resume, callbacks=[stop, validation],
         desc=f"lm train {cfg.run.method}")
     trained = stop.stopped_at or cfg.trainer.steps
@@ -242,6 +246,7 @@ def train(cfg: LMRunConfig) -> Path:
         "files": files,
         "hyperparameters": cfg.to_dict(),
         "trainable_parameters": method.trainable_parameter_count(lm),
+        **objective.metadata(),
         "training_examples": len(train_examples),
         "validation_loss": validation.losses.get(trained),
         **method.metadata(),

@@ -40,6 +40,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_safetensors_atomic(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def cache_root() -> Path:
     """imprint's cache: $IMPRINT_CACHE, else $XDG_CACHE_HOME/imprint (~/.cache/imprint)."""
     root = os.environ.get("IMPRINT_CACHE") or os.path.join(
