@@ -243,6 +243,7 @@ OBJECTIVES = {
     "dpo": ["--objective", "dpo"],
     "masked-thought": ["--objective", "masked-thought", "--mask-with", "random"],
     "otr": ["--objective", "otr", "--otr-samples", "32", "--gradient-accumulation-steps", "2"],
+    "s3ft": ["--objective", "s3ft", "--s3ft-max-new-tokens", "6"],
 }
 
 
@@ -298,3 +299,73 @@ def test_dpo_needs_preference_records(tiny_llama, tmp_path):
 def test_a_setting_of_another_objective_is_an_error(tiny_llama, preference_data, tmp_path):
     result = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "dpo", "--mask-rate", "0.2"])
     assert result.returncode != 0 and "a setting of masked-thought, not of --objective dpo" in result.stderr
+
+
+# --- S3FT --------------------------------------------------------------------------------------------------
+
+def test_s3ft_trains_on_the_models_own_answer_where_the_judge_accepts_it():
+    from imprint.lm.data import Record
+    from imprint.lm.objectives.s3ft import select_targets
+
+    records = [Record([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"gold {i}"}],
+                      f"{i}", "final_number", i + 1) for i in range(5)]
+    predictions = ["it is 0", "it is 7", "", "3, surely", "nine"]
+    paraphrases = [None, "so: 1", "I think 5", None, None]
+    # the records' own rule (final number): 0 and 3 match, an empty answer never counts; of the
+    # paraphrases of the others, record 1's passes and record 2's does not
+    selected, kinds = select_targets(records, predictions, None, paraphrases)
+    assert kinds == ["own", "paraphrase", "gold", "own", "gold"]
+    assert [r.messages[-1]["content"] for r in selected] == ["it is 0", "so: 1", "gold 2", "3, surely", "gold 4"]
+    assert all(r.messages[:-1] == o.messages[:-1] and r.answer == o.answer for r, o in zip(selected, records))
+    # a user's judge sees (prompt, prediction, gold text)
+    seen = []
+    selected, kinds = select_targets(records, predictions, lambda p, y, g: seen.append((p, y, g)) or p in ("q1", "q2"))
+    assert kinds == ["gold", "own", "gold", "gold", "gold"] and ("q1", "it is 7", "gold 1") in seen
+    assert selected[1].messages[-1]["content"] == "it is 7"
+
+
+def test_s3ft_run_trains_on_the_chosen_targets_and_reports_their_shares(tiny_llama, preference_data, tmp_path,
+                                                                         monkeypatch):
+    """In process, with the base model's answers stood in (a random tiny model answers nothing): the
+    training examples are the targets S3FT chose, kept in s3ft.jsonl and counted in metadata.json."""
+    import imprint.lm.evaluate
+    from imprint.lm.train import LMTask, train
+    from imprint.lm.settings import build_config
+
+    def answers(lm, conversations, max_new_tokens, system_prompt=None):
+        return [f"{'PARA' if 'own words' in c[-1]['content'] else 'OWN'} {i}" for i, c in enumerate(conversations)]
+
+    monkeypatch.setattr(imprint.lm.evaluate, "generate_answers", answers)
+    seen = {}
+    original = LMTask.__init__
+
+    def spy(self, cfg, accelerator, lm, examples, *rest, **kwargs):
+        seen["texts"] = [lm.tokenizer.decode([t for t in e.labels if t >= 0]) for e in examples]
+        original(self, cfg, accelerator, lm, examples, *rest, **kwargs)
+
+    monkeypatch.setattr(LMTask, "__init__", spy)
+    judge = tmp_path / "judge.py"  # own answers pass for cat prompts, paraphrases for dog prompts
+    judge.write_text("def f(prompt, prediction, gold):\n"
+                     "    return ('cat' in prompt and prediction.startswith('OWN')) or "
+                     "('dog' in prompt and prediction.startswith('PARA'))\n")
+    cfg = build_config({}, {"model": str(tiny_llama), "data": str(preference_data), "output": str(tmp_path / "run"),
+                            "objective": "s3ft", "s3ft_judge": f"{judge}:f", "steps": 1, "evaluate": False,
+                            "validation_share": 0.0})
+    run = train(cfg)
+    saved = [json.loads(line) for line in (run / "s3ft.jsonl").read_text().splitlines()]
+    records = read_jsonl(preference_data)
+    for record, entry, text in zip(records, saved, seen["texts"]):
+        prompt = record.messages[-2]["content"]
+        kind = "own" if "cat" in prompt else "paraphrase" if "dog" in prompt else "gold"
+        assert entry["target"] == kind
+        expected = {"own": entry["prediction"], "paraphrase": entry["paraphrase"], "gold": record.messages[-1]["content"]}
+        assert text.startswith(expected[kind])  # the trained tokens (then the end-of-turn)
+    metadata = json.loads((run / "metadata.json").read_text())
+    counts = {k: [e["target"] for e in saved].count(k) for k in ("own", "paraphrase", "gold")}
+    assert metadata["s3ft_targets"] == counts and min(counts.values()) > 0
+
+
+def test_a_bad_s3ft_judge_is_a_one_line_error(tiny_llama, preference_data, tmp_path):
+    result = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "s3ft", "--s3ft-judge",
+                                                                       f"{tmp_path}/none.py:f"])
+    assert result.returncode != 0 and "--s3ft-judge" in result.stderr and "not found" in result.stderr

@@ -14,7 +14,7 @@ TRAIN_EXAMPLE = """  imprint lm train --data facts/train.jsonl --method lora --s
 
 Every flag is also a TOML key (at the top level, or in its section's table).
 TOML tables: [run], [examples], [trainer], [evaluation], one per method ([lora], ...) and per
-objective with settings ([dpo], [masked-thought], [otr]).
+objective with settings ([dpo], [masked-thought], [otr], [s3ft]).
 A JSONL record is {"messages": [...]} or {"prompt": ..., "completion": ...}, optionally with
 "answer" and "match" (contains | exact | final_number | regex) for evaluation; with --objective dpo,
 {"prompt": ..., "chosen": ..., "rejected": ...}.

@@ -25,7 +25,7 @@ class LMRunSettings:
                                "(optional `answer` and `match` say how an answer is checked)", shown_default="required")
     output: str | None = setting(None, "run folder", shown_default="required")
     method: str = setting("lora", "what is trained; `imprint lm methods` lists them with their settings")
-    objective: str = setting("sft", "what the training optimises: sft, dpo (preference records), masked-thought, otr; "
+    objective: str = setting("sft", "what the training optimises: sft, dpo (preference records), masked-thought, otr, s3ft; "
                              "`imprint lm methods` lists them with their settings")
     resume: str | None = setting(None, "continue the run in --output from its latest checkpoint "
                                  "(or from the checkpoint folder given)", shown_default="off")

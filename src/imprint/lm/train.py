@@ -219,6 +219,7 @@ def train(cfg: LMRunConfig) -> Path:
                                    "records ({\"prompt\", \"chosen\", \"rejected\"}); this one has no rejected answer")
     dtype = torch.float32 if method.trains_base_weights else DTYPES[cfg.trainer.mixed_precision]
     lm = CausalLM.load(cfg.run.model, dtype, accelerator.device)
+    train_records = objective.prepare_records(train_records, lm, cfg, run.path)
     train_examples = tokenize_all(lm.tokenizer, train_records, cfg.data.max_length, "--data", cfg.data.system_prompt)
     validation_examples = tokenize_all(lm.tokenizer, validation_records, cfg.data.max_length,
                                        "--validation-data" if cfg.data.validation_data else "--data",

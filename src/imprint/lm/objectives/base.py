@@ -9,6 +9,8 @@ objective for:
   micro-batches divided by their total units: one big batch, however it is accumulated.
 - `units(example)`: an example's units, known before its forward (for that division);
 - `collate(examples, pad_id, padding_free)`: the batch tensors;
+- `prepare_records(records, lm, cfg, run_path)`: the training records, made with the base model
+  before the method changes it (S3FT's own answers);
 - `setup(task, run)`: once before the first step (DPO's reference log-probabilities);
 - `validation_sum(model, batch)`: the validation loss's sum and units.
 
@@ -18,6 +20,7 @@ A new objective is one file that subclasses LMObjective and registers itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +83,11 @@ class LMObjective:
     def set_run_length(self, steps: int) -> None:
         """The run's optimizer steps, for an objective whose schedule is a share of the run."""
         self.steps = max(1, steps)
+
+    def prepare_records(self, records: list, lm, cfg, run_path: Path) -> list:
+        """The training records the run trains on, made once before tokenizing, with the base model
+        as loaded (S3FT's own answers); `run_path` may hold what a resume reuses."""
+        return records
 
     def units(self, example: Example) -> int:
         return answer_count(example)
