@@ -244,6 +244,7 @@ OBJECTIVES = {
     "masked-thought": ["--objective", "masked-thought", "--mask-with", "random"],
     "otr": ["--objective", "otr", "--otr-samples", "32", "--gradient-accumulation-steps", "2"],
     "s3ft": ["--objective", "s3ft", "--s3ft-max-new-tokens", "6"],
+    "spin": ["--objective", "spin", "--spin-max-new-tokens", "6"],
 }
 
 
@@ -369,3 +370,51 @@ def test_a_bad_s3ft_judge_is_a_one_line_error(tiny_llama, preference_data, tmp_p
     result = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "s3ft", "--s3ft-judge",
                                                                        f"{tmp_path}/none.py:f"])
     assert result.returncode != 0 and "--s3ft-judge" in result.stderr and "not found" in result.stderr
+
+
+# --- SPIN ------------------------------------------------------------------------------------------------------
+
+def test_spin_iterations_start_from_the_previous_one_which_is_their_reference(tiny_llama, tmp_path):
+    """Two iterations: the second starts from the first's result, trains on its own pairs and the
+    first's, and its first step's loss is log 2 (the reference is the model it starts from)."""
+    import math
+
+    from imprint.lm.generate import load_run_model
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {w}", "completion": f"{w} {w}"}) + "\n" for w in WORDS))
+    out = tmp_path / "spin"
+    args = [sys.executable, "-m", "imprint.cli", "lm", "spin", "--model", str(tiny_llama), "--data", str(data),
+            "--output", str(out), "--iterations", "2", "--steps", "3", "--batch-size", "4", "--lr", "1e-2",
+            "--spin-max-new-tokens", "5", "--spin-temperature", "1.0", "--validation-share", "0", "--no-evaluate"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = (json.loads((out / f"iter-{t}" / "metadata.json").read_text()) for t in (0, 1))
+    assert "init_from" not in first and Path(second["init_from"]) == (out / "iter-0").resolve()
+    assert (first["spin_generated"], first["spin_mixed_previous"]) == (8, 0)
+    assert (second["spin_generated"], second["spin_mixed_previous"]) == (8, 8)
+    for t in (0, 1):
+        log = [json.loads(line) for line in (out / f"iter-{t}" / "log.jsonl").read_text().splitlines() if line.strip()]
+        assert [e for e in log if "dpo_loss" in e][0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # iteration 1's model is the base with iteration 0's result and then its own applied
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        logits = [load_run_model(out / f"iter-{t}", device="cpu")[0].model(input_ids=ids).logits for t in (0, 1)]
+        base = load_tiny(tiny_llama)[0](input_ids=ids).logits
+    assert not torch.allclose(logits[0], base) and not torch.allclose(logits[1], logits[0])
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # both finished: nothing to redo
+    assert again.returncode == 0 and again.stderr.count("already finished") == 2
+
+
+def test_init_from_must_be_a_run_of_the_same_base(tiny_llama, tmp_path):
+    from imprint.tiny import save_tiny_llama
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n' * 4)
+    result = lm_train(tiny_llama, data, tmp_path / "run", ["--init-from", str(tmp_path / "nothing")])
+    assert result.returncode != 0 and "--init-from" in result.stderr
+    other = save_tiny_llama(tmp_path / "other", seed=0, hidden=32)
+    first = lm_train(other, data, tmp_path / "first", ["--steps", "1", "--validation-share", "0"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = lm_train(tiny_llama, data, tmp_path / "run2", ["--init-from", str(tmp_path / "first")])
+    assert result.returncode != 0 and "trained on another base model" in result.stderr

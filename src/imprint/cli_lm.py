@@ -34,6 +34,14 @@ def add_lm_commands(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--config", metavar="TOML", help="TOML run file with the same keys as the flags")
     add_flags(train, groups(), special={"resume": {"nargs": "?", "const": "latest", "metavar": "CHECKPOINT"}})
 
+    spin = _sub(sub, "spin", "SPIN: T iterations of --objective spin, each a run folder (OUTPUT/iter-0, ...) that "
+                "starts from the one before; rerun the same command to go on after a stop",
+                "  imprint lm spin --data facts/train.jsonl --iterations 2 --steps 100 --output runs/facts-spin",
+                formatter=argparse.RawDescriptionHelpFormatter)
+    spin.add_argument("--iterations", type=int, default=2, help="SPIN iterations, each one run (default: 2)")
+    spin.add_argument("--config", metavar="TOML", help="TOML run file with the same keys as the flags")
+    add_flags(spin, groups(), special={"resume": {"nargs": "?", "const": "latest", "metavar": "CHECKPOINT"}})
+
     ev = _sub(sub, "evaluate", "target accuracy and forgetting (control retention, KL drift) of runs against "
               "their base model; one report", "  imprint lm evaluate runs/facts-lora runs/facts-hft --output report.html")
     ev.add_argument("runs", nargs="+", help="run folders made by imprint lm train")
@@ -95,6 +103,33 @@ def add_lm_commands(parser: argparse.ArgumentParser) -> None:
     methods.add_argument("--name", help="only this method or objective")
 
 
+def spin_iterations(toml_values: dict, flag_values: dict, iterations: int) -> list[Path]:
+    """`imprint lm spin`: iteration t is a run of --objective spin into OUTPUT/iter-t, --init-from
+    iteration t-1 (iteration 0 from --init-from, or the base model). A finished iteration is kept, an
+    unfinished one resumed, so the same command goes on after a stop."""
+    from imprint.core.run_folder import RunFolder
+    from imprint.lm.settings import build_config
+    from imprint.lm.train import train
+
+    if iterations <= 0:
+        raise ImprintError(f"--iterations must be > 0, got {iterations}")
+    values = {**toml_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    if values.get("objective", "spin") != "spin":
+        raise ImprintError(f"--objective {values['objective']}: imprint lm spin trains --objective spin; drop the flag")
+    output = values.get("output")
+    if not output:
+        raise ImprintError("--output is required (flag or key in --config)")
+    runs, previous = [], values.get("init_from")
+    for t in range(iterations):
+        folder = Path(output) / f"iter-{t}"
+        resume = "latest" if RunFolder(folder).is_started() else None
+        cfg = build_config({}, {**values, "objective": "spin", "output": str(folder), "init_from": previous,
+                                "resume": resume})
+        runs.append(train(cfg))
+        previous = str(folder)
+    return runs
+
+
 def run_lm_command(args: argparse.Namespace) -> int:
     command = args.lm_command
     if command == "train":
@@ -105,6 +140,13 @@ def run_lm_command(args: argparse.Namespace) -> int:
         toml_values = load_toml(args.config, groups()) if args.config else {}
         cfg = build_config(toml_values, {k: getattr(args, k) for k in all_fields(groups())})
         print(f"run written to {train(cfg)}")
+    elif command == "spin":
+        from imprint.config import all_fields, load_toml
+        from imprint.lm.settings import groups
+
+        toml_values = load_toml(args.config, groups()) if args.config else {}
+        for run in spin_iterations(toml_values, {k: getattr(args, k) for k in all_fields(groups())}, args.iterations):
+            print(f"SPIN iteration written to {run}")
     elif command == "evaluate":
         from imprint.lm.evaluate import evaluate_run, summary_line
         from imprint.lm.report import write_report

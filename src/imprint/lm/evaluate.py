@@ -33,15 +33,17 @@ GENERATION_BATCH = 16
 
 @torch.no_grad()
 def generate_answers(lm: CausalLM, conversations: list[list[dict]], max_new_tokens: int,
-                     system_prompt: str | None = None) -> list[str]:
-    """Greedy answers, batched with left padding."""
-    return generate_answer_tokens(lm, conversations, max_new_tokens, system_prompt)[0]
+                     system_prompt: str | None = None, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Greedy (or sampled, at `temperature`) answers, batched with left padding."""
+    return generate_answer_tokens(lm, conversations, max_new_tokens, system_prompt, temperature, seed)[0]
 
 
 @torch.no_grad()
 def generate_answer_tokens(lm: CausalLM, conversations: list[list[dict]], max_new_tokens: int,
-                           system_prompt: str | None = None) -> tuple[list[str], list[list[int]]]:
-    """Greedy answers as text and as token ids (through the end-of-turn token, where one came)."""
+                           system_prompt: str | None = None, temperature: float = 0.0,
+                           seed: int = 0) -> tuple[list[str], list[list[int]]]:
+    """Answers as text and as token ids (through the end-of-turn token, where one came): greedy, or
+    sampled at `temperature` from a generator seeded by `seed` (the same answers on a rerun)."""
     tokenizer, model = lm.tokenizer, lm.model
     model.eval()
     stops = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
@@ -53,8 +55,11 @@ def generate_answer_tokens(lm: CausalLM, conversations: list[list[dict]], max_ne
             texts = [render(tokenizer, with_system(c, system_prompt), generation_prompt=True)
                      for c in conversations[start:start + GENERATION_BATCH]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            if temperature > 0:
+                torch.manual_seed(seed * 1_000_003 + start)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 pad_token_id=tokenizer.pad_token_id, temperature=temperature or None, top_p=None,
+                                 top_k=None)
             for row in out[:, batch["input_ids"].shape[1]:].tolist():
                 end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
                 ids.append(row[:end])

@@ -27,9 +27,12 @@ def read_lm_metadata(run: str | Path, flag: str = "--run") -> dict:
 
 
 def apply_run(lm: CausalLM, run: str | Path, metadata: dict) -> None:
-    """Turn the base model `lm` into the run's model."""
+    """Turn the base model `lm` into the run's model (a run that started from another run, --init-from,
+    is applied on top of that one)."""
     from imprint.methods import LM_METHODS
 
+    if metadata.get("init_from"):
+        apply_run(lm, metadata["init_from"], read_lm_metadata(metadata["init_from"], f"run {run}: its --init-from"))
     if metadata["method"] in DERIVED:  # made from other runs: LiNeS, a merge
         import importlib
 

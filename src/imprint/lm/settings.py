@@ -27,6 +27,9 @@ class LMRunSettings:
     method: str = setting("lora", "what is trained; `imprint lm methods` lists them with their settings")
     objective: str = setting("sft", "what the training optimises: sft, dpo (preference records), masked-thought, otr, s3ft; "
                              "`imprint lm methods` lists them with their settings")
+    init_from: str | None = setting(None, "a finished run (of the same base model) to start from: its result is "
+                                    "applied to --model before the method adds its own (SPIN's next iteration)",
+                                    shown_default="the base model")
     resume: str | None = setting(None, "continue the run in --output from its latest checkpoint "
                                  "(or from the checkpoint folder given)", shown_default="off")
 

@@ -68,6 +68,10 @@ class DPO(LMObjective):
     Settings = DPOSettings
     needs_pairs = True
 
+    @property
+    def beta(self) -> float:
+        return self.settings.dpo_beta
+
     def units(self, example: Example) -> int:
         return 1
 
@@ -95,7 +99,8 @@ class DPO(LMObjective):
         from imprint.util.files import save_safetensors_atomic
 
         path = run.path / REFERENCE_FILE
-        sets = {"train": task.examples, "validation": task.validation_examples}
+        sets = {key: examples for key, examples in (("train", task.examples), ("validation", task.validation_examples))
+                if examples and all(e.rejected is not None for e in examples)}
         if path.is_file():
             saved = load_file(path)
             for key, examples in sets.items():
@@ -103,7 +108,7 @@ class DPO(LMObjective):
                     raise ImprintError(f"{path}: made for {len(saved[key])} {key} pairs, the data has {len(examples)}; "
                                        "resume with the run's own data")
         else:
-            saved = {key: self.reference_of(task, examples) for key, examples in sets.items() if examples}
+            saved = {key: self.reference_of(task, examples) for key, examples in sets.items()}
             save_safetensors_atomic(saved, path)
         for key, examples in sets.items():
             for example, pair in zip(examples, saved.get(key, [])):
@@ -126,12 +131,12 @@ class DPO(LMObjective):
         return torch.cat(out)
 
     def loss_sum(self, model, batch, step, generator):
-        losses, margin = dpo_losses(self.pair_logps(model, batch), batch["reference_logps"], self.settings.dpo_beta)
+        losses, margin = dpo_losses(self.pair_logps(model, batch), batch["reference_logps"], self.beta)
         pairs = len(losses)
         return losses.sum(), pairs, {"dpo_loss": losses.sum().item() / pairs,
                                      "dpo_reward_accuracy": (margin > 0).double().mean().item(),
-                                     "dpo_reward_margin": margin.mean().item() / self.settings.dpo_beta}
+                                     "dpo_reward_margin": margin.mean().item() / self.beta}
 
     def validation_sum(self, model, batch):
-        losses, _ = dpo_losses(self.pair_logps(model, batch), batch["reference_logps"], self.settings.dpo_beta)
+        losses, _ = dpo_losses(self.pair_logps(model, batch), batch["reference_logps"], self.beta)
         return float(losses.sum()), len(losses)
