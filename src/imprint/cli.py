@@ -196,6 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run folders with eval/metrics.json")
     cmp.add_argument("--output", help="also write the table as HTML here")
 
+    dg = _command(sub, "diagnose", "what a run changed: intruder dimensions, and for language-model runs the tuning "
+                  "contribution (TuCo), contrastive generation and conjugate prompting; for image runs the class "
+                  "prompt's images before and after; into RUN/diagnostics.json and the run's report",
+                  "  imprint diagnose runs/facts-lora --what intruders tuco\n  imprint diagnose runs/dog-lora")
+    dg.add_argument("runs", nargs="+", help="run folders (imprint train or imprint lm train)")
+    dg.add_argument("--what", nargs="+", help="which diagnostics (default: all for the run's kind): intruders, tuco, "
+                    "contrastive, conjugate (language); intruders, class_images (image)")
+    dg.add_argument("--prompts", type=int, default=20, help="TuCo: prompts of each set (task, control)")
+    dg.add_argument("--samples", type=int, default=10, help="contrastive generation: texts to generate")
+    dg.add_argument("--length", type=int, default=64, help="contrastive generation: longest text in tokens")
+    dg.add_argument("--no-iterative", dest="iterative", action="store_false",
+                    help="contrastive generation: do not update the pre-trained side between texts")
+    dg.add_argument("--prompt", help="contrastive generation: a user message to answer (default: the start token "
+                    "alone, as the paper)")
+    dg.add_argument("--transform", default="leet", choices=("leet", "upper"),
+                    help="conjugate prompting: the prompt transform")
+    dg.add_argument("--max-new-tokens", type=int, default=48, help="conjugate prompting: longest answer")
+    dg.add_argument("--images", type=int, default=4, help="image runs: class-prompt images of each model")
+    dg.add_argument("--seed", type=int, default=0, help="seed of the sampled texts and images")
+
     toy = _command(sub, "toyworld", "the toy world: write its held-out subjects as photo folders",
                    "  imprint toyworld subjects --output toy-subjects\n"
                "  imprint train --images toy-subjects/emblem_star --class-name star ...")
@@ -336,6 +356,21 @@ def run_command(args: argparse.Namespace) -> int:
                               if values.get(m) and values[m]["mean"] is not None)
             print(f"{name:12s} {cells}")
         print(f"report: {Path(args.run) / 'eval' / 'report.html'}")
+    elif args.command == "diagnose":
+        from imprint.diagnose.run import diagnose
+        from imprint.diagnose.report import summary_lines
+
+        for number in ("prompts", "samples", "length", "max_new_tokens", "images"):
+            if getattr(args, number) <= 0:
+                raise ImprintError(f"--{number.replace('_', '-')} must be > 0, got {getattr(args, number)}")
+        for run in args.runs:
+            result = diagnose(run, tuple(args.what) if args.what else None, prompts=args.prompts, samples=args.samples,
+                              length=args.length, iterative=args.iterative, prompt=args.prompt,
+                              transform=args.transform, max_new_tokens=args.max_new_tokens, images=args.images,
+                              seed=args.seed)
+            print(f"{run}:")
+            for line in summary_lines(result):
+                print(f"  {line}")
     elif args.command == "compare":
         from imprint.evaluate.compare import compare_runs
 

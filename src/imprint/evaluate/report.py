@@ -7,6 +7,8 @@ import os
 import uuid
 from pathlib import Path
 
+from imprint.diagnose.report import read_diagnostics, section_html
+
 NAMES = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV", "blip_t": "BLIP-T",
          "fidelity": "fidelity", "alignment": "alignment"}
 
@@ -89,6 +91,7 @@ def write_report(result: dict, path: Path) -> Path:
 <table id="prompts"><tr><th>prompt</th>{''.join(f'<th>{NAMES.get(m, m)}</th>' for m in per_prompt_metrics)}
 <th>this run</th><th>base model</th><th>real images</th></tr>{''.join(prompt_rows)}</table>
 <h2>Protocol</h2><ul>{protocol}</ul>
+{section_html(read_diagnostics(result["run"]), "../")}
 {SCRIPT}</body></html>
 """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

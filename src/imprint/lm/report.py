@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from imprint.diagnose.report import read_diagnostics, section_html
 from imprint.evaluate.report import STYLE, fmt
 from imprint.util.files import write_text_atomic
 
@@ -58,6 +59,8 @@ def write_report(results: list[dict], path: Path) -> Path:
         for item in r["examples"]["control_lost"]:
             lost.append(f"<tr><td class=prompt>{html.escape(name_of(r))}</td><td class=prompt>{html.escape(item['prompt'])}"
                         f"</td><td class=prompt>{html.escape(item['base'])}</td><td class=prompt>{html.escape(item['run'])}</td></tr>")
+    # a one-run report (the run's own) shows the run's diagnostics (imprint diagnose)
+    diagnostics = section_html(read_diagnostics(results[0]["run"])) if len(results) == 1 else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>imprint lm report</title>
 <style>{STYLE}</style></head><body>
 <h1>What the runs learned and what they forgot</h1>
@@ -69,6 +72,7 @@ distributions on the base model's own answers to general prompts (0 for the base
 {scatter(results)}
 <h2>Control answers lost</h2>
 <table><tr><th>run</th><th>prompt</th><th>base answer</th><th>run answer</th></tr>{''.join(lost) or '<tr><td colspan=4>none</td></tr>'}</table>
+{diagnostics}
 </body></html>"""
     write_text_atomic(path, page)
     return path
