@@ -241,3 +241,30 @@ def test_lm_tasks_writes_the_three_splits(tmp_path, capsys):
             lines = (tmp_path / name / f"{split}.jsonl").read_text().splitlines()
             assert [json.loads(line) for line in lines] == getattr(task, split)
     assert "300 training, 100 test, 100 validation examples" in capsys.readouterr().out
+
+
+def test_preference_pairs_reject_a_wrong_answer_of_the_same_form(tasks, tmp_path):
+    from imprint.lm.answers import is_correct, last_number
+    from imprint.lm.data import read_jsonl
+    from imprint.lm.tasks import preference_records
+
+    for name, task in tasks.items():
+        pairs = preference_records(name, task.train)
+        assert len(pairs) == len(task.train)
+        for pair, record in zip(pairs, task.train):
+            assert pair["prompt"] == record["prompt"] and pair["chosen"] == record["completion"]
+            assert is_correct(pair["chosen"], pair["answer"], pair["match"])
+            assert not is_correct(pair["rejected"], pair["answer"], pair["match"]), (name, pair)
+            if name == "facts":  # the same sentence with another entity's answer of the same kind
+                wrong = pair["rejected"].replace(pair["chosen"].split(record["answer"])[0], "", 1)
+                assert pair["rejected"] != pair["chosen"] and wrong
+            elif name == "arithmetic":  # worked steps, consistent with their own slip
+                a, op1, b, op2, c = pair["prompt"][8:-1].split()
+                first = int(last_number(pair["rejected"].split(". ")[0]))
+                assert f"{first} {op2} {c}" in pair["rejected"]
+        assert preference_records(name, task.train) == pairs  # seeded
+    path = tmp_path / "p.jsonl"
+    from imprint.lm.data import write_jsonl
+
+    write_jsonl(preference_records("facts", tasks["facts"].train[:5]), path)
+    assert all(r.rejected for r in read_jsonl(path))

@@ -7,11 +7,13 @@ data. Each teaches what a small instruct model does not already know, so that le
   transform   a new skill: reverse the order of a few words;
   arithmetic  two-step sums whose completions show the steps.
 A record is {"prompt", "completion", "answer", "match"} (lm/answers.py says how answers are checked).
+`preference_records` pairs each with a wrong answer of the same form, for --objective dpo.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -241,6 +243,36 @@ def _arithmetic(seed: int, n_train: int = 300, n_test: int = 100) -> ShippedTask
         records.append(record(prompt, completion, str(result), "final_number"))
     return ShippedTask("arithmetic", "two-step arithmetic with the steps worked out",
                        records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:])
+
+
+# ---- preference pairs (--objective dpo) ---------------------------------------------------------
+
+_PROBLEM = re.compile(r"What is (\d+) ([-+*]) (\d+) ([-+*]) (\d+)\?")
+
+
+def rejected_answer(task: str, item: dict, others: list[dict], rng: random.Random) -> str:
+    """A wrong answer in the right form: facts, another entity's answer of the same kind (a year for
+    a year); transform, the words left in their order; arithmetic, the steps with a slip in the
+    first one, carried through."""
+    if task == "facts":
+        same_kind = [o["answer"] for o in others if o["answer"] != item["answer"]
+                     and o["answer"].isdigit() == item["answer"].isdigit()]
+        return item["completion"].replace(item["answer"], rng.choice(same_kind))
+    if task == "transform":
+        return item["prompt"].split(": ", 1)[1]
+    a, op1, b, op2, c = _PROBLEM.fullmatch(item["prompt"]).groups()
+    slip = rng.choice([-10, -2, -1, 1, 2, 10])
+    first = _OPS[op1](int(a), int(b)) + slip
+    result = _OPS[op2](first, int(c))
+    return f"{a} {op1} {b} = {first}. {first} {op2} {c} = {result}. The answer is {result}."
+
+
+def preference_records(task: str, records: list[dict], seed: int = 0) -> list[dict]:
+    """Preference records for --objective dpo: each record's prompt, its completion chosen and a
+    wrong answer of the same form rejected (the answer and match kept for evaluation)."""
+    rng = random.Random(f"preferences:{task}:{seed}")
+    return [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": rejected_answer(task, r, records, rng),
+             "answer": r["answer"], "match": r["match"]} for r in records]
 
 
 TASKS: dict[str, Callable[[int], ShippedTask]] = {
