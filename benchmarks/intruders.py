@@ -55,9 +55,9 @@ def main() -> None:
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(label(run), []).append(diagnosed(run))
-    head = " | ".join(f"eps {e:g}" for e in SHOWN_EPSILONS)
-    rows = [f"| runs | n | matrices changed / compared | intruders per changed matrix, {head} | in all, {head} |",
-            "|---|---|---|---|---|"]
+    head = ", ".join(f"{e:g}" for e in SHOWN_EPSILONS)
+    rows = [f"| runs | n | matrices changed / compared | intruders per changed matrix (epsilon {head}) "
+            f"| intruders in all (epsilon {head}) |", "|---|---|---|---|---|"]
     for name, results in sorted(groups.items()):
         epsilons = results[0]["epsilons"]
         index = [epsilons.index(e) for e in SHOWN_EPSILONS]

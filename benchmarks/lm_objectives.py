@@ -1,0 +1,169 @@
+"""The language-model objectives against plain SFT (issue 18), on the embedded SmolLM2.
+
+Every objective trains LoRA (all-linear, r16, the lm_forgetting pass's lr for the task, chosen there on
+validation loss) with the same steps, batch and seeds as the SFT run it is paired with, on the same
+task; each run is evaluated afterwards on the task's test split and the control suite, as
+lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
+- sft: plain SFT (the pass's LoRA run);
+- s3ft: S3FT's own / paraphrased / gold targets (the paper: less forgetting at a similar target);
+- masked-thought: the paper's 0.4 mask rate (its claim: better accuracy on worked arithmetic);
+- otr: One-Token Rollout (its claim: better than SFT, forgetting less);
+- dpo: on the task's preference pairs (lm tasks: a wrong answer of the same form rejected), from the
+  base model, --dpo-lr (DPO's usual lrs are far below SFT's);
+- spin-0, spin-1: two SPIN iterations from the SFT run (the paper starts from an SFT model), each
+  --steps, --spin-lr.
+The claims are paired differences per item (held-out example or control prompt) over tasks and seeds
+against SFT, with a 95% interval, beside the noise floor (SFT against SFT with the next seed).
+
+    python benchmarks/lm_objectives.py --tasks facts arithmetic --seeds 0 1 --steps 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from lm_forgetting import evaluate_on_test, fmt_interval, paired, step_seconds  # noqa: E402
+from results_file import write_section  # noqa: E402
+
+OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1")
+CLAIMS = [  # (paper, claim, row, against)
+    ("S3FT (arXiv 2502.08130)", "forgets less than SFT at a similar target", "s3ft", "sft"),
+    ("Masked Thought (ACL 2024)", "higher accuracy than SFT on reasoning with worked steps", "masked-thought", "sft"),
+    ("One-Token Rollout (arXiv 2509.26313)", "better than SFT, with less forgetting", "otr", "sft"),
+    ("SPIN (arXiv 2401.01335)", "iteration 0 improves on the SFT model it starts from", "spin-0", "sft"),
+    ("SPIN (arXiv 2401.01335)", "iteration 1 improves on iteration 0", "spin-1", "spin-0"),
+    ("DPO (arXiv 2305.18290)", "(on preference pairs from the base, against SFT on the chosen answers)", "dpo", "sft"),
+]
+
+
+def run_folder(work: Path, task: str, objective: str, seed: int, steps: int) -> Path:
+    return work / "runs" / f"{task}-{objective}-n{steps}-s{seed}"
+
+
+def sft_lr(args, task: str) -> float:
+    chosen = json.loads((Path(args.forgetting_work) / "lrs.json").read_text())
+    key = f"{task}/lora/{args.probe_steps}/extended"
+    if key not in chosen:
+        sys.exit(f"{args.forgetting_work}/lrs.json has no LoRA lr for {task}; run benchmarks/lm_forgetting.py "
+                 f"--tasks {task} --methods lora first")
+    return chosen[key]["lr"]
+
+
+def train(args, run: Path, flags: list[str], data: Path) -> Path:
+    """One `imprint lm train` in its own process (resumed if it was stopped), then the test evaluation."""
+    if (run / "evaluated-on-test").is_file():
+        return run
+    if not (run / "metadata.json").is_file():
+        started = time.time()
+        subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--batch-size", str(args.batch_size),
+                        "--steps", str(args.steps), "--checkpoint-every", str(args.steps // 2), "--no-evaluate",
+                        "--max-new-tokens", str(args.max_new_tokens), "--output", str(run), *flags,
+                        *(["--resume"] if run.exists() else [])], check=True)
+        print(f"{run.name}: trained in {time.time() - started:.0f} s", flush=True)
+    evaluate_on_test(args, run, data)
+    return run
+
+
+def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
+    data = work / "tasks" / task
+    lr = sft_lr(args, task)
+    common = ["--seed", str(seed), "--method", "lora", *(["--model", args.model] if args.model else [])]
+    sft = Path(args.forgetting_work) / "runs" / f"{task}-lora-lr{lr:g}-n{args.steps}-s{seed}"
+    if objective == "sft":
+        if (sft / "evaluated-on-test").is_file():  # the forgetting pass's run: the same settings
+            return sft
+        sft = run_folder(work, task, "sft", seed, args.steps)
+        return train(args, sft, [*common, "--lr", str(lr), "--data", str(data / "train.jsonl"),
+                                 "--validation-data", str(data / "validation.jsonl")], data)
+    run = run_folder(work, task, objective, seed, args.steps)
+    sft_data = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl")]
+    if objective in ("s3ft", "masked-thought", "otr"):
+        return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", objective], data)
+    if objective == "dpo":
+        return train(args, run, [*common, "--lr", str(args.dpo_lr), "--objective", "dpo", "--data",
+                                 str(data / "preferences.jsonl"), "--validation-data",
+                                 str(data / "validation-preferences.jsonl")], data)
+    iteration = int(objective.split("-")[1])
+    start = one(args, work, task, "sft" if iteration == 0 else f"spin-{iteration - 1}", seed)
+    return train(args, run, [*common, "--lr", str(args.spin_lr), *sft_data, "--objective", "spin",
+                             "--init-from", str(start), "--spin-max-new-tokens", str(args.max_new_tokens)], data)
+
+
+def two(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["facts", "arithmetic"])
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--probe-steps", type=int, default=40, help="the forgetting pass's probe length (its lrs.json key)")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4)
+    parser.add_argument("--spin-lr", type=float, default=1e-4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--model", help="another causal LM than the embedded SmolLM2 (a smoke run)")
+    parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_objectives"))
+    parser.add_argument("--forgetting-work", default=str(REPO / "benchmarks" / "_work" / "lm_forgetting"))
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    args = parser.parse_args()
+    work = Path(args.work)
+    os.environ.setdefault("IMPRINT_CACHE", str(Path(args.forgetting_work) / "cache"))
+    for task in args.tasks:
+        if not (work / "tasks" / task / "validation-preferences.jsonl").is_file():
+            subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "tasks", "--output", str(work / "tasks"),
+                            "--task", task], check=True)
+    evaluations, rows = {}, []
+    for task in args.tasks:
+        for objective in args.objectives:
+            for seed in args.seeds:
+                if args.report_only:
+                    run = (run_folder(work, task, objective, seed, args.steps) if objective != "sft" else
+                           Path(args.forgetting_work) / "runs" / f"{task}-lora-lr{sft_lr(args, task):g}-n{args.steps}-s{seed}")
+                    if not (run / "evaluated-on-test").is_file():
+                        continue
+                else:
+                    run = one(args, work, task, objective, seed)
+                e = json.loads((run / "evaluation.json").read_text())
+                metadata = json.loads((run / "metadata.json").read_text())
+                evaluations[(task, objective, seed)] = e
+                extra = ""
+                if "s3ft_targets" in metadata:
+                    extra = ", ".join(f"{k} {v}" for k, v in metadata["s3ft_targets"].items())
+                rows.append(f"| {task} | {objective} | {seed} | {metadata['hyperparameters']['lr']:g} | "
+                            f"{e['target']['accuracy']:.2f} | {e['target']['base_accuracy']:.2f} | "
+                            f"{two(e['control']['retention'])} | {e['kl_drift']:.3f} | {step_seconds(run) or 0:.2f} | "
+                            f"{extra} |")
+    table = ["| task | objective | seed | lr | target | base target | control retention | KL drift | s/step | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows]
+    floor = paired(evaluations, "sft", "sft", args.tasks, args.seeds[:-1],
+                   seed_b=lambda s: args.seeds[args.seeds.index(s) + 1]) if len(args.seeds) > 1 else None
+    claims = ["| paper | claim | difference | target | control retention |", "|---|---|---|---|---|"]
+    if floor:
+        claims.append(f"| noise floor | SFT against SFT with the next seed | sft - sft' | {fmt_interval(floor['target'])} "
+                      f"| {fmt_interval(floor['control'])} |")
+    for paper, claim, a, b in CLAIMS:
+        difference = paired(evaluations, a, b, args.tasks, args.seeds)
+        claims.append(f"| {paper} | {claim} | {a} - {b} | {fmt_interval(difference['target'])} "
+                      f"| {fmt_interval(difference['control'])} |")
+    body = (f"SmolLM2-135M-Instruct, LoRA r16 all-linear, {args.steps} steps of {args.batch_size} examples, seeds "
+            f"{', '.join(map(str, args.seeds))}; SFT's lr per task from the lm_forgetting pass; DPO lr {args.dpo_lr:g}, "
+            f"SPIN lr {args.spin_lr:g} (chosen, not tuned). Target on the test split, greedy, {args.max_new_tokens} new "
+            "tokens.\n\n" + "\n".join(table) + "\n\nPaired differences per item (1 right, 0 wrong) over tasks and "
+            "seeds, mean and 95% interval; an interval that holds 0 is no difference seen.\n\n" + "\n".join(claims))
+    print(write_section(args.results, "## Language models: objectives against SFT (issue 18)", body))
+
+
+if __name__ == "__main__":
+    main()
