@@ -8,7 +8,12 @@ number of intruders per changed matrix and in all (top 10 singular vectors of ea
 each epsilon, and the matrices compared.
 
     python benchmarks/intruders.py --runs 'benchmarks/_work/lm_forgetting/runs/facts-*-n150-s?'
-    python benchmarks/intruders.py --runs 'benchmarks/_work/toyworld/runs/lora/*' --section image
+    python benchmarks/intruders.py --runs 'benchmarks/_work/toyworld/runs/lora/*' \\
+        --toy-methods krona:1e-3 full:1e-4 --toy-subjects 3 --section "toy world"
+
+--toy-methods trains, for the first --toy-subjects subjects of the first --runs group, runs of other
+methods with the LoRA runs' own settings (subject, steps, batch, prior preservation) and the lr
+given, into benchmarks/_work/intruders/toy/METHOD/SUBJECT, and adds them to the table.
 """
 
 from __future__ import annotations
@@ -42,16 +47,42 @@ def label(run: Path) -> str:
     return f"{run.parent.name} ({metadata['method']})"
 
 
+TOY_COPIED = ("images", "class_name", "token", "instance_prompt", "resolution", "batch_size", "steps", "class_prompt",
+              "num_class_images", "class_images", "prior_loss_weight", "seed")
+
+
+def train_toy(lora_run: Path, method: str, lr: str, out: Path) -> Path:
+    """A run of `method` with the LoRA run's own settings (its hyperparameters), the lr given."""
+    if (out / "metadata.json").is_file():
+        return out
+    hyper = json.loads((lora_run / "metadata.json").read_text())["hyperparameters"]
+    flags = [f"--{k.replace('_', '-')}={hyper[k]}" for k in TOY_COPIED if hyper.get(k) is not None]
+    flags += ["--prior-preservation"] if hyper.get("prior_preservation") else []
+    subprocess.run([sys.executable, "-m", "imprint.cli", "train", "--model", hyper["model"], "--method", method,
+                    "--lr", lr, "--checkpoint-every", "0", "--no-final-samples", "--output", str(out), *flags], check=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="run folders or glob patterns")
     parser.add_argument("--section", default="language", help="the RESULTS.md heading's last word(s)")
+    parser.add_argument("--toy-methods", nargs="*", default=[], help="METHOD:LR image runs to train beside the "
+                        "LoRA runs given (see above)")
+    parser.add_argument("--toy-subjects", type=int, default=3)
+    parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "intruders"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
     runs = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern)
                    if (Path(p) / "metadata.json").is_file()})
     if not runs:
         sys.exit(f"--runs {' '.join(args.runs)}: no finished run folders")
+    if args.toy_methods:  # every method on the same subjects
+        runs = runs[:args.toy_subjects]
+    for spec in list(args.toy_methods):
+        method, _, lr = spec.partition(":")
+        for lora_run in runs[:args.toy_subjects]:
+            runs.append(train_toy(lora_run, method, lr, Path(args.work) / "toy" / method / lora_run.name))
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(label(run), []).append(diagnosed(run))
