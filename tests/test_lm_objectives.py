@@ -4,7 +4,10 @@ training (and resuming exactly) through `imprint lm train` on a tiny Llama."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -229,33 +232,40 @@ def test_a_preference_record_round_trips_through_the_run_folder_form(tmp_path):
 # --- training through imprint lm train ---------------------------------------------------------------
 
 def lm_train(model, data, out, extra, kill=None, resume=False):
-    env = dict(os.environ)
-    env.pop("IMPRINT_TEST_KILL", None)
+    """`imprint lm train` with the tests' small settings: in this process (-> (exit code, stderr)), or,
+    to be killed at a step, in a child process (-> CompletedProcess)."""
+    args = ["lm", "train", "--model", str(model), "--data", str(data), "--output", str(out), "--steps", "6",
+            "--checkpoint-every", "2", "--batch-size", "4", "--seed", "3", "--lr", "3e-3", "--no-evaluate", *extra]
+    args += ["--resume"] if resume else []
     if kill:
-        env["IMPRINT_TEST_KILL"] = kill
-    args = [sys.executable, "-m", "imprint.cli", "lm", "train", "--model", str(model), "--data", str(data),
-            "--output", str(out), "--steps", "6", "--checkpoint-every", "2", "--batch-size", "4", "--seed", "3",
-            "--lr", "3e-3", "--no-evaluate", *extra] + (["--resume"] if resume else [])
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        env = {**os.environ, "IMPRINT_TEST_KILL": kill}
+        return subprocess.run([sys.executable, "-m", "imprint.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+    from imprint.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, err.getvalue()
 
 
-OBJECTIVES = {
+OBJECTIVES = {  # what each keeps across a resume: DPO its reference file, SPIN its generated pairs too,
+    # masked-thought its seeded draws (OTR draws from the same per-micro-batch stream; S3FT keeps its
+    # answers as SPIN does)
     "dpo": ["--objective", "dpo"],
-    "masked-thought": ["--objective", "masked-thought", "--mask-with", "random"],
-    "otr": ["--objective", "otr", "--otr-samples", "32", "--gradient-accumulation-steps", "2"],
-    "s3ft": ["--objective", "s3ft", "--s3ft-max-new-tokens", "6"],
+    "masked-thought": ["--objective", "masked-thought", "--mask-with", "random", "--gradient-accumulation-steps", "2"],
     "spin": ["--objective", "spin", "--spin-max-new-tokens", "6"],
 }
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_each_objective_trains_and_resumes_exactly(name, tiny_llama, preference_data, tmp_path):
-    unbroken = lm_train(tiny_llama, preference_data, tmp_path / "a", OBJECTIVES[name])
-    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    code, err = lm_train(tiny_llama, preference_data, tmp_path / "a", OBJECTIVES[name])
+    assert code == 0, err[-2000:]
     killed = lm_train(tiny_llama, preference_data, tmp_path / "b", OBJECTIVES[name], kill="step:5")
     assert killed.returncode != 0
-    resumed = lm_train(tiny_llama, preference_data, tmp_path / "b", OBJECTIVES[name], resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    code, err = lm_train(tiny_llama, preference_data, tmp_path / "b", OBJECTIVES[name], resume=True)
+    assert code == 0, err[-2000:]
     for f in ("adapter/adapter_model.safetensors",):
         a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
         assert a.keys() == b.keys()
@@ -276,13 +286,11 @@ def test_each_objective_trains_and_resumes_exactly(name, tiny_llama, preference_
 def test_dpo_starts_at_log_2_and_lowers_its_loss(tiny_llama, preference_data, tmp_path):
     """At the first step the policy is the reference, so every pair's loss is log 2 (a wrong reference
     would show here); after a few steps on one batch of 4 pairs the chosen answers gain on the rejected."""
-    import math
-
     out, data = tmp_path / "run", tmp_path / "four.jsonl"
     data.write_text("".join(preference_data.read_text().splitlines(keepends=True)[:4]))
-    result = lm_train(tiny_llama, data, out, ["--objective", "dpo", "--steps", "8", "--dpo-beta", "0.5",
-                                              "--validation-share", "0"])
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, err = lm_train(tiny_llama, data, out, ["--objective", "dpo", "--steps", "8", "--dpo-beta", "0.5",
+                                                 "--validation-share", "0"])
+    assert code == 0, err[-2000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     steps = [entry for entry in log if "dpo_loss" in entry]
     assert steps[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -292,14 +300,22 @@ def test_dpo_starts_at_log_2_and_lowers_its_loss(tiny_llama, preference_data, tm
 def test_dpo_needs_preference_records(tiny_llama, tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n' * 4)
-    result = lm_train(tiny_llama, data, tmp_path / "run", ["--objective", "dpo"])
-    assert result.returncode != 0
-    assert "--data" in result.stderr and "line 1" in result.stderr and "needs preference records" in result.stderr
+    code, err = lm_train(tiny_llama, data, tmp_path / "run", ["--objective", "dpo"])
+    assert code != 0
+    assert "--data" in err and "line 1" in err and "needs preference records" in err
 
 
 def test_a_setting_of_another_objective_is_an_error(tiny_llama, preference_data, tmp_path):
-    result = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "dpo", "--mask-rate", "0.2"])
-    assert result.returncode != 0 and "a setting of masked-thought, not of --objective dpo" in result.stderr
+    code, err = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "dpo", "--mask-rate", "0.2"])
+    assert code != 0 and "a setting of masked-thought, not of --objective dpo" in err
+
+
+def test_otr_trains_through_imprint_lm_train(tiny_llama, preference_data, tmp_path):
+    code, err = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "otr", "--otr-samples", "16",
+                                                                         "--steps", "2", "--validation-share", "0"])
+    assert code == 0, err[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if line.strip()]
+    assert all(math.isfinite(e["otr_loss"]) and e["answer_loss"] > 0 for e in log if "otr_loss" in e) and len(log) >= 2
 
 
 # --- S3FT --------------------------------------------------------------------------------------------------
@@ -367,9 +383,9 @@ def test_s3ft_run_trains_on_the_chosen_targets_and_reports_their_shares(tiny_lla
 
 
 def test_a_bad_s3ft_judge_is_a_one_line_error(tiny_llama, preference_data, tmp_path):
-    result = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "s3ft", "--s3ft-judge",
-                                                                       f"{tmp_path}/none.py:f"])
-    assert result.returncode != 0 and "--s3ft-judge" in result.stderr and "not found" in result.stderr
+    code, err = lm_train(tiny_llama, preference_data, tmp_path / "run", ["--objective", "s3ft", "--s3ft-judge",
+                                                                          f"{tmp_path}/none.py:f"])
+    assert code != 0 and "--s3ft-judge" in err and "not found" in err
 
 
 # --- SPIN ------------------------------------------------------------------------------------------------------
@@ -377,18 +393,17 @@ def test_a_bad_s3ft_judge_is_a_one_line_error(tiny_llama, preference_data, tmp_p
 def test_spin_iterations_start_from_the_previous_one_which_is_their_reference(tiny_llama, tmp_path):
     """Two iterations: the second starts from the first's result, trains on its own pairs and the
     first's, and its first step's loss is log 2 (the reference is the model it starts from)."""
-    import math
-
     from imprint.lm.generate import load_run_model
 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {w}", "completion": f"{w} {w}"}) + "\n" for w in WORDS))
     out = tmp_path / "spin"
-    args = [sys.executable, "-m", "imprint.cli", "lm", "spin", "--model", str(tiny_llama), "--data", str(data),
+    from imprint.cli import main
+
+    args = ["lm", "spin", "--model", str(tiny_llama), "--data", str(data),
             "--output", str(out), "--iterations", "2", "--steps", "3", "--batch-size", "4", "--lr", "1e-2",
             "--spin-max-new-tokens", "5", "--spin-temperature", "1.0", "--validation-share", "0", "--no-evaluate"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(args) == 0
     first, second = (json.loads((out / f"iter-{t}" / "metadata.json").read_text()) for t in (0, 1))
     assert "init_from" not in first and Path(second["init_from"]) == (out / "iter-0").resolve()
     assert (first["spin_generated"], first["spin_mixed_previous"]) == (8, 0)
@@ -402,8 +417,9 @@ def test_spin_iterations_start_from_the_previous_one_which_is_their_reference(ti
         logits = [load_run_model(out / f"iter-{t}", device="cpu")[0].model(input_ids=ids).logits for t in (0, 1)]
         base = load_tiny(tiny_llama)[0](input_ids=ids).logits
     assert not torch.allclose(logits[0], base) and not torch.allclose(logits[1], logits[0])
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # both finished: nothing to redo
-    assert again.returncode == 0 and again.stderr.count("already finished") == 2
+    before = [(out / f"iter-{t}" / "metadata.json").stat().st_mtime_ns for t in (0, 1)]
+    assert main(args) == 0  # both finished: nothing to redo
+    assert [(out / f"iter-{t}" / "metadata.json").stat().st_mtime_ns for t in (0, 1)] == before
 
 
 def test_init_from_must_be_a_run_of_the_same_base(tiny_llama, tmp_path):
@@ -411,10 +427,10 @@ def test_init_from_must_be_a_run_of_the_same_base(tiny_llama, tmp_path):
 
     data = tmp_path / "sft.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n' * 4)
-    result = lm_train(tiny_llama, data, tmp_path / "run", ["--init-from", str(tmp_path / "nothing")])
-    assert result.returncode != 0 and "--init-from" in result.stderr
+    code, err = lm_train(tiny_llama, data, tmp_path / "run", ["--init-from", str(tmp_path / "nothing")])
+    assert code != 0 and "--init-from" in err
     other = save_tiny_llama(tmp_path / "other", seed=0, hidden=32)
-    first = lm_train(other, data, tmp_path / "first", ["--steps", "1", "--validation-share", "0"])
-    assert first.returncode == 0, first.stderr[-2000:]
-    result = lm_train(tiny_llama, data, tmp_path / "run2", ["--init-from", str(tmp_path / "first")])
-    assert result.returncode != 0 and "trained on another base model" in result.stderr
+    code, err = lm_train(other, data, tmp_path / "first", ["--steps", "1", "--validation-share", "0"])
+    assert code == 0, err[-2000:]
+    code, err = lm_train(tiny_llama, data, tmp_path / "run2", ["--init-from", str(tmp_path / "first")])
+    assert code != 0 and "trained on another base model" in err
