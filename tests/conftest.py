@@ -59,6 +59,14 @@ def tiny_sd3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny Llama with the tiny chat tokenizer (imprint.tiny), saved once for the session."""
+    from imprint.tiny import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
 def other_model(tmp_path_factory) -> Path:
     """A tiny SD model of another architecture (wider cross-attention)."""
     from imprint.tiny import save_sd_model

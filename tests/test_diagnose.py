@@ -8,7 +8,6 @@ import json
 import math
 import shutil
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -72,13 +71,6 @@ def test_a_wrapped_layers_weight_is_its_effective_map():
 
 
 # --- TuCo ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from imprint.tiny import save_tiny_llama
-
-    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
-
 
 def load(folder):
     from imprint.families.causal_lm import CausalLM

@@ -19,13 +19,6 @@ WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    from imprint.tiny import save_tiny_llama
-
-    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
-
-
-@pytest.fixture(scope="session")
 def reverse_data(tmp_path_factory) -> Path:
     """40 word-reversal examples (prompt / completion / answer), as the shipped transform task."""
     folder = tmp_path_factory.mktemp("lm-data")

@@ -24,13 +24,6 @@ WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from imprint.tiny import save_tiny_llama
-
-    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
-
-
-@pytest.fixture(scope="module")
 def preference_data(tmp_path_factory) -> Path:
     """24 word-reversal preference records: chosen the reversed words, rejected the words as given."""
     folder = tmp_path_factory.mktemp("pref")
