@@ -48,6 +48,7 @@ def label(run: Path) -> str:
 
 
 TOY_COPIED = ("images", "class_name", "token", "instance_prompt", "resolution", "batch_size", "steps", "class_prompt",
+              "class_inference_steps",
               "num_class_images", "class_images", "prior_loss_weight", "seed")
 
 
