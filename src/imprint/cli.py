@@ -358,7 +358,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"report: {Path(args.run) / 'eval' / 'report.html'}")
     elif args.command == "diagnose":
         from imprint.diagnose.run import diagnose
-        from imprint.diagnose.report import summary_lines
+        from imprint.evaluate.diagnostics import summary_lines
 
         for number in ("prompts", "samples", "length", "max_new_tokens", "images"):
             if getattr(args, number) <= 0:

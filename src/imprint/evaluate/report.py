@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-from imprint.diagnose.report import read_diagnostics, section_html
+from imprint.evaluate.diagnostics import read_diagnostics, section_html
 
 NAMES = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV", "blip_t": "BLIP-T",
          "fidelity": "fidelity", "alignment": "alignment"}

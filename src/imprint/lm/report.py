@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from imprint.diagnose.report import read_diagnostics, section_html
+from imprint.evaluate.diagnostics import read_diagnostics, section_html
 from imprint.evaluate.report import STYLE, fmt
 from imprint.util.files import write_text_atomic
 

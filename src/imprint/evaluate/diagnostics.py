@@ -1,4 +1,5 @@
-"""The diagnostics as lines for the terminal and as a section of the run's report page."""
+"""The diagnostics of a run (imprint diagnose, RUN/diagnostics.json) as lines for the terminal and as a
+section of the run's report page; here, below every report, so any report can show them."""
 
 from __future__ import annotations
 
