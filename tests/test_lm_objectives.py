@@ -242,12 +242,11 @@ def lm_train(model, data, out, extra, kill=None, resume=False):
     return code, err.getvalue()
 
 
-OBJECTIVES = {  # what each keeps across a resume: DPO its reference file, SPIN its generated pairs too,
-    # masked-thought its seeded draws (OTR draws from the same per-micro-batch stream; S3FT keeps its
-    # answers as SPIN does)
+OBJECTIVES = {  # what each keeps across a resume: DPO its reference file; SPIN its generated pairs too (as
+    # S3FT keeps its answers), with accumulation; masked-thought and OTR draw from a per-micro-batch
+    # seeded stream (test_masked_thought_... checks a seeded draw repeats)
     "dpo": ["--objective", "dpo"],
-    "masked-thought": ["--objective", "masked-thought", "--mask-with", "random", "--gradient-accumulation-steps", "2"],
-    "spin": ["--objective", "spin", "--spin-max-new-tokens", "6"],
+    "spin": ["--objective", "spin", "--spin-max-new-tokens", "6", "--gradient-accumulation-steps", "2"],
 }
 
 
