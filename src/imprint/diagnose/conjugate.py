@@ -53,20 +53,22 @@ def conjugate_prompting(base_lm, tuned_lm_apply, transform: str, max_new_tokens:
     from imprint.lm.answers import is_correct
     from imprint.lm.control import control_suite
     from imprint.lm.data import with_system
-    from imprint.lm.evaluate import generate_answers
+    from imprint.lm.evaluate import base_answers, generate_answers
 
     forward, inverse = TRANSFORMS[transform]
     control = control_suite()
 
-    def ask(lm, transformed: bool) -> list[bool]:
+    def ask(lm, transformed: bool, base: bool = False) -> list[bool]:
         prompts = [forward(c["prompt"]) if transformed else c["prompt"] for c in control]
-        answers = generate_answers(lm, [with_system([{"role": "user", "content": p}], system_prompt) for p in prompts],
-                                   max_new_tokens)
+        conversations = [with_system([{"role": "user", "content": p}], system_prompt) for p in prompts]
+        # the base model's answers are cached (as evaluation's): judging many runs generates them once
+        answers = (base_answers(lm, conversations, max_new_tokens)[0] if base
+                   else generate_answers(lm, conversations, max_new_tokens))
         if transformed:
             answers = [inverse(a) for a in answers]
         return [is_correct(a, c["answer"], c["match"]) for a, c in zip(answers, control)]
 
-    base_plain, base_transformed = ask(base_lm, False), ask(base_lm, True)
+    base_plain, base_transformed = ask(base_lm, False, base=True), ask(base_lm, True, base=True)
     tuned_lm_apply(base_lm)
     run_plain, run_transformed = ask(base_lm, False), ask(base_lm, True)
     lost = [i for i in range(len(control)) if base_plain[i] and not run_plain[i]]

@@ -196,13 +196,13 @@ def load_records(cfg: LMRunConfig):
     return split_validation(records, cfg.data.validation_share, cfg.trainer.seed)
 
 
-def start_from(lm: CausalLM, run: str | None) -> str | None:
-    """Apply a finished run (--init-from) to the freshly loaded base model; its absolute path."""
+def start_from(lm: CausalLM, run: str | None, metadata: dict | None) -> str | None:
+    """Apply a finished run (--init-from, its metadata read) to the freshly loaded base model; its
+    absolute path."""
     if not run:
         return None
-    from imprint.lm.generate import apply_run, read_lm_metadata
+    from imprint.lm.generate import apply_run
 
-    metadata = read_lm_metadata(run, "--init-from")
     if metadata.get("base_model_fingerprint") != lm.fingerprint:
         raise ImprintError(f"--init-from {run}: trained on another base model ({metadata.get('base_model')}); "
                            "start from a run of --model")
@@ -221,10 +221,11 @@ def train(cfg: LMRunConfig) -> Path:
         return run.path
     else:
         check_resume_settings(run.read_config(), cfg.to_dict(), build_config, RESUMABLE_CHANGES, run.config_path)
+    parent = None
     if cfg.run.init_from:  # checked before any model loads
         from imprint.lm.generate import read_lm_metadata
 
-        read_lm_metadata(cfg.run.init_from, "--init-from")
+        parent = read_lm_metadata(cfg.run.init_from, "--init-from")
     accelerator = make_accelerator(cfg.trainer.mixed_precision)
     check_can_run(cfg.trainer, accelerator.device)
     method = LM_METHODS[cfg.run.method](cfg.method)
@@ -238,7 +239,7 @@ def train(cfg: LMRunConfig) -> Path:
                                    "records ({\"prompt\", \"chosen\", \"rejected\"}); this one has no rejected answer")
     dtype = torch.float32 if method.trains_base_weights else DTYPES[cfg.trainer.mixed_precision]
     lm = CausalLM.load(cfg.run.model, dtype, accelerator.device)
-    start = start_from(lm, cfg.run.init_from)
+    start = start_from(lm, cfg.run.init_from, parent)
     train_records = objective.prepare_records(train_records, lm, cfg, run.path)
     train_examples = tokenize_all(lm.tokenizer, train_records, cfg.data.max_length, "--data", cfg.data.system_prompt)
     validation_examples = tokenize_all(lm.tokenizer, validation_records, cfg.data.max_length,

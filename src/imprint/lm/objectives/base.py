@@ -19,6 +19,7 @@ A new objective is one file that subclasses LMObjective and registers itself.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from imprint.lm.data import IGNORE, Example, collate
+from imprint.util.errors import ImprintError
+from imprint.util.files import write_text_atomic
 
 LM_OBJECTIVES: dict[str, type["LMObjective"]] = {}
 
@@ -66,6 +69,23 @@ def answer_count(example: Example) -> int:
     """An example's answer tokens: each label after the first that is trained (the first token is
     never predicted)."""
     return sum(label != IGNORE for label in example.labels[1:])
+
+
+def read_kept(path: Path, records: list | None = None) -> list[dict]:
+    """The rows (one per training record, each with its `line`) an objective kept in the run folder,
+    [] where there are none; checked against `records` where given (a resume on other data fails)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if records is not None and [r["line"] for r in rows] != [r.line for r in records]:
+        raise ImprintError(f"{path}: made for other training records; resume with the run's own --data")
+    return rows
+
+
+def keep(path: Path, rows: list[dict]) -> None:
+    """Rows for read_kept, written atomically, once (a resume keeps what the run started with)."""
+    if not path.is_file():
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 class LMObjective:

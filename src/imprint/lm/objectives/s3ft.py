@@ -26,7 +26,6 @@ Chosen here:
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +33,8 @@ from typing import Callable
 
 from imprint.lm.answers import is_correct
 from imprint.lm.data import Record
-from imprint.lm.objectives.base import LMObjective, register_objective
+from imprint.lm.objectives.base import LMObjective, keep, read_kept, register_objective
 from imprint.util.errors import ImprintError
-from imprint.util.files import write_text_atomic
 from imprint.util.settings import setting
 
 log = logging.getLogger("imprint")
@@ -113,11 +111,13 @@ def paraphrase_request(record: Record) -> list[dict]:
 
 
 def select_targets(records: list[Record], predictions: list[str], judge: Judge | None,
-                   paraphrases: list[str | None] | None = None) -> tuple[list[Record], list[str]]:
+                   paraphrases: list[str | None] | None = None,
+                   own: list[bool] | None = None) -> tuple[list[Record], list[str]]:
     """S3FT's training records: each record's last answer replaced by the model's own prediction where
     the judge says it is equivalent to the gold one, else by the model's paraphrase of the gold answer
-    where the judge accepts that, else kept; and which of own / paraphrase / gold each is."""
-    own = judged(records, predictions, judge)
+    where the judge accepts that, else kept; and which of own / paraphrase / gold each is. `own`: the
+    judge's verdicts on the predictions, where already known."""
+    own = judged(records, predictions, judge) if own is None else own
     paraphrases = paraphrases or [None] * len(records)
     reworded = judged(records, [p or "" for p in paraphrases], judge)
     out, kinds = [], []
@@ -142,12 +142,9 @@ class S3FT(LMObjective):
         self.answers: list[dict] | None = None
 
     def prepare_records(self, records: list[Record], lm, cfg, run_path: Path) -> list[Record]:
-        path = run_path / ANSWERS_FILE
         judge = load_judge(self.settings.s3ft_judge) if self.settings.s3ft_judge else None
-        if path.is_file():  # a resume: the answers the run started with
-            saved = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if [s["line"] for s in saved] != [r.line for r in records]:
-                raise ImprintError(f"{path}: made for other training records; resume with the run's own --data")
+        saved, own = read_kept(run_path / ANSWERS_FILE, records), None
+        if saved:  # a resume: the answers the run started with
             predictions, paraphrases = [s["prediction"] for s in saved], [s.get("paraphrase") for s in saved]
         else:
             from imprint.lm.evaluate import generate_answers
@@ -157,21 +154,21 @@ class S3FT(LMObjective):
             predictions = generate_answers(lm, [r.prompt_messages for r in records], longest, system)
             paraphrases = [None] * n
             if self.settings.s3ft_paraphrase:
-                wrong = [i for i, ok in enumerate(judged(records, predictions, judge)) if not ok]
+                own = judged(records, predictions, judge)  # once: a user's judge may be slow
+                wrong = [i for i, ok in enumerate(own) if not ok]
                 log.info("s3ft: the base model paraphrases %d gold answers", len(wrong))
                 for i, text in zip(wrong, generate_answers(lm, [paraphrase_request(records[i]) for i in wrong],
                                                            longest, system)):
                     paraphrases[i] = text
-        selected, kinds = select_targets(records, predictions, judge, paraphrases)
+        selected, kinds = select_targets(records, predictions, judge, paraphrases, own)
         self.answers = [{"line": r.line, "target": k, "prediction": p, "paraphrase": q}
                         for r, k, p, q in zip(records, kinds, predictions, paraphrases)]
         log.info("s3ft targets: %s", ", ".join(f"{k} {kinds.count(k)}" for k in (OWN, REWORDED, GOLD)))
         return selected
 
     def setup(self, task, run) -> None:
-        path = run.path / ANSWERS_FILE
-        if self.answers is not None and not path.is_file():
-            write_text_atomic(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in self.answers))
+        if self.answers is not None:
+            keep(run.path / ANSWERS_FILE, self.answers)
 
     def metadata(self) -> dict:
         kinds = [a["target"] for a in self.answers or []]

@@ -23,7 +23,6 @@ Chosen here:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +30,8 @@ from pathlib import Path
 import torch
 
 from imprint.lm.data import Example, Record, collate
-from imprint.lm.objectives.base import LMObjective, register_objective
+from imprint.lm.objectives.base import LMObjective, keep, read_kept, register_objective
 from imprint.lm.objectives.dpo import DPO
-from imprint.util.errors import ImprintError
-from imprint.util.files import write_text_atomic
 from imprint.util.settings import setting
 
 log = logging.getLogger("imprint")
@@ -51,11 +48,6 @@ class SPINSettings:
                                       non_negative=True)
     spin_mix_previous: bool = setting(True, "also train on the pairs the previous iteration generated (the paper's "
                                       "section 6.1)")
-
-
-def read_generated(run: Path) -> list[dict]:
-    path = Path(run) / GENERATED_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def spin_pairs(records: list[Record], generated: list[str]) -> list[Record]:
@@ -80,11 +72,8 @@ class SPIN(DPO):
         return self.settings.spin_beta
 
     def prepare_records(self, records: list[Record], lm, cfg, run_path: Path) -> list[Record]:
-        saved = read_generated(run_path)
+        saved = read_kept(run_path / GENERATED_FILE, records)
         if saved:  # a resume: the answers the run started with
-            if [s["line"] for s in saved] != [r.line for r in records]:
-                raise ImprintError(f"{run_path / GENERATED_FILE}: made for other training records; resume with the "
-                                   "run's own --data")
             answers = [s["generated"] for s in saved]
         else:
             from imprint.lm.evaluate import generate_answers
@@ -97,7 +86,7 @@ class SPIN(DPO):
         pairs = spin_pairs(records, answers)
         if cfg.run.init_from and self.settings.spin_mix_previous:
             by_line = {r.line: r for r in records}
-            previous = [p for p in read_generated(Path(cfg.run.init_from)) if p["line"] in by_line]
+            previous = [p for p in read_kept(Path(cfg.run.init_from) / GENERATED_FILE) if p["line"] in by_line]
             pairs += spin_pairs([by_line[p["line"]] for p in previous], [p["generated"] for p in previous])
             self.mixed = len(previous)
             log.info("spin: %d pairs of the previous iteration added", len(previous))
@@ -106,9 +95,8 @@ class SPIN(DPO):
         return pairs
 
     def setup(self, task, run) -> None:
-        if self.generated is not None and not (run.path / GENERATED_FILE).is_file():
-            write_text_atomic(run.path / GENERATED_FILE,
-                              "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in self.generated))
+        if self.generated is not None:
+            keep(run.path / GENERATED_FILE, self.generated)
         super().setup(task, run)
 
     def collate(self, examples: list[Example], pad_id: int, padding_free: bool = False) -> dict[str, torch.Tensor]:
