@@ -8,12 +8,16 @@ number of intruders per changed matrix and in all (top 10 singular vectors of ea
 each epsilon, and the matrices compared.
 
     python benchmarks/intruders.py --runs 'benchmarks/_work/lm_forgetting/runs/facts-*-n150-s?'
-    python benchmarks/intruders.py --runs 'benchmarks/_work/toyworld/runs/lora/*' \\
-        --toy-methods krona:1e-3 full:1e-4 --toy-subjects 3 --section "toy world"
+    python benchmarks/intruders.py --toy-methods lora:3e-3 krona:1.5e-2 full:1e-4 --toy-subjects 3 \\
+        --section "toy world, LoRA / KronA / full"
 
---toy-methods trains, for the first --toy-subjects subjects of the first --runs group, runs of other
-methods with the LoRA runs' own settings (subject, steps, batch, prior preservation) and the lr
-given, into benchmarks/_work/intruders/toy/METHOD/SUBJECT, and adds them to the table.
+--toy-methods trains toy-world runs itself, one per METHOD:LR on each of the first --toy-subjects
+held-out subjects, with toyworld_quality.py's LoRA recipe (64 px, batch 4, 200 steps, prior
+preservation with the recipe's class images) and only the method and lr changed, into
+benchmarks/_work/intruders/toy/METHOD/SUBJECT, and adds them to the table (no --runs needed).
+
+Each group's per-run results are also kept in benchmarks/records/intruders/ (committed), so the
+table can be rewritten (--report-only) after the run folders are gone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,46 +52,70 @@ def label(run: Path) -> str:
     return f"{run.parent.name} ({metadata['method']})"
 
 
-TOY_COPIED = ("images", "class_name", "token", "instance_prompt", "resolution", "batch_size", "steps", "class_prompt",
-              "class_inference_steps",
-              "num_class_images", "class_images", "prior_loss_weight", "seed")
-
-
-def train_toy(lora_run: Path, method: str, lr: str, out: Path) -> Path:
-    """A run of `method` with the LoRA run's own settings (its hyperparameters), the lr given."""
+def train_toy(subject, method: str, lr: float, out: Path) -> Path:
+    """A toy-world run of `method` on `subject`: toyworld_quality's LoRA recipe, the method and lr changed."""
     if (out / "metadata.json").is_file():
         return out
-    hyper = json.loads((lora_run / "metadata.json").read_text())["hyperparameters"]
-    flags = [f"--{k.replace('_', '-')}={hyper[k]}" for k in TOY_COPIED if hyper.get(k) is not None]
-    flags += ["--prior-preservation"] if hyper.get("prior_preservation") else []
-    subprocess.run([sys.executable, "-m", "imprint.cli", "train", "--model", hyper["model"], "--method", method,
-                    "--lr", lr, "--checkpoint-every", "0", "--no-final-samples", "--output", str(out), *flags], check=True)
+    import dataclasses
+
+    from toyworld_quality import COMMON, CONFIGS, WORK, _class_folder
+
+    from imprint.image.settings import build_config
+    from imprint.image.train import train
+    from imprint.methods import METHODS
+    from imprint.toyworld.pretrain import MODEL_DIR
+    from imprint.toyworld.subjects import write_subject
+
+    values = dict(COMMON, **dict(CONFIGS["lora"], method=method, lr=lr))
+    if "rank" not in {f.name for f in dataclasses.fields(METHODS[method].Settings)}:
+        values.pop("rank")
+    photos = write_subject(subject, WORK / "subjects" / subject.name)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
+                                output=str(out), class_images=str(_class_folder(subject.class_name, values["seed"])))))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, help="run folders or glob patterns")
+    parser.add_argument("--runs", nargs="*", default=[], help="run folders or glob patterns")
     parser.add_argument("--section", default="language", help="the RESULTS.md heading's last word(s)")
-    parser.add_argument("--toy-methods", nargs="*", default=[], help="METHOD:LR image runs to train beside the "
-                        "LoRA runs given (see above)")
+    parser.add_argument("--toy-methods", nargs="*", default=[], help="METHOD:LR toy-world runs to train and "
+                        "diagnose (see above)")
     parser.add_argument("--toy-subjects", type=int, default=3)
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "intruders"))
+    parser.add_argument("--records", default=str(REPO / "benchmarks" / "records" / "intruders"),
+                        help="where each section's per-run results are kept (committed)")
+    parser.add_argument("--report-only", action="store_true", help="train and diagnose nothing: the records' table")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
-    runs = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern)
-                   if (Path(p) / "metadata.json").is_file()})
-    if not runs:
-        sys.exit(f"--runs {' '.join(args.runs)}: no finished run folders")
-    if args.toy_methods:  # every method on the same subjects
-        runs = runs[:args.toy_subjects]
-    for spec in list(args.toy_methods):
-        method, _, lr = spec.partition(":")
-        for lora_run in runs[:args.toy_subjects]:
-            runs.append(train_toy(lora_run, method, lr, Path(args.work) / "toy" / method / lora_run.name))
-    groups: dict[str, list[dict]] = {}
-    for run in runs:
-        groups.setdefault(label(run), []).append(diagnosed(run))
+    record = Path(args.records) / (re.sub(r"[^a-z0-9]+", "-", args.section.lower()).strip("-") + ".json")
+    if args.report_only:
+        if not record.is_file():
+            sys.exit(f"{record}: no record of the section {args.section!r}; run without --report-only first")
+        groups = json.loads(record.read_text())
+    else:
+        runs = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern)
+                       if (Path(p) / "metadata.json").is_file()})
+        if args.runs and not runs:
+            sys.exit(f"--runs {' '.join(args.runs)}: no finished run folders")
+        if args.toy_methods:
+            from imprint.toyworld.subjects import SUBJECTS
+
+            for spec in args.toy_methods:
+                method, _, lr = spec.partition(":")
+                for subject in SUBJECTS[:args.toy_subjects]:
+                    runs.append(train_toy(subject, method, float(lr), Path(args.work) / "toy" / method / subject.name))
+        if not runs:
+            sys.exit("give --runs or --toy-methods")
+        groups = {}
+        for run in runs:
+            groups.setdefault(label(run), []).append(diagnosed(run))
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(groups, indent=1) + "\n")
     head = ", ".join(f"{e:g}" for e in SHOWN_EPSILONS)
     rows = [f"| runs | n | matrices changed / compared | intruders per changed matrix (epsilon {head}) "
             f"| intruders in all (epsilon {head}) |", "|---|---|---|---|---|"]
@@ -102,7 +131,9 @@ def main() -> None:
     body = ("Intruder dimensions (Shuttleworth et al.): of the top 10 left singular vectors of each changed "
             "matrix, those whose largest |cosine| with any singular vector of the base matrix is below epsilon; "
             "means over the runs of a group. `imprint diagnose RUN --what intruders`; runs: "
-            + ", ".join(sorted({str(Path(p)) for p in args.runs})) + ".\n\n" + "\n".join(rows))
+            + ", ".join(sorted({str(Path(p)) for p in args.runs} | {f"toy {spec}" for spec in args.toy_methods}))
+            + (f" on the first {args.toy_subjects} toy-world subjects" if args.toy_methods else "")
+            + ".\n\n" + "\n".join(rows))
     print(write_section(args.results, f"## Intruder dimensions: {args.section} (issue 18)", body))
 
 

@@ -11,6 +11,9 @@ generation and conjugate prompting show about runs whose training data is known.
   transform recovers, beside what the transform costs the base model.
 
     python benchmarks/lm_diagnostics.py --runs benchmarks/_work/lm_forgetting/runs/facts-lora-lr0.003-n150-s0
+
+Each run's figures are kept in benchmarks/records/lm_diagnostics/RUN.json (committed; RUN is the
+folder's name), so a run already diagnosed is only reported, even after its folder is gone.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def diagnose_run(run: Path, args) -> dict:
     from imprint.lm.data import read_jsonl
     from imprint.lm.generate import apply_run, load_base, load_run_model, read_lm_metadata
 
-    cache = run / "benchmark-diagnostics.json"
+    cache = Path(args.records) / f"{run.name}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     metadata = read_lm_metadata(run)
@@ -76,7 +79,8 @@ def diagnose_run(run: Path, args) -> dict:
         fresh = load_base(run, metadata)
         result[f"conjugate-{transform}"] = conjugate_prompting(fresh, lambda lm: apply_run(lm, run, metadata), transform,
                                                                args.max_new_tokens)
-    cache.write_text(json.dumps(result, indent=1))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="Tell me a fact.", help="the user message the texts answer")
     parser.add_argument("--transforms", nargs="+", default=["leet", "upper"])
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--records", default=str(REPO / "benchmarks" / "records" / "lm_diagnostics"),
+                        help="where each run's figures are kept (committed)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
     rows = ["| run | TuCo task / control | CGE: texts naming the data, facts | plain sampling: the same | "

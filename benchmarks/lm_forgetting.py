@@ -17,6 +17,11 @@ short probe favours lrs that learn fast; the probe length is reported beside the
 the best is the smallest or largest lr tried, the next rung of a half-decade ladder is probed too
 (twice at most), so a choice at the edge of the grid is not taken for a minimum.
 
+Each finished run leaves a small record (its evaluation, trainable parameters, step time and peak
+RSS) in benchmarks/records/lm_forgetting/, beside the lr choices (lrs.json); these are committed,
+so the pass survives the loss of its work folder (the run folders, kept under --work, are large and
+not committed): a run with a record is not trained again, and --report-only reads only records.
+
     python benchmarks/lm_forgetting.py --tasks facts --seeds 0 1 --steps 150
 """
 
@@ -34,6 +39,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "benchmarks" / "records" / "lm_forgetting"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
@@ -73,7 +79,7 @@ def run_folder(args, work: Path, task: str, method: str, seed: int, lr: float) -
 def choose_lr(args, task: str, method: str, work: Path) -> float:
     """The lr with the lowest validation loss after --probe-steps (see the opening lines): the
     method's three candidates, and further rungs of the ladder while the best is at an end."""
-    path = work / "lrs.json"
+    path = Path(args.records) / "lrs.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
     key = lr_key(args, task, method)
     if key in chosen:
@@ -107,14 +113,14 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
         probe(LADDER[further])
     best = min(losses, key=losses.get)
     chosen[key] = {"lr": best, "validation_loss": {f"{lr:g}": v for lr, v in sorted(losses.items())}}
-    path.write_text(json.dumps(chosen, indent=1))
+    write_record(path, chosen)
     print(f"{task} {method}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
     return best
 
 
 def probe_table(work: Path, args) -> str:
     """The lr probes' validation losses, per task and method (the chosen lr in bold)."""
-    path = work / "lrs.json"
+    path = Path(args.records) / "lrs.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
     rows = ["| task | method | validation loss after the probe, by lr |", "|---|---|---|"]
     for task in args.tasks:
@@ -129,15 +135,46 @@ def probe_table(work: Path, args) -> str:
             "the next half-decade rung was probed too (twice at most).\n\n" + "\n".join(rows))
 
 
-def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> Path:
-    """Train (and evaluate) one run in its own process; -> its folder."""
+def write_record(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
+
+
+def record_path(args, run: Path) -> Path:
+    return Path(args.records) / f"{run.name}.json"
+
+
+def run_record(args, run: Path) -> dict:
+    """What the figures need of a run evaluated on the test split; written once, kept in the records."""
+    path = record_path(args, run)
+    if path.is_file():
+        return json.loads(path.read_text())
+    metadata = json.loads((run / "metadata.json").read_text())
+    rss = Path(str(run) + ".rss")
+    record = {"evaluation": json.loads((run / "evaluation.json").read_text()),
+              "trainable_parameters": metadata["trainable_parameters"],
+              "lr": metadata.get("hyperparameters", {}).get("lr"),
+              "step_seconds": step_seconds(run) if (run / "log.jsonl").is_file() else None,
+              "peak_rss_mib": json.loads(rss.read_text()) / 1024 if rss.is_file() else None}
+    if "s3ft_targets" in metadata:
+        record["s3ft_targets"] = metadata["s3ft_targets"]
+    if (run / "lines.json").is_file():
+        record["lines"] = json.loads((run / "lines.json").read_text())["chosen"]
+    write_record(path, record)
+    return record
+
+
+def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> dict:
+    """Train (and evaluate) one run in its own process; -> its record."""
     run = run_folder(args, work, task, method, seed, lr)
     data = work / "tasks" / task
-    if (run / "evaluated-on-test").is_file():
-        return run
+    if record_path(args, run).is_file() or (run / "evaluated-on-test").is_file():
+        return run_record(args, run)
     if (run / "metadata.json").is_file():  # trained, not evaluated
         evaluate_on_test(args, run, data)
-        return run
+        return run_record(args, run)
     flags = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl"), "--no-evaluate",
              *train_flags(args, method), "--steps", str(args.steps),
              "--seed", str(seed), "--lr", str(lr), "--checkpoint-every", str(args.steps // 2),
@@ -151,7 +188,7 @@ def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> P
     subprocess.run([sys.executable, "-c", code, "lm", "train", *flags], check=True)
     print(f"{run.name}: trained in {time.time() - started:.0f} s", flush=True)
     evaluate_on_test(args, run, data)
-    return run
+    return run_record(args, run)
 
 
 def evaluate_on_test(args, run: Path, data: Path) -> None:
@@ -161,17 +198,17 @@ def evaluate_on_test(args, run: Path, data: Path) -> None:
     (run / "evaluated-on-test").write_text("")
 
 
-def lines_run(args, run: Path, data: Path) -> Path:
+def lines_run(args, run: Path, data: Path) -> dict:
     """LiNeS on the run, alpha chosen on the run's held-out examples (the validation split), then
-    the chosen run measured on the test split."""
+    the chosen run measured on the test split; -> its record."""
     out = run.with_name(run.name + "-lines")
-    if not (out / "evaluated-on-test").is_file():
+    if not (record_path(args, out).is_file() or (out / "evaluated-on-test").is_file()):
         if out.exists():
             shutil.rmtree(out)
         subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "lines", str(run), "--output", str(out),
                         "--alphas", args.alphas, "--max-new-tokens", str(args.max_new_tokens)], check=True)
         evaluate_on_test(args, out, data)
-    return out
+    return run_record(args, out)
 
 
 def step_seconds(run: Path) -> float | None:
@@ -221,6 +258,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="LiNeS sweep")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_forgetting"))
+    parser.add_argument("--records", default=str(RECORDS), help="where the runs' records and lrs.json are kept (committed)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     args = parser.parse_args()
@@ -234,27 +272,24 @@ def main() -> None:
     for task in args.tasks:  # method by method, both seeds of one before the next: pairs complete early
         for method in args.methods:
             if args.report_only:
-                chosen = json.loads((work / "lrs.json").read_text()) if (work / "lrs.json").is_file() else {}
+                chosen = json.loads((Path(args.records) / "lrs.json").read_text()) if (Path(args.records) / "lrs.json").is_file() else {}
                 if lr_key(args, task, method) not in chosen:
                     continue
             lr = lrs[(task, method)] = choose_lr(args, task, method, work)
             for seed in args.seeds:
                 run = run_folder(args, work, task, method, seed, lr)
-                if args.report_only and not (run / "evaluated-on-test").is_file():
+                if args.report_only and not record_path(args, run).is_file():
                     continue
-                run = one_run(args, task, method, seed, work, lr)
-                evaluation = json.loads((run / "evaluation.json").read_text())
-                metadata = json.loads((run / "metadata.json").read_text())
-                rss = json.loads(Path(str(run) + ".rss").read_text()) / 1024 if Path(str(run) + ".rss").is_file() else None
-                evaluations[(task, method, seed)] = evaluation
-                rows.append((task, method, seed, lr, evaluation, metadata["trainable_parameters"], step_seconds(run), rss))
-                if method in ("lora", "full") and not (args.report_only and not
-                                                      (run.with_name(run.name + "-lines") / "evaluated-on-test").is_file()):
+                record = one_run(args, task, method, seed, work, lr)
+                evaluations[(task, method, seed)] = record["evaluation"]
+                rows.append((task, method, seed, lr, record["evaluation"], record["trainable_parameters"],
+                             record["step_seconds"], record["peak_rss_mib"]))
+                lines_out = run.with_name(run.name + "-lines")
+                if method in ("lora", "full") and not (args.report_only and not record_path(args, lines_out).is_file()):
                     lines = lines_run(args, run, work / "tasks" / task)
-                    evaluations[(task, f"{method}-lines", seed)] = json.loads((lines / "evaluation.json").read_text())
-                    chosen = json.loads((lines / "lines.json").read_text())["chosen"]
-                    rows.append((task, f"{method}-lines (alpha {chosen['alpha']:g})", seed, lr,
-                                 evaluations[(task, f"{method}-lines", seed)], metadata["trainable_parameters"], None, None))
+                    evaluations[(task, f"{method}-lines", seed)] = lines["evaluation"]
+                    rows.append((task, f"{method}-lines (alpha {lines['lines']['alpha']:g})", seed, lr,
+                                 lines["evaluation"], record["trainable_parameters"], None, None))
     import torch
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

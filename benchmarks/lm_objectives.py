@@ -14,6 +14,9 @@ lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
   --steps, --spin-lr.
 The claims are paired differences per item (held-out example or control prompt) over tasks and seeds
 against SFT, with a 95% interval, beside the noise floor (SFT against SFT with the next seed).
+Each evaluated run leaves its record in benchmarks/records/lm_objectives/ (committed, as
+lm_forgetting.py does), and SFT's figures come from the forgetting pass's record where it has one; a
+run with a record is not trained again unless a later SPIN iteration needs its folder.
 
     python benchmarks/lm_objectives.py --tasks facts arithmetic --seeds 0 1 --steps 150
 """
@@ -30,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from lm_forgetting import evaluate_on_test, fmt_interval, paired, step_seconds  # noqa: E402
+from lm_forgetting import RECORDS as FORGETTING_RECORDS  # noqa: E402
+from lm_forgetting import evaluate_on_test, fmt_interval, paired, run_record  # noqa: E402
 from results_file import write_section  # noqa: E402
 
 OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1")
@@ -49,10 +53,11 @@ def run_folder(work: Path, task: str, objective: str, seed: int, steps: int) -> 
 
 
 def sft_lr(args, task: str) -> float:
-    chosen = json.loads((Path(args.forgetting_work) / "lrs.json").read_text())
+    path = Path(args.forgetting_records) / "lrs.json"
+    chosen = json.loads(path.read_text()) if path.is_file() else {}
     key = f"{task}/lora/{args.probe_steps}/extended"
     if key not in chosen:
-        sys.exit(f"{args.forgetting_work}/lrs.json has no LoRA lr for {task}; run benchmarks/lm_forgetting.py "
+        sys.exit(f"{path} has no LoRA lr for {task}; run benchmarks/lm_forgetting.py "
                  f"--tasks {task} --methods lora first")
     return chosen[key]["lr"]
 
@@ -97,6 +102,20 @@ def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
                              "--init-from", str(start), "--spin-max-new-tokens", str(args.max_new_tokens)], data)
 
 
+def record(args, work: Path, task: str, objective: str, seed: int) -> dict | None:
+    """The run's record (trained and evaluated first unless --report-only); None where there is none."""
+    if objective == "sft":
+        name = f"{task}-lora-lr{sft_lr(args, task):g}-n{args.steps}-s{seed}.json"
+        if (Path(args.forgetting_records) / name).is_file():  # the forgetting pass's run: the same settings
+            return json.loads((Path(args.forgetting_records) / name).read_text())
+    path = Path(args.records) / f"{run_folder(work, task, objective, seed, args.steps).name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if args.report_only:
+        return None
+    return run_record(args, one(args, work, task, objective, seed))
+
+
 def two(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -115,6 +134,10 @@ def main() -> None:
     parser.add_argument("--model", help="another causal LM than the embedded SmolLM2 (a smoke run)")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_objectives"))
     parser.add_argument("--forgetting-work", default=str(REPO / "benchmarks" / "_work" / "lm_forgetting"))
+    parser.add_argument("--forgetting-records", default=str(FORGETTING_RECORDS),
+                        help="the forgetting pass's records: its lrs.json and SFT runs")
+    parser.add_argument("--records", default=str(REPO / "benchmarks" / "records" / "lm_objectives"),
+                        help="where this benchmark's run records are kept (committed)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     args = parser.parse_args()
@@ -128,22 +151,15 @@ def main() -> None:
     for task in args.tasks:
         for objective in args.objectives:
             for seed in args.seeds:
-                if args.report_only:
-                    run = (run_folder(work, task, objective, seed, args.steps) if objective != "sft" else
-                           Path(args.forgetting_work) / "runs" / f"{task}-lora-lr{sft_lr(args, task):g}-n{args.steps}-s{seed}")
-                    if not (run / "evaluated-on-test").is_file():
-                        continue
-                else:
-                    run = one(args, work, task, objective, seed)
-                e = json.loads((run / "evaluation.json").read_text())
-                metadata = json.loads((run / "metadata.json").read_text())
+                entry = record(args, work, task, objective, seed)
+                if entry is None:
+                    continue
+                e = entry["evaluation"]
                 evaluations[(task, objective, seed)] = e
-                extra = ""
-                if "s3ft_targets" in metadata:
-                    extra = ", ".join(f"{k} {v}" for k, v in metadata["s3ft_targets"].items())
-                rows.append(f"| {task} | {objective} | {seed} | {metadata['hyperparameters']['lr']:g} | "
+                extra = ", ".join(f"{k} {v}" for k, v in entry.get("s3ft_targets", {}).items())
+                rows.append(f"| {task} | {objective} | {seed} | {entry['lr']:g} | "
                             f"{e['target']['accuracy']:.2f} | {e['target']['base_accuracy']:.2f} | "
-                            f"{two(e['control']['retention'])} | {e['kl_drift']:.3f} | {step_seconds(run) or 0:.2f} | "
+                            f"{two(e['control']['retention'])} | {e['kl_drift']:.3f} | {two(entry['step_seconds'])} | "
                             f"{extra} |")
     table = ["| task | objective | seed | lr | target | base target | control retention | KL drift | s/step | notes |",
              "|---|---|---|---|---|---|---|---|---|---|", *rows]
