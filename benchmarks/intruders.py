@@ -14,7 +14,7 @@ each epsilon, and the matrices compared.
 --toy-methods trains toy-world runs itself, one per METHOD:LR on each of the first --toy-subjects
 held-out subjects, with toyworld_quality.py's LoRA recipe (64 px, batch 4, 200 steps, prior
 preservation with the recipe's class images) and only the method and lr changed, into
-benchmarks/_work/intruders/toy/METHOD/SUBJECT, and adds them to the table (no --runs needed).
+benchmarks/_work/intruders/toy/METHOD-lrLR/SUBJECT, and adds them to the table (no --runs needed).
 
 Each group's per-run results are also kept in benchmarks/records/intruders/ (committed), so the
 table can be rewritten (--report-only) after the run folders are gone.
@@ -108,7 +108,8 @@ def main() -> None:
             for spec in args.toy_methods:
                 method, _, lr = spec.partition(":")
                 for subject in SUBJECTS[:args.toy_subjects]:
-                    runs.append(train_toy(subject, method, float(lr), Path(args.work) / "toy" / method / subject.name))
+                    out = Path(args.work) / "toy" / f"{method}-lr{float(lr):g}" / subject.name
+                    runs.append(train_toy(subject, method, float(lr), out))
         if not runs:
             sys.exit("give --runs or --toy-methods")
         groups = {}
