@@ -181,14 +181,53 @@ def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> d
              "--max-new-tokens", str(args.max_new_tokens), "--output", str(run)]
     if run.exists():
         flags.append("--resume")
+    train_process(run, flags)
+    evaluate_on_test(args, run, data)
+    return run_record(args, run)
+
+
+def train_process(run: Path, flags: list[str]) -> None:
+    """`imprint lm train FLAGS` in a process of its own, its peak RSS (KiB) written to RUN.rss."""
     code = ("import resource, sys, json; from imprint.cli import main; rc = main(sys.argv[1:]); "
             f"open({str(run) + '.rss'!r}, 'w').write(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
             "sys.exit(rc)")
     started = time.time()
     subprocess.run([sys.executable, "-c", code, "lm", "train", *flags], check=True)
     print(f"{run.name}: trained in {time.time() - started:.0f} s", flush=True)
-    evaluate_on_test(args, run, data)
-    return run_record(args, run)
+
+
+def timing(args, work: Path, device: str) -> str:
+    """Each method's step time and peak RSS from a short run of its own (--timing-steps, on the first
+    task, nothing else running by the user's word), kept in the records' timing.json; -> the table
+    of every method timed so far for this task, steps and batch."""
+    path = Path(args.records) / "timing.json"
+    timed = json.loads(path.read_text()) if path.is_file() else {}
+    lrs = json.loads((Path(args.records) / "lrs.json").read_text()) if (Path(args.records) / "lrs.json").is_file() else {}
+    task, data = args.tasks[0], work / "tasks" / args.tasks[0]
+    rows = ["| method | s/step alone | peak RSS MiB alone | lr | device | date |", "|---|---|---|---|---|---|"]
+    for method in args.methods:
+        key = f"{task}/{method}/{args.timing_steps}/{args.batch_size}{'/padding-free' if args.padding_free else ''}"
+        if key not in timed and args.timing:
+            entry = lrs.get(lr_key(args, task, method))
+            lr = entry["lr"] if entry else CANDIDATE_LRS[method][1]
+            run = work / "timing" / f"{task}-{method}-n{args.timing_steps}"
+            if run.exists():
+                shutil.rmtree(run)
+            train_process(run, ["--data", str(data / "train.jsonl"), "--no-evaluate", *train_flags(args, method),
+                                "--steps", str(args.timing_steps), "--seed", "0", "--lr", str(lr),
+                                "--checkpoint-every", "0", "--output", str(run)])
+            timed[key] = {"step_seconds": step_seconds(run), "lr": lr, "device": device,
+                          "peak_rss_mib": json.loads(Path(str(run) + ".rss").read_text()) / 1024,
+                          "date": time.strftime("%Y-%m-%d")}
+            write_record(path, timed)
+        if key in timed:
+            t = timed[key]
+            rows.append(f"| {method} | {t['step_seconds']:.2f} | {t['peak_rss_mib']:.0f} | {t['lr']:g} | {t['device']} "
+                        f"| {t['date']} |")
+    return (f"Step time and peak RSS of each method measured alone (`--timing`: {args.timing_steps} steps of "
+            f"{args.batch_size} examples of the {task} task, seed 0, the method's chosen lr, one process, nothing "
+            "else running); the s/step column above is the pass's own, which other work on the machine may "
+            "have slowed.\n\n" + "\n".join(rows))
 
 
 def evaluate_on_test(args, run: Path, data: Path) -> None:
@@ -261,6 +300,9 @@ def main() -> None:
     parser.add_argument("--records", default=str(RECORDS), help="where the runs' records and lrs.json are kept (committed)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    parser.add_argument("--timing", action="store_true", help="only time each method alone (see timing()) and "
+                        "report; run it with nothing else on the machine")
+    parser.add_argument("--timing-steps", type=int, default=20)
     args = parser.parse_args()
     work = Path(args.work)
     os.environ.setdefault("IMPRINT_CACHE", str(work / "cache"))
@@ -269,6 +311,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "tasks", "--output", str(work / "tasks"),
                             "--task", task], check=True)
     evaluations, rows, lrs = {}, [], {}
+    if args.timing:
+        args.report_only = True  # the pass's table from its records, beside the new timings
     for task in args.tasks:  # method by method, both seeds of one before the next: pairs complete early
         for method in args.methods:
             if args.report_only:
@@ -293,8 +337,9 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    timings = timing(args, work, device)
     table = ["| task | method | seed | lr | target | base target | control retention | KL drift | trained parameters "
-             "| s/step | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| s/step (in the pass) | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, method, seed, lr, e, params, seconds, rss in rows:
         retention = e["control"]["retention"]
         table.append(f"| {task} | {method} | {seed} | {lr:g} | {e['target']['accuracy']:.3f} | {e['target']['base_accuracy']:.3f} "
@@ -317,7 +362,7 @@ def main() -> None:
             f"SmolLM2-135M-Instruct (embedded); each method's lr chosen per task on validation loss after "
             f"{args.probe_steps} probe steps (the lr column; the probes' losses below); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
-            + "\n".join(table) + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
+            + "\n".join(table) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over tasks and seeds, mean and 95% interval; an interval that holds 0 is no difference "
             "seen.\n\n" + "\n".join(claims))
     print(write_section(args.results, "## Language models: what each method learns and forgets (issue 17)", body))
