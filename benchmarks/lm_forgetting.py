@@ -46,7 +46,11 @@ from results_file import write_section  # noqa: E402
 LADDER = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # lrs about half a decade apart
 CANDIDATE_LRS = {  # three rungs around each paper's or tool's usual lr for the method
     "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
-    "lofit": [3e-3, 1e-2, 3e-2], "ltsft": [3e-5, 1e-4, 3e-4], "locft": [1e-4, 3e-4, 1e-3]}
+    "lofit": [3e-3, 1e-2, 3e-2], "ltsft": [1e-3, 3e-3, 1e-2], "locft": [1e-4, 3e-4, 1e-3]}
+# LT-SFT's phase 1 is full fine-tuning and takes full fine-tuning's chosen lr; the lr probed (and the
+# one in its row) is phase 2's, given as --ltsft-phase2-lr-scale (phase 2 lr / phase 1 lr): with one lr
+# for both, the probe chose 3e-3, at which phase 1 diverged and the mask was noise (see RESULTS.md)
+PHASE1_OF = {"ltsft": "full"}
 MAX_EXTENSIONS = 2  # where the best lr is at an end of the candidates, probe up to this many rungs further
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
@@ -68,12 +72,26 @@ def train_flags(args, method: str) -> list[str]:
 
 
 def lr_key(args, task: str, method: str) -> str:
-    """The key of a (task, method) lr choice in work/lrs.json."""
-    return f"{task}/{method}/{args.probe_steps}/extended"
+    """The key of a (task, method) lr choice in the records' lrs.json."""
+    return f"{task}/{method}/{args.probe_steps}/extended" + ("/phase2" if method in PHASE1_OF else "")
+
+
+def lr_flags(args, task: str, method: str, lr: float, work: Path) -> list[str]:
+    """--lr, and for LT-SFT phase 1's lr (full fine-tuning's choice) with phase 2's as a scale."""
+    if method not in PHASE1_OF:
+        return ["--lr", str(lr)]
+    first = choose_lr(args, task, PHASE1_OF[method], work)
+    return ["--lr", str(first), "--ltsft-phase2-lr-scale", f"{lr / first:g}"]
+
+
+def method_label(args, task: str, method: str, work: Path) -> str:
+    if method not in PHASE1_OF:
+        return method
+    return f"{method}-p1lr{choose_lr(args, task, PHASE1_OF[method], work):g}"
 
 
 def run_folder(args, work: Path, task: str, method: str, seed: int, lr: float) -> Path:
-    return work / "runs" / f"{task}-{method}-lr{lr:g}-n{args.steps}-s{seed}"
+    return work / "runs" / f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.steps}-s{seed}"
 
 
 def choose_lr(args, task: str, method: str, work: Path) -> float:
@@ -87,14 +105,14 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
     losses: dict[float, float] = {}
 
     def probe(lr: float) -> None:
-        run = work / "probe" / f"{task}-{method}-lr{lr:g}-n{args.probe_steps}"
+        run = work / "probe" / f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.probe_steps}"
         if not (run / "metadata.json").is_file():
             if run.exists():
                 shutil.rmtree(run)
             subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--data",
                             str(work / "tasks" / task / "train.jsonl"), "--validation-data",
                             str(work / "tasks" / task / "validation.jsonl"),
-                            *train_flags(args, method), "--lr", str(lr), "--steps", str(args.probe_steps), "--seed", "0",
+                            *train_flags(args, method), *lr_flags(args, task, method, lr, work), "--steps", str(args.probe_steps), "--seed", "0",
                             "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
         losses[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
@@ -112,6 +130,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
             break
         probe(LADDER[further])
     best = min(losses, key=losses.get)
+    chosen = json.loads(path.read_text()) if path.is_file() else {}  # again: a probe may have chosen another lr
     chosen[key] = {"lr": best, "validation_loss": {f"{lr:g}": v for lr, v in sorted(losses.items())}}
     write_record(path, chosen)
     print(f"{task} {method}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
@@ -177,7 +196,7 @@ def one_run(args, task: str, method: str, seed: int, work: Path, lr: float) -> d
         return run_record(args, run)
     flags = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl"), "--no-evaluate",
              *train_flags(args, method), "--steps", str(args.steps),
-             "--seed", str(seed), "--lr", str(lr), "--checkpoint-every", str(args.steps // 2),
+             "--seed", str(seed), *lr_flags(args, task, method, lr, work), "--checkpoint-every", str(args.steps // 2),
              "--max-new-tokens", str(args.max_new_tokens), "--output", str(run)]
     if run.exists():
         flags.append("--resume")
@@ -214,7 +233,7 @@ def timing(args, work: Path, device: str) -> str:
             if run.exists():
                 shutil.rmtree(run)
             train_process(run, ["--data", str(data / "train.jsonl"), "--no-evaluate", *train_flags(args, method),
-                                "--steps", str(args.timing_steps), "--seed", "0", "--lr", str(lr),
+                                "--steps", str(args.timing_steps), "--seed", "0", *lr_flags(args, task, method, lr, work),
                                 "--checkpoint-every", "0", "--output", str(run)])
             timed[key] = {"step_seconds": step_seconds(run), "lr": lr, "device": device,
                           "peak_rss_mib": json.loads(Path(str(run) + ".rss").read_text()) / 1024,

@@ -446,6 +446,32 @@ def test_ltsft_mask_is_the_k_most_changed_entries_over_all_tensors():
     assert masks["b"].tolist() == [True, True, False, False]
 
 
+def test_ltsft_phase2_lr_scale_multiplies_the_scheduled_lr_in_phase_2_only():
+    from diffusers.optimization import get_scheduler
+
+    from imprint.methods.ltsft import LTSFT, LTSFTSettings
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=10)
+    method = LTSFT(LTSFTSettings(ltsft_phase2_lr_scale=30.0))
+    method.attach_optimizer(optimizer)
+    schedule = []
+    for step in range(4):
+        if step == 2:  # phase 2 begins
+            method.masks = {"w": torch.ones(4, dtype=torch.bool)}
+        scheduled = scheduler.get_last_lr()[0]
+        method.before_optimizer_step(None, step)
+        schedule.append((scheduled, optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    expected = [1e-3 * (1 - s / 10) for s in range(4)]
+    assert [a for a, _ in schedule] == pytest.approx(expected)  # the schedule itself is untouched
+    assert [b for _, b in schedule] == pytest.approx(expected[:2] + [30 * e for e in expected[2:]])
+    with pytest.raises(Exception, match="ltsft-phase2-lr-scale"):
+        LTSFTSettings(ltsft_phase2_lr_scale=0.0).resolve()
+
+
 def test_ltsft_result_changes_at_most_k_entries_and_composes(tiny_llama, reverse_data, tmp_path):
     from safetensors.torch import load_file as load
 

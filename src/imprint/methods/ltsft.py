@@ -11,7 +11,11 @@ entries alone; K = --ltsft-density (the repository's default proportion, 0.01) o
 parameters; norms are not eligible (the repository's examples pass --freeze_layer_norm).
 Chosen: one run of --steps holds both phases, phase 1 the first --ltsft-phase1-share of them;
 the learning-rate schedule runs across both; after each phase-2 step the entries outside the
-mask are set back to the base, so weight decay cannot move them.
+mask are set back to the base, so weight decay cannot move them. --ltsft-phase2-lr-scale (default
+1, the repository's one lr for both phases) multiplies the scheduled lr in phase 2: phase 1 is full
+fine-tuning and wants full fine-tuning's lr, while phase 2 moves 1% of the entries and wants a
+larger step. On SmolLM2 one lr could not serve both: the lr probe that suited phase 2 (3e-3) made
+phase 1 diverge (loss 8.8), so the mask it chose was noise (benchmarks/RESULTS.md, issue 17).
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ class LTSFTSettings:
     ltsft_density: float = setting(0.01, "share of the eligible weights (all but norms) that phase 2 trains")
     ltsft_phase1_share: float = setting(0.5, "share of --steps spent in phase 1 (full fine-tuning that finds "
                                         "the entries)")
+    ltsft_phase2_lr_scale: float = setting(1.0, "phase 2's lr as a multiple of the scheduled --lr (1: one lr "
+                                           "for both phases, as the authors' code)")
     ltsft_l1: float = setting(0.0, "phase 1's L1 penalty on |theta - theta_0|, per parameter (the repository's "
                               "MLM examples use 0.1)")
 
     def resolve(self) -> None:
         if not 0 < self.ltsft_density <= 1:
             raise ImprintError(f"--ltsft-density {self.ltsft_density:g}: must be within (0, 1]")
+        if not self.ltsft_phase2_lr_scale > 0:
+            raise ImprintError(f"--ltsft-phase2-lr-scale {self.ltsft_phase2_lr_scale:g}: must be above 0")
         if not 0 < self.ltsft_phase1_share < 1:
             raise ImprintError(f"--ltsft-phase1-share {self.ltsft_phase1_share:g}: must be within (0, 1)")
 
@@ -114,6 +122,15 @@ class LTSFT(LMMethod):
         if self.optimizer is not None:
             self.optimizer.state.clear()
         log.info("LT-SFT phase 2 from step %d: %d entries of %d retrained from the base", step, k, eligible_count)
+
+    def before_optimizer_step(self, lm, step: int) -> None:
+        """Phase 2's lr: the scheduler sets each group's lr afresh from its base lr at every step (the
+        diffusers schedules are LambdaLRs), so scaling it here, once per step, holds for this step only
+        and survives a resume."""
+        if self.masks is None or self.optimizer is None or self.settings.ltsft_phase2_lr_scale == 1.0:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.settings.ltsft_phase2_lr_scale
 
     @torch.no_grad()
     def after_optimizer_step(self, lm, step: int) -> None:
