@@ -106,6 +106,10 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
 
     def probe(lr: float) -> None:
         run = work / "probe" / f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.probe_steps}"
+        kept = json.loads(path.read_text()).get("_probes", {}) if path.is_file() else {}
+        if run.name in kept:  # a probe finished before its method's choice was made (the records keep it)
+            losses[lr] = kept[run.name] if kept[run.name] is not None else math.inf
+            return
         if not (run / "metadata.json").is_file():
             if run.exists():
                 shutil.rmtree(run)
@@ -116,6 +120,9 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
                             "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
         losses[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
+        every = json.loads(path.read_text()) if path.is_file() else {}
+        every.setdefault("_probes", {})[run.name] = losses[lr] if math.isfinite(losses[lr]) else None
+        write_record(path, every)
 
     for lr in CANDIDATE_LRS[method]:
         probe(lr)
@@ -243,6 +250,8 @@ def timing(args, work: Path, device: str) -> str:
             t = timed[key]
             rows.append(f"| {method} | {t['step_seconds']:.2f} | {t['peak_rss_mib']:.0f} | {t['lr']:g} | {t['device']} "
                         f"| {t['date']} |")
+    if len(rows) == 2:
+        return "Step time and peak RSS of each method measured alone: not measured yet (`--timing`, on a quiet machine)."
     return (f"Step time and peak RSS of each method measured alone (`--timing`: {args.timing_steps} steps of "
             f"{args.batch_size} examples of the {task} task, seed 0, the method's chosen lr, one process, nothing "
             "else running); the s/step column above is the pass's own, which other work on the machine may "
