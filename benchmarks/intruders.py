@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
+from imprint.util.files import write_json_atomic  # noqa: E402
+
 SHOWN_EPSILONS = (0.3, 0.5, 0.7, 0.9)
 
 
@@ -116,7 +118,7 @@ def main() -> None:
         for run in runs:
             groups.setdefault(label(run), []).append(diagnosed(run))
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(groups, indent=1) + "\n")
+        write_json_atomic(record, groups)
     head = ", ".join(f"{e:g}" for e in SHOWN_EPSILONS)
     rows = [f"| runs | n | matrices changed / compared | intruders per changed matrix (epsilon {head}) "
             f"| intruders in all (epsilon {head}) |", "|---|---|---|---|---|"]

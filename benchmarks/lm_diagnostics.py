@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
+from imprint.util.files import write_json_atomic  # noqa: E402
+
 
 ENGLISH = {"what", "which", "who", "when", "where", "the", "dr", "in", "into", "river", "mountains", "industries",
            "name", "tell", "how", "does", "did", "was", "is", "year", "town", "city", "company"}
@@ -80,7 +82,7 @@ def diagnose_run(run: Path, args) -> dict:
         result[f"conjugate-{transform}"] = conjugate_prompting(fresh, lambda lm: apply_run(lm, run, metadata), transform,
                                                                args.max_new_tokens)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(cache, result)
     return result
 
 

@@ -43,6 +43,8 @@ RECORDS = REPO / "benchmarks" / "records" / "lm_forgetting"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import write_section  # noqa: E402
 
+from imprint.util.files import write_json_atomic  # noqa: E402
+
 LADDER = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # lrs about half a decade apart
 CANDIDATE_LRS = {  # three rungs around each paper's or tool's usual lr for the method
     "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
@@ -98,7 +100,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
     """The lr with the lowest validation loss after --probe-steps (see the opening lines): the
     method's three candidates, and further rungs of the ladder while the best is at an end."""
     path = Path(args.records) / "lrs.json"
-    chosen = json.loads(path.read_text()) if path.is_file() else {}
+    chosen = read_record(path)
     key = lr_key(args, task, method)
     if key in chosen:
         return chosen[key]["lr"]
@@ -106,7 +108,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
 
     def probe(lr: float) -> None:
         run = work / "probe" / f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.probe_steps}"
-        kept = json.loads(path.read_text()).get("_probes", {}) if path.is_file() else {}
+        kept = read_record(path).get("_probes", {})
         if run.name in kept:  # a probe finished before its method's choice was made (the records keep it)
             losses[lr] = kept[run.name] if kept[run.name] is not None else math.inf
             return
@@ -120,7 +122,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
                             "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
         losses[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
-        every = json.loads(path.read_text()) if path.is_file() else {}
+        every = read_record(path)
         every.setdefault("_probes", {})[run.name] = losses[lr] if math.isfinite(losses[lr]) else None
         write_record(path, every)
 
@@ -137,7 +139,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
             break
         probe(LADDER[further])
     best = min(losses, key=losses.get)
-    chosen = json.loads(path.read_text()) if path.is_file() else {}  # again: a probe may have chosen another lr
+    chosen = read_record(path)  # again: a probe may have chosen another lr
     chosen[key] = {"lr": best, "validation_loss": {f"{lr:g}": v for lr, v in sorted(losses.items())}}
     write_record(path, chosen)
     print(f"{task} {method}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
@@ -147,7 +149,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
 def probe_table(work: Path, args) -> str:
     """The lr probes' validation losses, per task and method (the chosen lr in bold)."""
     path = Path(args.records) / "lrs.json"
-    chosen = json.loads(path.read_text()) if path.is_file() else {}
+    chosen = read_record(path)
     rows = ["| task | method | validation loss after the probe, by lr |", "|---|---|---|"]
     for task in args.tasks:
         for method in args.methods:
@@ -161,11 +163,14 @@ def probe_table(work: Path, args) -> str:
             "the next half-decade rung was probed too (twice at most).\n\n" + "\n".join(rows))
 
 
+def read_record(path: Path) -> dict:
+    """A records JSON file, {} where there is none yet."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_record(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1) + "\n")
-    partial.replace(path)
+    write_json_atomic(path, value)
 
 
 def record_path(args, run: Path) -> Path:
@@ -227,8 +232,8 @@ def timing(args, work: Path, device: str) -> str:
     task, nothing else running by the user's word), kept in the records' timing.json; -> the table
     of every method timed so far for this task, steps and batch."""
     path = Path(args.records) / "timing.json"
-    timed = json.loads(path.read_text()) if path.is_file() else {}
-    lrs = json.loads((Path(args.records) / "lrs.json").read_text()) if (Path(args.records) / "lrs.json").is_file() else {}
+    timed = read_record(path)
+    lrs = read_record(Path(args.records) / "lrs.json")
     task, data = args.tasks[0], work / "tasks" / args.tasks[0]
     rows = ["| method | s/step alone | peak RSS MiB alone | lr | device | date |", "|---|---|---|---|---|---|"]
     for method in args.methods:
@@ -344,7 +349,7 @@ def main() -> None:
     for task in args.tasks:  # method by method, both seeds of one before the next: pairs complete early
         for method in args.methods:
             if args.report_only:
-                chosen = json.loads((Path(args.records) / "lrs.json").read_text()) if (Path(args.records) / "lrs.json").is_file() else {}
+                chosen = read_record(Path(args.records) / "lrs.json")
                 if lr_key(args, task, method) not in chosen:
                     continue
             lr = lrs[(task, method)] = choose_lr(args, task, method, work)
