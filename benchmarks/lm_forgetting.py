@@ -15,7 +15,9 @@ measured on the task's validation split (held out like the test and apart from i
 whose validation loss is lowest wins (work/lrs.json keeps the choice and every probe's loss). A
 short probe favours lrs that learn fast; the probe length is reported beside the figures. Where
 the best is the smallest or largest lr tried, the next rung of a half-decade ladder is probed too
-(twice at most), so a choice at the edge of the grid is not taken for a minimum.
+(four times at most), so a choice at the edge of the grid is not taken for a minimum. LT-SFT and LoFiT
+train in two phases with an lr each; the probe chooses the lr of the phase that makes the result
+(PHASE1_OF below).
 
 Each finished run leaves a small record (its evaluation, trainable parameters, step time and peak
 RSS) in benchmarks/records/lm_forgetting/, beside the lr choices (lrs.json); these are committed,
@@ -49,11 +51,26 @@ LADDER = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # l
 CANDIDATE_LRS = {  # three rungs around each paper's or tool's usual lr for the method
     "lora": [3e-4, 1e-3, 3e-3], "full": [3e-5, 1e-4, 3e-4], "hft": [3e-5, 1e-4, 3e-4], "lift": [1e-4, 3e-4, 1e-3],
     "lofit": [3e-3, 1e-2, 3e-2], "ltsft": [1e-3, 3e-3, 1e-2], "locft": [1e-4, 3e-4, 1e-3]}
-# LT-SFT's phase 1 is full fine-tuning and takes full fine-tuning's chosen lr; the lr probed (and the
-# one in its row) is phase 2's, given as --ltsft-phase2-lr-scale (phase 2 lr / phase 1 lr): with one lr
-# for both, the probe chose 3e-3, at which phase 1 diverged and the mask was noise (see RESULTS.md)
-PHASE1_OF = {"ltsft": "full"}
-MAX_EXTENSIONS = 2  # where the best lr is at an end of the candidates, probe up to this many rungs further
+# Methods with two lrs, one per phase: the lr probed (and the one in their row) is the lr of the phase
+# that makes the result; phase 1 takes another method's chosen lr (a name) or the paper's (a number).
+# - LT-SFT's phase 1 is full fine-tuning and takes full fine-tuning's chosen lr; phase 2's lr goes in as
+#   --ltsft-phase2-lr-scale (phase 2 lr / phase 1 lr). With one lr for both, the probe chose 3e-3, at
+#   which phase 1 diverged and the mask was noise (see RESULTS.md).
+# - LoFiT's stage 1 (head scalings, which only pick the heads) takes the paper's 5e-3; stage 2's offsets,
+#   the whole result, take --lofit-offset-lr. The first facts probe varied --lr, stage 1's alone, and its
+#   validation losses were flat (1.809-1.846 over 3e-3..1e-1; see RESULTS.md).
+PHASE1_OF = {"ltsft": "full", "lofit": 5e-3}
+
+
+def phase2_flags(method: str, lr: float, first: float) -> list[str]:
+    if method == "ltsft":
+        return ["--ltsft-phase2-lr-scale", f"{lr / first:g}"]
+    return ["--lofit-offset-lr", str(lr)]
+
+
+# where the best lr is at an end of the candidates, probe up to this many rungs further; it was 2 until
+# LocFT-BF's facts choice sat at the second extension (1e-2) with the loss still falling (0.60 from 1.08)
+MAX_EXTENSIONS = 4
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
@@ -78,18 +95,23 @@ def lr_key(args, task: str, method: str) -> str:
     return f"{task}/{method}/{args.probe_steps}/extended" + ("/phase2" if method in PHASE1_OF else "")
 
 
+def phase1_lr(args, task: str, method: str, work: Path) -> float:
+    first = PHASE1_OF[method]
+    return first if isinstance(first, float) else choose_lr(args, task, first, work)
+
+
 def lr_flags(args, task: str, method: str, lr: float, work: Path) -> list[str]:
-    """--lr, and for LT-SFT phase 1's lr (full fine-tuning's choice) with phase 2's as a scale."""
+    """--lr, and for a two-lr method phase 1's lr with phase 2's (the probed one) in its own flag."""
     if method not in PHASE1_OF:
         return ["--lr", str(lr)]
-    first = choose_lr(args, task, PHASE1_OF[method], work)
-    return ["--lr", str(first), "--ltsft-phase2-lr-scale", f"{lr / first:g}"]
+    first = phase1_lr(args, task, method, work)
+    return ["--lr", str(first), *phase2_flags(method, lr, first)]
 
 
 def method_label(args, task: str, method: str, work: Path) -> str:
     if method not in PHASE1_OF:
         return method
-    return f"{method}-p1lr{choose_lr(args, task, PHASE1_OF[method], work):g}"
+    return f"{method}-p1lr{phase1_lr(args, task, method, work):g}"
 
 
 def run_folder(args, work: Path, task: str, method: str, seed: int, lr: float) -> Path:
@@ -393,7 +415,8 @@ def main() -> None:
             f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --batch-size {args.batch_size}"
             f"{' --padding-free' if args.padding_free else ''} --probe-steps {args.probe_steps}` on {device}; "
             f"SmolLM2-135M-Instruct (embedded); each method's lr chosen per task on validation loss after "
-            f"{args.probe_steps} probe steps (the lr column; the probes' losses below); "
+            f"{args.probe_steps} probe steps (the lr column; the probes' losses below; for LT-SFT and LoFiT the "
+            f"lr of phase 2, phase 1's in the method's name); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
             + "\n".join(table) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over tasks and seeds, mean and 95% interval; an interval that holds 0 is no difference "
