@@ -17,7 +17,8 @@ short probe favours lrs that learn fast; the probe length is reported beside the
 the best is the smallest or largest lr tried, the next rung of a half-decade ladder is probed too
 (four times at most), so a choice at the edge of the grid is not taken for a minimum. LT-SFT and LoFiT
 train in two phases with an lr each; the probe chooses the lr of the phase that makes the result
-(PHASE1_OF below).
+(PHASE1_OF below). A variant trains a method at another's chosen lr instead (AT_LR_OF): HFT at full
+fine-tuning's, as its paper does.
 
 Each finished run leaves a small record (its evaluation, trainable parameters, step time and peak
 RSS) in benchmarks/records/lm_forgetting/, beside the lr choices (lrs.json); these are committed,
@@ -73,6 +74,9 @@ def phase2_flags(method: str, lr: float, first: float) -> list[str]:
 # where the best lr is at an end of the candidates, probe up to this many rungs further; it was 2 until
 # LocFT-BF's facts choice sat at the second extension (1e-2) with the loss still falling (0.60 from 1.08)
 MAX_EXTENSIONS = 4
+# Variants: a method trained at another method's chosen lr instead of a probe of its own. HFT's paper
+# trains with full fine-tuning's hyperparameters; the probe gave HFT 3x full fine-tuning's lr on facts.
+AT_LR_OF = {"hft-at-full-lr": ("hft", "full")}
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
     ("LIFT", "matches or beats LoRA at an equal budget, with less forgetting", "lift", "lora"),
@@ -82,6 +86,7 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
      "distribution than full fine-tuning: it forgets more", "lora", "full"),
     ("LoRA Learns Less and Forgets Less (arXiv 2405.09673)", "LoRA learns less and forgets less than full "
      "fine-tuning (the issue's wording of the claim above)", "lora", "full"),
+    ("HFT", "(at full fine-tuning's lr, as the paper trains)", "hft-at-full-lr", "full"),
     ("LT-SFT", "(sparse, against full)", "ltsft", "full"),
     ("LoFiT", "(head offsets, against LoRA)", "lofit", "lora"),
     ("LocFT-BF", "(one weight, against LoRA)", "locft", "lora"),
@@ -89,11 +94,12 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
 
 
 def train_flags(args, method: str) -> list[str]:
-    return ["--method", method, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
+    return ["--method", AT_LR_OF[method][0] if method in AT_LR_OF else method, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
 
 
 def lr_key(args, task: str, method: str) -> str:
-    """The key of a (task, method) lr choice in the records' lrs.json."""
+    """The key of a (task, method) lr choice in the records' lrs.json (a variant's: its lr source's)."""
+    method = AT_LR_OF[method][1] if method in AT_LR_OF else method
     return f"{task}/{method}/{args.probe_steps}/extended" + ("/phase2" if method in PHASE1_OF else "")
 
 
@@ -123,6 +129,8 @@ def run_folder(args, work: Path, task: str, method: str, seed: int, lr: float) -
 def choose_lr(args, task: str, method: str, work: Path) -> float:
     """The lr with the lowest validation loss after --probe-steps (see the opening lines): the
     method's three candidates, and further rungs of the ladder while the best is at an end."""
+    if method in AT_LR_OF:
+        return choose_lr(args, task, AT_LR_OF[method][1], work)
     path = Path(args.records) / "lrs.json"
     chosen = read_record(path)
     key = lr_key(args, task, method)
@@ -178,7 +186,7 @@ def probe_table(work: Path, args) -> str:
     for task in args.tasks:
         for method in args.methods:
             entry = chosen.get(lr_key(args, task, method))
-            if entry:
+            if entry and method not in AT_LR_OF:
                 cells = [(f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
                          for lr, loss in sorted(entry["validation_loss"].items(), key=lambda kv: float(kv[0]))]
                 rows.append(f"| {task} | {method} | {', '.join(cells)} |")
@@ -260,7 +268,7 @@ def timing(args, work: Path, device: str) -> str:
     lrs = read_record(Path(args.records) / "lrs.json")
     task, data = args.tasks[0], work / "tasks" / args.tasks[0]
     rows = ["| method | s/step alone | peak RSS MiB alone | lr | device | date |", "|---|---|---|---|---|---|"]
-    for method in args.methods:
+    for method in (m for m in args.methods if m not in AT_LR_OF):  # a variant steps as its method does
         key = f"{task}/{method}/{args.timing_steps}/{args.batch_size}{'/padding-free' if args.padding_free else ''}"
         if key not in timed and args.timing:
             entry = lrs.get(lr_key(args, task, method))
@@ -345,7 +353,7 @@ def fmt_interval(entry) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["facts", "transform", "arithmetic"])
-    parser.add_argument("--methods", nargs="+", default=list(CANDIDATE_LRS))
+    parser.add_argument("--methods", nargs="+", default=list(CANDIDATE_LRS), choices=[*CANDIDATE_LRS, *AT_LR_OF])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
