@@ -18,7 +18,7 @@ the best is the smallest or largest lr tried, the next rung of a half-decade lad
 (four times at most), so a choice at the edge of the grid is not taken for a minimum. LT-SFT and LoFiT
 train in two phases with an lr each; the probe chooses the lr of the phase that makes the result
 (PHASE1_OF below). A variant trains a method at another's chosen lr instead (AT_LR_OF): HFT at full
-fine-tuning's, as its paper does.
+fine-tuning's, the drop-in its paper describes.
 
 Each finished run leaves a small record (its evaluation, trainable parameters, step time and peak
 RSS) in benchmarks/records/lm_forgetting/, beside the lr choices (lrs.json); these are committed,
@@ -75,7 +75,8 @@ def phase2_flags(method: str, lr: float, first: float) -> list[str]:
 # LocFT-BF's facts choice sat at the second extension (1e-2) with the loss still falling (0.60 from 1.08)
 MAX_EXTENSIONS = 4
 # Variants: a method trained at another method's chosen lr instead of a probe of its own. HFT's paper
-# trains with full fine-tuning's hyperparameters; the probe gave HFT 3x full fine-tuning's lr on facts.
+# offers it as a drop-in for full fine-tuning in the same pipeline (its exact lrs were not read: only
+# its abstract and summaries were reachable); the probe gave HFT 3x full fine-tuning's lr on facts.
 AT_LR_OF = {"hft-at-full-lr": ("hft", "full")}
 CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
     ("HFT", "forgets less than full fine-tuning at a similar target", "hft", "full"),
@@ -86,7 +87,7 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
      "distribution than full fine-tuning: it forgets more", "lora", "full"),
     ("LoRA Learns Less and Forgets Less (arXiv 2405.09673)", "LoRA learns less and forgets less than full "
      "fine-tuning (the issue's wording of the claim above)", "lora", "full"),
-    ("HFT", "(at full fine-tuning's lr, as the paper trains)", "hft-at-full-lr", "full"),
+    ("HFT", "(at full fine-tuning's lr, the paper's drop-in)", "hft-at-full-lr", "full"),
     ("LT-SFT", "(sparse, against full)", "ltsft", "full"),
     ("LoFiT", "(head offsets, against LoRA)", "lofit", "lora"),
     ("LocFT-BF", "(one weight, against LoRA)", "locft", "lora"),
