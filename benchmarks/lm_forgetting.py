@@ -89,8 +89,8 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
      "fine-tuning (the issue's wording of the claim above)", "lora", "full"),
     ("HFT", "(at full fine-tuning's lr, the paper's drop-in)", "hft-at-full-lr", "full"),
     ("LT-SFT", "(sparse, against full)", "ltsft", "full"),
-    ("LoFiT", "(head offsets, against LoRA)", "lofit", "lora"),
-    ("LocFT-BF", "(one weight, against LoRA)", "locft", "lora"),
+    ("LoFiT", "comparable to LoRA with 20-200x fewer parameters (on truthfulness and reasoning tasks)", "lofit", "lora"),
+    ("LocFT-BF", "edits (new facts) without sacrificing general capabilities; LoRA as the reference", "locft", "lora"),
 ]
 
 
