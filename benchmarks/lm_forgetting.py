@@ -132,34 +132,47 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
     method's three candidates, and further rungs of the ladder while the best is at an end."""
     if method in AT_LR_OF:
         return choose_lr(args, task, AT_LR_OF[method][1], work)
-    path = Path(args.records) / "lrs.json"
+
+    def train_probe(lr: float, run: Path) -> None:
+        subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--data",
+                        str(work / "tasks" / task / "train.jsonl"), "--validation-data",
+                        str(work / "tasks" / task / "validation.jsonl"), *train_flags(args, method),
+                        *lr_flags(args, task, method, lr, work), "--steps", str(args.probe_steps), "--seed", "0",
+                        "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
+
+    return ladder_search(Path(args.records) / "lrs.json", lr_key(args, task, method), f"{task} {method}",
+                         CANDIDATE_LRS[method], work / "probe",
+                         lambda lr: f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.probe_steps}",
+                         train_probe)
+
+
+def ladder_search(path: Path, key: str, what: str, candidates, probes: Path, name_of, train_probe) -> float:
+    """The lr of lowest validation loss among `candidates` and, while the best is at an end, up to
+    MAX_EXTENSIONS further LADDER rungs; the choice goes into the records file `path` under `key`,
+    each finished probe's loss under "_probes" (an interrupted search goes on from there).
+    train_probe(lr, run folder) trains a probe run that writes its validation loss to its metadata."""
     chosen = read_record(path)
-    key = lr_key(args, task, method)
     if key in chosen:
         return chosen[key]["lr"]
     losses: dict[float, float] = {}
 
     def probe(lr: float) -> None:
-        run = work / "probe" / f"{task}-{method_label(args, task, method, work)}-lr{lr:g}-n{args.probe_steps}"
+        run = probes / name_of(lr)
         kept = read_record(path).get("_probes", {})
-        if run.name in kept:  # a probe finished before its method's choice was made (the records keep it)
+        if run.name in kept:  # a probe finished before the choice was made (the records keep it)
             losses[lr] = kept[run.name] if kept[run.name] is not None else math.inf
             return
         if not (run / "metadata.json").is_file():
             if run.exists():
                 shutil.rmtree(run)
-            subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--data",
-                            str(work / "tasks" / task / "train.jsonl"), "--validation-data",
-                            str(work / "tasks" / task / "validation.jsonl"),
-                            *train_flags(args, method), *lr_flags(args, task, method, lr, work), "--steps", str(args.probe_steps), "--seed", "0",
-                            "--checkpoint-every", "0", "--no-evaluate", "--output", str(run)], check=True)
+            train_probe(lr, run)
         loss = json.loads((run / "metadata.json").read_text())["validation_loss"]
         losses[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
         every = read_record(path)
         every.setdefault("_probes", {})[run.name] = losses[lr] if math.isfinite(losses[lr]) else None
         write_record(path, every)
 
-    for lr in CANDIDATE_LRS[method]:
+    for lr in candidates:
         probe(lr)
     for _ in range(MAX_EXTENSIONS):
         tried = sorted(losses)
@@ -175,7 +188,7 @@ def choose_lr(args, task: str, method: str, work: Path) -> float:
     chosen = read_record(path)  # again: a probe may have chosen another lr
     chosen[key] = {"lr": best, "validation_loss": {f"{lr:g}": v for lr, v in sorted(losses.items())}}
     write_record(path, chosen)
-    print(f"{task} {method}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
+    print(f"{what}: lr {best:g} (validation loss by lr: {chosen[key]['validation_loss']})", flush=True)
     return best
 
 

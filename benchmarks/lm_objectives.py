@@ -9,9 +9,11 @@ lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
 - masked-thought: the paper's 0.4 mask rate (its claim: better accuracy on worked arithmetic);
 - otr: One-Token Rollout (its claim: better than SFT, forgetting less);
 - dpo: on the task's preference pairs (lm tasks: a wrong answer of the same form rejected), from the
-  base model, --dpo-lr (DPO's usual lrs are far below SFT's);
+  base model; its lr chosen per task as the forgetting pass chooses one, on the validation pairs' DPO
+  loss after --probe-steps (candidates DPO_LRS, the same ladder), unless --dpo-lr is given;
 - spin-0, spin-1: two SPIN iterations from the SFT run (the paper starts from an SFT model), each
-  --steps, --spin-lr.
+  --steps, at DPO's chosen lr for the task (SPIN's loss is DPO's form; a probe of its own would
+  generate the SFT model's answers once per rung) unless --spin-lr is given.
 The claims are paired differences per item (held-out example or control prompt) over tasks and seeds
 against SFT, with a 95% interval, beside the noise floor (SFT against SFT with the next seed).
 Each evaluated run leaves its record in benchmarks/records/lm_objectives/ (committed, as
@@ -34,9 +36,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from lm_forgetting import RECORDS as FORGETTING_RECORDS  # noqa: E402
-from lm_forgetting import evaluate_on_test, fmt_interval, paired, run_record  # noqa: E402
+from lm_forgetting import evaluate_on_test, fmt_interval, ladder_search, paired, read_record, run_record  # noqa: E402
 from results_file import write_section  # noqa: E402
 
+# DPO's lrs for LoRA: its paper's full fine-tuning lrs (5e-7 to 1e-6) run about 10-100x higher with LoRA,
+# as SFT's do (the forgetting pass: LoRA 3e-3 against full 1e-4 on facts)
+DPO_LRS = [1e-5, 3e-5, 1e-4]
 OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1")
 CLAIMS = [  # (paper, claim, row, against)
     ("S3FT (arXiv 2502.08130)", "forgets less than SFT at a similar target", "s3ft", "sft"),
@@ -60,6 +65,27 @@ def sft_lr(args, task: str) -> float:
         sys.exit(f"{path} has no LoRA lr for {task}; run benchmarks/lm_forgetting.py "
                  f"--tasks {task} --methods lora first")
     return chosen[key]["lr"]
+
+
+def dpo_lr(args, work: Path, task: str) -> float:
+    """--dpo-lr, else the lr of lowest DPO loss on the task's validation pairs after --probe-steps."""
+    if args.dpo_lr is not None:
+        return args.dpo_lr
+    data = work / "tasks" / task
+
+    def train_probe(lr: float, run: Path) -> None:
+        subprocess.run([sys.executable, "-m", "imprint.cli", "lm", "train", "--method", "lora", "--objective", "dpo",
+                        "--data", str(data / "preferences.jsonl"), "--validation-data",
+                        str(data / "validation-preferences.jsonl"), "--batch-size", str(args.batch_size), "--lr", str(lr),
+                        "--steps", str(args.probe_steps), "--seed", "0", "--checkpoint-every", "0", "--no-evaluate",
+                        "--output", str(run), *(["--model", args.model] if args.model else [])], check=True)
+
+    return ladder_search(Path(args.records) / "lrs.json", f"{task}/dpo/{args.probe_steps}", f"{task} dpo", DPO_LRS,
+                         work / "probe", lambda lr: f"{task}-dpo-lr{lr:g}-n{args.probe_steps}", train_probe)
+
+
+def spin_lr(args, work: Path, task: str) -> float:
+    return args.spin_lr if args.spin_lr is not None else dpo_lr(args, work, task)
 
 
 def train(args, run: Path, flags: list[str], data: Path) -> Path:
@@ -93,12 +119,12 @@ def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
     if objective in ("s3ft", "masked-thought", "otr"):
         return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", objective], data)
     if objective == "dpo":
-        return train(args, run, [*common, "--lr", str(args.dpo_lr), "--objective", "dpo", "--data",
+        return train(args, run, [*common, "--lr", str(dpo_lr(args, work, task)), "--objective", "dpo", "--data",
                                  str(data / "preferences.jsonl"), "--validation-data",
                                  str(data / "validation-preferences.jsonl")], data)
     iteration = int(objective.split("-")[1])
     start = one(args, work, task, "sft" if iteration == 0 else f"spin-{iteration - 1}", seed)
-    return train(args, run, [*common, "--lr", str(args.spin_lr), *sft_data, "--objective", "spin",
+    return train(args, run, [*common, "--lr", str(spin_lr(args, work, task)), *sft_data, "--objective", "spin",
                              "--init-from", str(start), "--spin-max-new-tokens", str(args.max_new_tokens)], data)
 
 
@@ -116,6 +142,18 @@ def record(args, work: Path, task: str, objective: str, seed: int) -> dict | Non
     return run_record(args, one(args, work, task, objective, seed))
 
 
+def lr_text(args) -> str:
+    """How DPO's and SPIN's lrs were set, with the DPO probes' losses."""
+    chosen = read_record(Path(args.records) / "lrs.json")
+    probes = [f"{task} " + ", ".join((f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
+                                     for lr, loss in entry["validation_loss"].items())
+              for task in args.tasks if (entry := chosen.get(f"{task}/dpo/{args.probe_steps}"))]
+    dpo = (f"DPO lr {args.dpo_lr:g} (given)" if args.dpo_lr is not None else
+           f"DPO's lr per task: the lowest DPO loss on the validation pairs after {args.probe_steps} probe steps "
+           f"({'; '.join(probes) or 'no probe yet'})")
+    return dpo + (f"; SPIN lr {args.spin_lr:g} (given)" if args.spin_lr is not None else "; SPIN at DPO's lr")
+
+
 def two(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -127,9 +165,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--probe-steps", type=int, default=40, help="the forgetting pass's probe length (its lrs.json key)")
-    parser.add_argument("--dpo-lr", type=float, default=1e-4)
-    parser.add_argument("--spin-lr", type=float, default=1e-4)
+    parser.add_argument("--probe-steps", type=int, default=40, help="steps of each DPO lr probe; also the forgetting "
+                        "pass's probe length (the key of its LoRA lr)")
+    parser.add_argument("--dpo-lr", type=float, help="DPO's lr (default: chosen per task on the validation pairs)")
+    parser.add_argument("--spin-lr", type=float, help="SPIN's lr (default: DPO's for the task)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--model", help="another causal LM than the embedded SmolLM2 (a smoke run)")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "lm_objectives"))
@@ -174,8 +213,7 @@ def main() -> None:
         claims.append(f"| {paper} | {claim} | {a} - {b} | {fmt_interval(difference['target'])} "
                       f"| {fmt_interval(difference['control'])} |")
     body = (f"SmolLM2-135M-Instruct, LoRA r16 all-linear, {args.steps} steps of {args.batch_size} examples, seeds "
-            f"{', '.join(map(str, args.seeds))}; SFT's lr per task from the lm_forgetting pass; DPO lr {args.dpo_lr:g}, "
-            f"SPIN lr {args.spin_lr:g} (chosen, not tuned). Target on the test split, greedy, {args.max_new_tokens} new "
+            f"{', '.join(map(str, args.seeds))}; SFT's lr per task from the lm_forgetting pass; {lr_text(args)}. Target on the test split, greedy, {args.max_new_tokens} new "
             "tokens.\n\n" + "\n".join(table) + "\n\nPaired differences per item (1 right, 0 wrong) over tasks and "
             "seeds, mean and 95% interval; an interval that holds 0 is no difference seen.\n\n" + "\n".join(claims))
     print(write_section(args.results, "## Language models: objectives against SFT (issue 18)", body))
