@@ -269,6 +269,8 @@ def test_hft_leaves_the_frozen_half_as_it_was(tiny_llama, reverse_data, tmp_path
         trained = member_of(name) in half[layer]
         assert trained != torch.equal(value, tuned[name]), name
     assert any(member_of(n) in CATEGORIES["norm"] for n in base)
+    changed = sum(value.numel() for name, value in base.items() if not torch.equal(value, tuned[name]))
+    assert json.loads((tmp_path / "run" / "metadata.json").read_text())["trainable_parameters"] == changed < sum(v.numel() for v in base.values())
 
 
 # --- evaluation ---------------------------------------------------------------------------------

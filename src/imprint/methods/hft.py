@@ -96,11 +96,22 @@ class HFT(LMFull):
         if stage == self.stage:
             return
         self.stage = stage
-        half = draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))
+        halves = [draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))]
         for name, p in lm.model.named_parameters():
-            layer = lm.layer_of(name)
-            trains = (self.settings.hft_outside_blocks == "train") if layer is None else member_of(name) in half[layer]
-            p.requires_grad_(trains)
+            p.requires_grad_(self.trains(lm, name, halves))
+
+    def trains(self, lm, name: str, halves: list[list[set[str]]]) -> bool:
+        """Whether the parameter trains in one of the stages whose halves are given."""
+        layer = lm.layer_of(name)
+        if layer is None:
+            return self.settings.hft_outside_blocks == "train"
+        return any(member_of(name) in half[layer] for half in halves)
 
     def trainable_names(self, lm) -> list[str]:
         return [name for name, _ in lm.model.named_parameters()]  # every weight: the half changes with the stage
+
+    def trainable_parameter_count(self, lm) -> int:
+        """The parameters some stage of the run trains (one stage: the outside and half of the blocks)."""
+        halves = [draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))
+                  for stage in range(self.settings.hft_stages)]
+        return sum(p.numel() for name, p in lm.model.named_parameters() if self.trains(lm, name, halves))
