@@ -63,12 +63,9 @@ CANDIDATE_LRS = {  # three rungs around each paper's or tool's usual lr for the 
 #   the whole result, take --lofit-offset-lr. The first facts probe varied --lr, stage 1's alone, and its
 #   validation losses were flat (1.809-1.846 over 3e-3..1e-1; see RESULTS.md).
 PHASE1_OF = {"ltsft": "full", "lofit": 5e-3}
-
-
-def phase2_flags(method: str, lr: float, first: float) -> list[str]:
-    if method == "ltsft":
-        return ["--ltsft-phase2-lr-scale", f"{lr / first:g}"]
-    return ["--lofit-offset-lr", str(lr)]
+PHASE2_FLAGS = {  # (phase 2's lr, phase 1's) -> the flags that give phase 2 its lr
+    "ltsft": lambda lr, first: ["--ltsft-phase2-lr-scale", f"{lr / first:g}"],
+    "lofit": lambda lr, first: ["--lofit-offset-lr", str(lr)]}
 
 
 # where the best lr is at an end of the candidates, probe up to this many rungs further; it was 2 until
@@ -95,7 +92,8 @@ CLAIMS = [  # (paper, the claim, method a, method b, what must hold of a - b)
 
 
 def train_flags(args, method: str) -> list[str]:
-    return ["--method", AT_LR_OF[method][0] if method in AT_LR_OF else method, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
+    trained = AT_LR_OF[method][0] if method in AT_LR_OF else method
+    return ["--method", trained, "--batch-size", str(args.batch_size)] + (["--padding-free"] if args.padding_free else [])
 
 
 def lr_key(args, task: str, method: str) -> str:
@@ -114,7 +112,7 @@ def lr_flags(args, task: str, method: str, lr: float, work: Path) -> list[str]:
     if method not in PHASE1_OF:
         return ["--lr", str(lr)]
     first = phase1_lr(args, task, method, work)
-    return ["--lr", str(first), *phase2_flags(method, lr, first)]
+    return ["--lr", str(first), *PHASE2_FLAGS[method](lr, first)]
 
 
 def method_label(args, task: str, method: str, work: Path) -> str:
@@ -201,12 +199,16 @@ def probe_table(work: Path, args) -> str:
         for method in args.methods:
             entry = chosen.get(lr_key(args, task, method))
             if entry and method not in AT_LR_OF:
-                cells = [(f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
-                         for lr, loss in sorted(entry["validation_loss"].items(), key=lambda kv: float(kv[0]))]
-                rows.append(f"| {task} | {method} | {', '.join(cells)} |")
+                rows.append(f"| {task} | {method} | {probe_cells(entry)} |")
     return ("Each method's lr: the lowest validation loss (on the validation split) after "
             f"{args.probe_steps} probe steps, seed 0; where the best was the smallest or largest lr tried, "
-            "the next half-decade rung was probed too (twice at most).\n\n" + "\n".join(rows))
+            "the next half-decade rung was probed too (four times at most; twice before LocFT-BF's facts probe).\n\n" + "\n".join(rows))
+
+
+def probe_cells(entry: dict) -> str:
+    """An lr choice's probes as 'lr loss' by lr, the chosen one in bold."""
+    return ", ".join((f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
+                     for lr, loss in sorted(entry["validation_loss"].items(), key=lambda kv: float(kv[0])))
 
 
 def read_record(path: Path) -> dict:

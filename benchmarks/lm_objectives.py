@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from lm_forgetting import RECORDS as FORGETTING_RECORDS  # noqa: E402
-from lm_forgetting import evaluate_on_test, fmt_interval, ladder_search, paired, read_record, run_record  # noqa: E402
+from lm_forgetting import evaluate_on_test, fmt_interval, ladder_search, paired, probe_cells, read_record, run_record  # noqa: E402
 from results_file import write_section  # noqa: E402
 
 # DPO's lrs for LoRA: its paper's full fine-tuning lrs (5e-7 to 1e-6) run about 10-100x higher with LoRA,
@@ -145,9 +145,8 @@ def record(args, work: Path, task: str, objective: str, seed: int) -> dict | Non
 def lr_text(args) -> str:
     """How DPO's and SPIN's lrs were set, with the DPO probes' losses."""
     chosen = read_record(Path(args.records) / "lrs.json")
-    probes = [f"{task} " + ", ".join((f"**{lr} {loss:.3f}**" if float(lr) == entry["lr"] else f"{lr} {loss:.3f}")
-                                     for lr, loss in entry["validation_loss"].items())
-              for task in args.tasks if (entry := chosen.get(f"{task}/dpo/{args.probe_steps}"))]
+    probes = [f"{task} {probe_cells(entry)}" for task in args.tasks
+              if (entry := chosen.get(f"{task}/dpo/{args.probe_steps}"))]
     dpo = (f"DPO lr {args.dpo_lr:g} (given)" if args.dpo_lr is not None else
            f"DPO's lr per task: the lowest DPO loss on the validation pairs after {args.probe_steps} probe steps "
            f"({'; '.join(probes) or 'no probe yet'})")
