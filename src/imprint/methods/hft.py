@@ -96,9 +96,14 @@ class HFT(LMFull):
         if stage == self.stage:
             return
         self.stage = stage
-        halves = [draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))]
+        halves = [self.half_of(lm, stage)]
         for name, p in lm.model.named_parameters():
             p.requires_grad_(self.trains(lm, name, halves))
+
+    def half_of(self, lm, stage: int) -> list[set[str]]:
+        """The stage's trained half of each block: drawn from the seed and the stage alone, so a resumed
+        run and the parameter count see the same halves."""
+        return draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))
 
     def trains(self, lm, name: str, halves: list[list[set[str]]]) -> bool:
         """Whether the parameter trains in one of the stages whose halves are given."""
@@ -112,6 +117,5 @@ class HFT(LMFull):
 
     def trainable_parameter_count(self, lm) -> int:
         """The parameters some stage of the run trains (one stage: the outside and half of the blocks)."""
-        halves = [draw_half(lm.num_layers, step_generator(self.seed, HFT_STREAM, stage))
-                  for stage in range(self.settings.hft_stages)]
+        halves = [self.half_of(lm, stage) for stage in range(self.settings.hft_stages)]
         return sum(p.numel() for name, p in lm.model.named_parameters() if self.trains(lm, name, halves))
