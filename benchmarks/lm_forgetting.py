@@ -7,7 +7,7 @@ LoRA and full runs, its alpha chosen on the task's validation split and the chos
 on the test split. The test split is used for nothing but the figures. The figures: target accuracy, control retention, KL drift, trainable parameters, step
 time (median of the log's step intervals) and peak RSS; and the paired differences each seed
 paper's claim is about, per item (held-out example or control prompt) over both seeds, for each task and
-pooled over the tasks, with a 95% interval, beside the noise floor (LoRA against LoRA with the next seed).
+pooled over the tasks, with a 95% interval, beside the noise floor (LoRA, and full fine-tuning, against itself with the next seed).
 
 Each method's lr is chosen per task, before its runs, on validation loss: a short probe run
 (--probe-steps) at each of three candidate lrs, with seed 0, on the whole training file, its loss
@@ -367,7 +367,8 @@ def claims_table(evaluations: dict, tasks, seeds) -> list[str]:
     scopes = [[task] for task in tasks] + ([list(tasks)] if len(tasks) > 1 else [])
     rows = ["| paper | claim | a - b | task | target (a - b) | control retention (a - b) | each seed alone: target; control |",
             "|---|---|---|---|---|---|---|"]
-    comparisons = [("noise floor", "LoRA against LoRA with the next seed", "lora", "lora", True)] + \
+    comparisons = [("noise floor", "LoRA against LoRA with the next seed", "lora", "lora", True),
+                   ("noise floor", "full fine-tuning against itself with the next seed", "full", "full", True)] + \
         [(paper, claim, a, b, False) for paper, claim, a, b in CLAIMS]
     for paper, claim, a, b, next_seed in comparisons:
         if next_seed and len(seeds) < 2:
