@@ -388,6 +388,26 @@ def claims_table(evaluations: dict, tasks, seeds) -> list[str]:
     return rows
 
 
+def glance_table(rows, tasks) -> str:
+    """Each method's target and control retention per task, the mean over its seeds: the rankings at a
+    glance (the per-seed figures are in the table above it; the differences' intervals below)."""
+    cells: dict[str, dict[str, list]] = {}
+    for task, method, _seed, _lr, e, *_ in rows:
+        method = method.split(" (")[0]  # "lora-lines (alpha 0.5)" -> "lora-lines"
+        cells.setdefault(method, {}).setdefault(task, []).append((e["target"]["accuracy"], e["control"]["retention"]))
+    table = ["| method | " + " | ".join(f"{task}: target | {task}: retention" for task in tasks) + " |",
+             "|---|" + "---|---|" * len(tasks)]
+    for method, by_task in cells.items():
+        out = []
+        for task in tasks:
+            pairs = by_task.get(task)
+            kept = [r for _, r in pairs or [] if r is not None]
+            out += ["-", "-"] if not pairs else [f"{sum(t for t, _ in pairs) / len(pairs):.2f}",
+                                                 f"{sum(kept) / len(kept):.2f}" if kept else "-"]
+        table.append(f"| {method} | " + " | ".join(out) + " |")
+    return "Mean over the seeds, per task:\n\n" + "\n".join(table)
+
+
 def by_seed(evaluations: dict, a: str, b: str, tasks, seeds) -> str:
     """The mean a - b of each seed's pair of runs apart: the item intervals hold the items' spread, not
     the runs', so a difference whose sign changes with the seed is not one to trust (the noise floor
@@ -475,7 +495,7 @@ def main() -> None:
             f"{args.probe_steps} probe steps (the lr column; the probes' losses below; for LT-SFT and LoFiT the "
             f"lr of phase 2, phase 1's in the method's name); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
-            + "\n".join(table) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
+            + "\n".join(table) + "\n\n" + glance_table(rows, args.tasks) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over both seeds, for each task and pooled over the tasks, mean and 95% interval; an interval that holds 0 is no difference "
             "seen.\n\n" + "\n".join(claims))
     print(write_section(args.results, "## Language models: what each method learns and forgets (issue 17)", body))
