@@ -446,6 +446,13 @@ def test_ltsft_mask_is_the_k_most_changed_entries_over_all_tensors():
     masks = top_k_mask(tuned, base, 4)  # places 3-5 tie at 1.0: exactly 4 kept, the first tie dropped
     assert masks["a"].tolist() == [[False, True, False], [False, True, False]]
     assert masks["b"].tolist() == [True, True, False, False]
+    generator = torch.Generator().manual_seed(0)  # random changes: the same entries as topk over them all
+    base = {n: torch.randn(shape, generator=generator) for n, shape in {"c": (7, 9), "d": (50,), "e": (3, 4, 5)}.items()}
+    tuned = {n: t + torch.randn(t.shape, generator=generator) for n, t in base.items()}
+    masks = top_k_mask(tuned, base, 37)
+    flat = torch.cat([(tuned[n] - base[n]).abs().flatten() for n in base])
+    chosen = torch.cat([masks[n].flatten() for n in base])
+    assert chosen.tolist() == torch.zeros_like(chosen).index_fill(0, flat.topk(37).indices, True).tolist()
 
 
 def test_ltsft_phase2_lr_scale_multiplies_the_scheduled_lr_in_phase_2_only():

@@ -62,17 +62,31 @@ def eligible(name: str) -> bool:
 
 
 def top_k_mask(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Boolean masks of the k entries of largest |tuned - base| over all the tensors together."""
-    diffs = {n: (tuned[n].detach().float().cpu() - base[n].float()).abs() for n in tuned}
-    flat = torch.cat([d.flatten() for d in diffs.values()])
-    k = max(1, min(k, flat.numel()))
-    threshold = flat.topk(k).values[-1]
-    masks = {n: d >= threshold for n, d in diffs.items()}
+    """Boolean masks of the k entries of largest |tuned - base| over all the tensors together.
+
+    Memory: one float32 copy of the changes, in which the k-th largest is selected in place
+    (numpy's introselect); torch.topk over every entry at once held about 12 bytes per entry more
+    (values and int64 indices), 1.6 GiB on a 135 M model and the peak of an LT-SFT run."""
+    def change(n: str) -> torch.Tensor:
+        return (tuned[n].detach().float().cpu() - base[n].float()).abs()
+
+    total = sum(t.numel() for t in tuned.values())
+    k = max(1, min(k, total))
+    flat = torch.empty(total, dtype=torch.float32)
+    offset = 0
+    for n, t in tuned.items():
+        flat[offset:offset + t.numel()] = change(n).flatten()
+        offset += t.numel()
+    values = flat.numpy()
+    values.partition(total - k)  # in place: the k largest now sit from total - k on
+    threshold = float(values[total - k])
+    del flat, values
+    masks = {n: change(n) >= threshold for n in tuned}
     surplus = sum(int(m.sum()) for m in masks.values()) - k
     for n in masks:  # ties at the threshold: drop the surplus, first come first dropped
         if surplus <= 0:
             break
-        at = ((diffs[n] == threshold) & masks[n]).flatten().nonzero().flatten()[:surplus]
+        at = ((change(n) == threshold) & masks[n]).flatten().nonzero().flatten()[:surplus]
         masks[n].view(-1)[at] = False
         surplus -= at.numel()
     return masks
