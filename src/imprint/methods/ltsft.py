@@ -65,8 +65,9 @@ def top_k_mask(tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], k:
     """Boolean masks of the k entries of largest |tuned - base| over all the tensors together.
 
     Memory: one float32 copy of the changes, in which the k-th largest is selected in place
-    (numpy's introselect); torch.topk over every entry at once held about 12 bytes per entry more
-    (values and int64 indices), 1.6 GiB on a 135 M model and the peak of an LT-SFT run."""
+    (numpy's introselect). The changes of every tensor kept apart, their concatenation and
+    torch.topk over it added 3.2 GiB on SmolLM2-135M's shapes, the peak of an LT-SFT run; this adds
+    0.51 GiB (benchmarks/ltsft_mask_memory.py)."""
     def change(n: str) -> torch.Tensor:
         return (tuned[n].detach().float().cpu() - base[n].float()).abs()
 
