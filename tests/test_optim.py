@@ -167,11 +167,16 @@ def train_in_a_process(out: Path, name: str, kill: str | None = None, resume: bo
 @pytest.mark.parametrize("name", ["prodigy", "adamw8bit"])
 def test_kill_and_resume_equals_unbroken(name, tmp_path):
     """SIGKILLed at step 5 (past checkpoint 3), resumed: the weights and the optimizer state of
-    an unbroken run, bit for bit; TensorBoard shows each step once, with log.jsonl's values."""
+    an unbroken run, bit for bit; TensorBoard shows each step once, with log.jsonl's values.
+
+    The unbroken run is a fresh process too, as a user's is. Run inside the test process, after the
+    suite's other tests, it once ended 1e-4 (relative) away from the resumed run (CI, 2026-12-07,
+    Prodigy), while alone it matched bit for bit: the test process's state, not the resume, differed
+    (a BLAS's path can depend on it; Prodigy's growing step amplifies the last digits)."""
     if name == "adamw8bit" and bitsandbytes_here():
         pytest.skip(bitsandbytes_here())
-    unbroken = WideRegression()
-    fit(unbroken, settings(name), RunFolder(tmp_path / "unbroken"), make_accelerator("no"))
+    unbroken = train_in_a_process(tmp_path / "unbroken", name)
+    assert unbroken.returncode == 0, unbroken.stderr
 
     run = tmp_path / "killed"
     killed = train_in_a_process(run, name, kill="step:5")
@@ -179,7 +184,7 @@ def test_kill_and_resume_equals_unbroken(name, tmp_path):
     assert [e["step"] for e in logged(run)] == [1, 2, 3, 4, 5]
     resumed = train_in_a_process(run, name, resume=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert torch.equal(load_file(str(run / "final.safetensors"))["w"], unbroken.w.detach())
+    assert torch.equal(load_file(str(run / "final.safetensors"))["w"], load_file(str(tmp_path / "unbroken" / "final.safetensors"))["w"])
 
     # the state of the last checkpoint each run wrote (6) and the logs: the same
     _, _, a = load_checkpoint(tmp_path / "unbroken" / "checkpoints" / "checkpoint-6")
