@@ -390,22 +390,19 @@ def claims_table(evaluations: dict, tasks, seeds, claims=CLAIMS, floors=FLOORS) 
     return rows
 
 
-def glance_table(rows, tasks) -> str:
+def glance_table(evaluations: dict, tasks) -> str:
     """Each method's target and control retention per task, the mean over its seeds: the rankings at a
     glance (the per-seed figures are in the table above it; the differences' intervals below)."""
-    cells: dict[str, dict[str, list]] = {}
-    for task, method, _seed, _lr, e, *_ in rows:
-        method = method.split(" (")[0]  # "lora-lines (alpha 0.5)" -> "lora-lines"
-        cells.setdefault(method, {}).setdefault(task, []).append((e["target"]["accuracy"], e["control"]["retention"]))
+    methods = list(dict.fromkeys(method for _, method, _ in evaluations))
     table = ["| method | " + " | ".join(f"{task}: target | {task}: retention" for task in tasks) + " |",
              "|---|" + "---|---|" * len(tasks)]
-    for method, by_task in cells.items():
+    for method in methods:
         out = []
         for task in tasks:
-            pairs = by_task.get(task)
-            kept = [r for _, r in pairs or [] if r is not None]
-            out += ["-", "-"] if not pairs else [f"{sum(t for t, _ in pairs) / len(pairs):.2f}",
-                                                 f"{sum(kept) / len(kept):.2f}" if kept else "-"]
+            runs = [e for (t, m, _), e in evaluations.items() if (t, m) == (task, method)]
+            kept = [e["control"]["retention"] for e in runs if e["control"]["retention"] is not None]
+            out += ["-", "-"] if not runs else [f"{sum(e['target']['accuracy'] for e in runs) / len(runs):.2f}",
+                                                f"{sum(kept) / len(kept):.2f}" if kept else "-"]
         table.append(f"| {method} | " + " | ".join(out) + " |")
     return "Mean over the seeds, per task:\n\n" + "\n".join(table)
 
@@ -497,7 +494,7 @@ def main() -> None:
             f"{args.probe_steps} probe steps (the lr column; the probes' losses below; for LT-SFT and LoFiT the "
             f"lr of phase 2, phase 1's in the method's name); "
             f"greedy answers of at most {args.max_new_tokens} tokens; LiNeS swept over alpha {args.alphas}.\n\n"
-            + "\n".join(table) + "\n\n" + glance_table(rows, args.tasks) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
+            + "\n".join(table) + "\n\n" + glance_table(evaluations, args.tasks) + "\n\n" + timings + "\n\n" + probe_table(work, args) + "\n\nPaired differences per item (a held-out example, or a control prompt the base "
             "answers right) over both seeds, for each task and pooled over the tasks, mean and 95% interval; an interval that holds 0 is no difference "
             "seen.\n\n" + "\n".join(claims))
     print(write_section(args.results, "## Language models: what each method learns and forgets (issue 17)", body))
