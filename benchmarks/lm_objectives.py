@@ -11,6 +11,8 @@ lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
 - dpo: on the task's preference pairs (lm tasks: a wrong answer of the same form rejected), from the
   base model; its lr chosen per task as the forgetting pass chooses one, on the validation pairs' DPO
   loss after --probe-steps (candidates DPO_LRS, the same ladder), unless --dpo-lr is given;
+- masked-thought-random, masked-thought-r0.2, s3ft-no-paraphrase: checks of a result against the
+  paper's other settings (random ids for the mask, the MATH rate, S3FT without its paraphrase tier);
 - spin-0, spin-1: two SPIN iterations from the SFT run (the paper starts from an SFT model), each
   --steps, at DPO's chosen lr for the task (SPIN's loss is DPO's form; a probe of its own would
   generate the SFT model's answers once per rung) unless --spin-lr is given.
@@ -42,7 +44,13 @@ from results_file import write_section  # noqa: E402
 # DPO's lrs for LoRA: its paper's full fine-tuning lrs (5e-7 to 1e-6) run about 10-100x higher with LoRA,
 # as SFT's do (the forgetting pass: LoRA 3e-3 against full 1e-4 on facts)
 DPO_LRS = [1e-5, 3e-5, 1e-4]
-OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1")
+# checks of a result against the paper's other settings: (the objective, its flags)
+VARIANTS = {
+    "masked-thought-random": ("masked-thought", ["--mask-with", "random"]),  # the authors' GSM8K script
+    "masked-thought-r0.2": ("masked-thought", ["--mask-rate", "0.2"]),  # the paper's rate for MATH
+    "s3ft-no-paraphrase": ("s3ft", ["--no-s3ft-paraphrase"]),  # own answers where right, gold otherwise
+}
+OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1", *VARIANTS)
 CLAIMS = [  # (paper, claim, row, against)
     ("S3FT (arXiv 2502.08130)", "forgets less than SFT at a similar target", "s3ft", "sft"),
     ("Masked Thought (ACL 2024)", "higher accuracy than SFT on reasoning with worked steps", "masked-thought", "sft"),
@@ -50,6 +58,10 @@ CLAIMS = [  # (paper, claim, row, against)
     ("SPIN (arXiv 2401.01335)", "iteration 0 improves on the SFT model it starts from", "spin-0", "sft"),
     ("SPIN (arXiv 2401.01335)", "iteration 1 improves on iteration 0", "spin-1", "spin-0"),
     ("DPO (arXiv 2305.18290)", "(on preference pairs from the base, against SFT on the chosen answers)", "dpo", "sft"),
+    ("Masked Thought, check", "random ids replace the masked tokens (the authors' GSM8K script)",
+     "masked-thought-random", "sft"),
+    ("Masked Thought, check", "mask rate 0.2 (the paper's for MATH)", "masked-thought-r0.2", "sft"),
+    ("S3FT, check", "without the paraphrase tier: own answers where right, gold otherwise", "s3ft-no-paraphrase", "sft"),
 ]
 
 
@@ -118,6 +130,9 @@ def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
     sft_data = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl")]
     if objective in ("s3ft", "masked-thought", "otr"):
         return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", objective], data)
+    if objective in VARIANTS:
+        base, flags = VARIANTS[objective]
+        return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", base, *flags], data)
     if objective == "dpo":
         return train(args, run, [*common, "--lr", str(dpo_lr(args, work, task)), "--objective", "dpo", "--data",
                                  str(data / "preferences.jsonl"), "--validation-data",
