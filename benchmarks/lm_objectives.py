@@ -128,10 +128,8 @@ def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
                                  "--validation-data", str(data / "validation.jsonl")], data)
     run = run_folder(work, task, objective, seed, args.steps)
     sft_data = ["--data", str(data / "train.jsonl"), "--validation-data", str(data / "validation.jsonl")]
-    if objective in ("s3ft", "masked-thought", "otr"):
-        return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", objective], data)
-    if objective in VARIANTS:
-        base, flags = VARIANTS[objective]
+    if objective in ("s3ft", "masked-thought", "otr") or objective in VARIANTS:
+        base, flags = VARIANTS.get(objective, (objective, []))
         return train(args, run, [*common, "--lr", str(lr), *sft_data, "--objective", base, *flags], data)
     if objective == "dpo":
         return train(args, run, [*common, "--lr", str(dpo_lr(args, work, task)), "--objective", "dpo", "--data",
