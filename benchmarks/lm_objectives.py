@@ -57,6 +57,7 @@ CLAIMS = [  # (paper, claim, row, against)
     ("One-Token Rollout (arXiv 2509.26313)", "better than SFT, with less forgetting", "otr", "sft"),
     ("SPIN (arXiv 2401.01335)", "iteration 0 improves on the SFT model it starts from", "spin-0", "sft"),
     ("SPIN (arXiv 2401.01335)", "iteration 1 improves on iteration 0", "spin-1", "spin-0"),
+    ("SPIN (arXiv 2401.01335)", "two iterations improve on the SFT model they start from", "spin-1", "sft"),
     ("DPO (arXiv 2305.18290)", "(on preference pairs from the base, against SFT on the chosen answers)", "dpo", "sft"),
     ("Masked Thought, check", "random ids replace the masked tokens (the authors' GSM8K script)",
      "masked-thought-random", "sft"),
