@@ -11,8 +11,9 @@ lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
 - dpo: on the task's preference pairs (lm tasks: a wrong answer of the same form rejected), from the
   base model; its lr chosen per task as the forgetting pass chooses one, on the validation pairs' DPO
   loss after --probe-steps (candidates DPO_LRS, the same ladder), unless --dpo-lr is given;
-- masked-thought-random, masked-thought-r0.2, s3ft-no-paraphrase: checks of a result against the
-  paper's other settings (random ids for the mask, the MATH rate, S3FT without its paraphrase tier);
+- masked-thought-random, masked-thought-r0.2, s3ft-no-paraphrase, otr-lr3e-4: checks of a result
+  against the paper's other settings (random ids for the mask, the MATH rate, S3FT without its
+  paraphrase tier) or a lower lr (OTR on facts, whose SFT lr 3e-3 made it collapse);
 - spin-0, spin-1: two SPIN iterations from the SFT run (the paper starts from an SFT model), each
   --steps, at DPO's chosen lr for the task (SPIN's loss is DPO's form; a probe of its own would
   generate the SFT model's answers once per rung) unless --spin-lr is given.
@@ -49,6 +50,7 @@ VARIANTS = {
     "masked-thought-random": ("masked-thought", ["--mask-with", "random"]),  # the authors' GSM8K script
     "masked-thought-r0.2": ("masked-thought", ["--mask-rate", "0.2"]),  # the paper's rate for MATH
     "s3ft-no-paraphrase": ("s3ft", ["--no-s3ft-paraphrase"]),  # own answers where right, gold otherwise
+    "otr-lr3e-4": ("otr", ["--lr", "3e-4"]),  # the later --lr wins: arithmetic's SFT lr, for facts (3e-3 collapsed it)
 }
 OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1", *VARIANTS)
 CLAIMS = [  # (paper, claim, row, against)
@@ -63,6 +65,7 @@ CLAIMS = [  # (paper, claim, row, against)
      "masked-thought-random", "sft"),
     ("Masked Thought, check", "mask rate 0.2 (the paper's for MATH)", "masked-thought-r0.2", "sft"),
     ("S3FT, check", "without the paraphrase tier: own answers where right, gold otherwise", "s3ft-no-paraphrase", "sft"),
+    ("One-Token Rollout, check", "at lr 3e-4, a tenth of facts' SFT lr", "otr-lr3e-4", "sft"),
 ]
 
 
