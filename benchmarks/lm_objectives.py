@@ -50,7 +50,7 @@ VARIANTS = {
     "masked-thought-random": ("masked-thought", ["--mask-with", "random"]),  # the authors' GSM8K script
     "masked-thought-r0.2": ("masked-thought", ["--mask-rate", "0.2"]),  # the paper's rate for MATH
     "s3ft-no-paraphrase": ("s3ft", ["--no-s3ft-paraphrase"]),  # own answers where right, gold otherwise
-    "otr-lr3e-4": ("otr", ["--lr", "3e-4"]),  # the later --lr wins: arithmetic's SFT lr, for facts (3e-3 collapsed it)
+    "otr-lr3e-4": ("otr", ["--lr", "3e-4"]),  # the later --lr wins; for facts, where 3e-3 collapsed OTR
 }
 OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1", *VARIANTS)
 CLAIMS = [  # (paper, claim, row, against)
