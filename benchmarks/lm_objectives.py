@@ -13,7 +13,8 @@ lm_forgetting.py does (its SFT LoRA runs are reused where they exist). The rows:
   loss after --probe-steps (candidates DPO_LRS, the same ladder), unless --dpo-lr is given;
 - masked-thought-random, masked-thought-r0.2, s3ft-no-paraphrase, otr-lr3e-4: checks of a result
   against the paper's other settings (random ids for the mask, the MATH rate, S3FT without its
-  paraphrase tier) or a lower lr (OTR on facts, whose SFT lr 3e-3 made it collapse);
+  paraphrase tier) or a lower lr (OTR on facts, whose SFT lr 3e-3 made it collapse; sft-lr3e-4 is
+  SFT at that lr, its pair);
 - spin-0, spin-1: two SPIN iterations from the SFT run (the paper starts from an SFT model), each
   --steps, at DPO's chosen lr for the task (SPIN's loss is DPO's form; a probe of its own would
   generate the SFT model's answers once per rung) unless --spin-lr is given.
@@ -51,6 +52,7 @@ VARIANTS = {
     "masked-thought-r0.2": ("masked-thought", ["--mask-rate", "0.2"]),  # the paper's rate for MATH
     "s3ft-no-paraphrase": ("s3ft", ["--no-s3ft-paraphrase"]),  # own answers where right, gold otherwise
     "otr-lr3e-4": ("otr", ["--lr", "3e-4"]),  # the later --lr wins; for facts, where 3e-3 collapsed OTR
+    "sft-lr3e-4": ("sft", ["--lr", "3e-4"]),  # SFT at that lr, to pair OTR's check at an equal lr
 }
 OBJECTIVES = ("sft", "s3ft", "masked-thought", "otr", "dpo", "spin-0", "spin-1", *VARIANTS)
 CLAIMS = [  # (paper, claim, row, against)
@@ -66,6 +68,7 @@ CLAIMS = [  # (paper, claim, row, against)
     ("Masked Thought, check", "mask rate 0.2 (the paper's for MATH)", "masked-thought-r0.2", "sft"),
     ("S3FT, check", "without the paraphrase tier: own answers where right, gold otherwise", "s3ft-no-paraphrase", "sft"),
     ("One-Token Rollout, check", "at lr 3e-4, a tenth of facts' SFT lr", "otr-lr3e-4", "sft"),
+    ("One-Token Rollout, check", "at lr 3e-4 against SFT at 3e-4", "otr-lr3e-4", "sft-lr3e-4"),
 ]
 
 
