@@ -76,6 +76,11 @@ def run_folder(work: Path, task: str, objective: str, seed: int, steps: int) -> 
     return work / "runs" / f"{task}-{objective}-n{steps}-s{seed}"
 
 
+def sft_folder(args, task: str, seed: int) -> Path:
+    """The forgetting pass's SFT LoRA run of the task and seed (the same settings as this pass's SFT)."""
+    return Path(args.forgetting_work) / "runs" / f"{task}-lora-lr{sft_lr(args, task):g}-n{args.steps}-s{seed}"
+
+
 def sft_lr(args, task: str) -> float:
     path = Path(args.forgetting_records) / "lrs.json"
     chosen = json.loads(path.read_text()) if path.is_file() else {}
@@ -126,7 +131,7 @@ def one(args, work: Path, task: str, objective: str, seed: int) -> Path:
     data = work / "tasks" / task
     lr = sft_lr(args, task)
     common = ["--seed", str(seed), "--method", "lora", *(["--model", args.model] if args.model else [])]
-    sft = Path(args.forgetting_work) / "runs" / f"{task}-lora-lr{lr:g}-n{args.steps}-s{seed}"
+    sft = sft_folder(args, task, seed)
     if objective == "sft":
         if (sft / "evaluated-on-test").is_file():  # the forgetting pass's run: the same settings
             return sft

@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from lm_forgetting import RECORDS as FORGETTING_RECORDS  # noqa: E402
-from lm_objectives import OBJECTIVES, run_folder, sft_lr  # noqa: E402
+from lm_objectives import OBJECTIVES, run_folder, sft_folder  # noqa: E402
 from results_file import write_section  # noqa: E402
 
 
@@ -42,8 +42,7 @@ def mean_log_probs(lm, pairs: list[dict]) -> dict[str, float]:
 
 def folder(args, objective: str) -> Path:
     if objective == "sft":
-        lr = sft_lr(args, args.task)
-        return Path(args.forgetting_work) / "runs" / f"{args.task}-lora-lr{lr:g}-n{args.steps}-s{args.seed}"
+        return sft_folder(args, args.task, args.seed)
     return run_folder(Path(args.work), args.task, objective, args.seed, args.steps)
 
 
@@ -71,10 +70,11 @@ def main() -> None:
     rows, missing = [], []
     torch.set_grad_enabled(False)
     for name in ["base", *args.runs]:
-        if name == "base":
+        run = None if name == "base" else folder(args, name)
+        if run is None:
             lm = CausalLM.load(EMBEDDED)
-        elif (folder(args, name) / "metadata.json").is_file():
-            lm, _ = load_run_model(folder(args, name))
+        elif (run / "metadata.json").is_file():
+            lm, _ = load_run_model(run)
         else:
             missing.append(name)
             continue
