@@ -9,9 +9,11 @@ subject a toy-world subject, so the runs fit a 2-core CPU and the result can be 
 
 How each renders its class images (the difference is part of what is measured):
   script   its own loop: StableDiffusionPipeline at the pipeline's default size (the model's
-           64 px), 50 steps of the model's scheduler, guidance 7.5, --sample_batch_size 4
+           64 px), 50 steps of the model's scheduler, guidance 7.5, --sample_batch_size 4, in its
+           --prior_generation_precision (default: fp32 on a CPU; --script-bf16 adds a row with bf16)
   imprint  at the training size (64 px), --class-inference-steps (its default, 15) of DPM-Solver++,
-           its guidance default, several images per call
+           its guidance default, several images per call, in --class-precision (its default auto:
+           bf16 on a CPU with AMX, else fp32; --imprint-class-precision auto,fp32 gives a row each)
 
 Wall time is the trainer process's, start to exit. The split into "class images" and "training"
 is read from the class folder: the phase ends when the last class image was written (its mtime),
@@ -59,19 +61,20 @@ def timed(cmd: list[str], run: Path, class_dir: Path, env=None) -> dict:
             "class_images": len(written)}
 
 
-def imprint_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Path, class_steps: int) -> list[str]:
-    r = RECIPE
+def imprint_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Path, variant: tuple) -> list[str]:
+    r, (class_steps, precision) = RECIPE, variant
     return [sys.executable, "-m", "imprint.cli", "train", "--model", model, "--images", str(photos),
             "--class-name", subject.class_name, "--instance-prompt", "a {token} {class_name}",
             "--class-prompt", "a {class_name}", "--method", "lora", "--rank", str(r["rank"]), "--lr", str(r["lr"]),
             "--steps", str(r["steps"]), "--batch-size", str(r["batch_size"]), "--resolution", str(r["resolution"]),
             "--prior-preservation", "--num-class-images", str(args.num_class_images), "--class-images", str(class_dir),
-            "--class-inference-steps", str(class_steps), "--checkpoint-every", "0", "--sample-every", "0", "--no-final-samples", "--seed", str(r["seed"]),
+            "--class-inference-steps", str(class_steps), "--class-precision", precision, "--checkpoint-every", "0", "--sample-every", "0", "--no-final-samples", "--seed", str(r["seed"]),
             "--output", str(run)]
 
 
-def script_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Path, _=None) -> list[str]:
+def script_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Path, precision=None) -> list[str]:
     r = RECIPE
+    chosen = ["--prior_generation_precision", precision] if precision else []
     return [sys.executable, args.diffusers_script, "--pretrained_model_name_or_path", model,
             "--instance_data_dir", str(photos), "--class_data_dir", str(class_dir),
             "--with_prior_preservation", "--num_class_images", str(args.num_class_images),
@@ -79,7 +82,7 @@ def script_cmd(args, model: str, photos: Path, subject, run: Path, class_dir: Pa
             "--resolution", str(r["resolution"]), "--train_batch_size", str(r["batch_size"]), "--rank", str(r["rank"]),
             "--learning_rate", str(r["lr"]), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
             "--max_train_steps", str(r["steps"]), "--checkpointing_steps", "1000000", "--seed", str(r["seed"]),
-            "--mixed_precision", "no", "--dataloader_num_workers", "0", "--output_dir", str(run)]
+            "--mixed_precision", "no", "--dataloader_num_workers", "0", "--output_dir", str(run)] + chosen
 
 
 def score(run: Path, backend, cache: dict) -> dict:
@@ -109,6 +112,10 @@ def main() -> None:
     parser.add_argument("--subject", default="striped_circle", help="toy-world subject (one the toy LoRA recipe learns)")
     parser.add_argument("--imprint-class-steps", default="15",
                         help="imprint rows: its --class-inference-steps, one row each, e.g. 15,30 (15: its default)")
+    parser.add_argument("--imprint-class-precision", default="auto",
+                        help="imprint rows: its --class-precision, e.g. auto,fp32 (a row per steps and precision)")
+    parser.add_argument("--script-bf16", action="store_true",
+                        help="also run the script with --prior_generation_precision bf16")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="training steps (fewer: a smoke run)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer (alternating)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
@@ -139,8 +146,9 @@ def main() -> None:
             extra.unlink()
     model = str(MODEL_DIR)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    class_steps = [int(v) for v in args.imprint_class_steps.split(",")]
-    trainers = [("script", script_cmd, None)] + [(f"imprint-{n}", imprint_cmd, n) for n in class_steps]
+    variants = [(int(n), p) for n in args.imprint_class_steps.split(",") for p in args.imprint_class_precision.split(",")]
+    trainers = [("script", script_cmd, None)] + ([("script-bf16", script_cmd, "bf16")] if args.script_bf16 else [])
+    trainers += [(f"imprint-{n}-{p}", imprint_cmd, (n, p)) for n, p in variants]
     rows = {name: [] for name, _, _ in trainers}
     for i in range(args.repeats):
         for name, make, steps in trainers:
@@ -152,7 +160,7 @@ def main() -> None:
 
     backend, cache = make_backend("toyworld"), {}
     for i in range(args.repeats):
-        ours = rows[f"imprint-{class_steps[0]}"][i]["run"]
+        ours = rows[trainers[-len(variants)][0]][i]["run"]
         for name, _, _ in trainers:
             run = rows[name][i]["run"]
             if name == "script":  # the script's LoRA file, scored in a copy of imprint's run folder
@@ -160,10 +168,10 @@ def main() -> None:
             rows[name][i]["scores"] = score(run, backend, cache)
 
     print(write_section(args.results, "## Time to subject, class images included (issue 13)",
-                        report(args, rows, class_steps, subject, torch.__version__, diffusers.__version__)))
+                        report(args, rows, variants, subject, torch.__version__, diffusers.__version__)))
 
 
-def report(args, rows: dict, class_steps: list[int], subject, torch_version: str, diffusers_version: str) -> str:
+def report(args, rows: dict, variants: list[tuple], subject, torch_version: str, diffusers_version: str) -> str:
     def mean(name, key, sub=None):
         return statistics.mean(r[sub][key] if sub else r[key] for r in rows[name])
 
@@ -172,27 +180,36 @@ def report(args, rows: dict, class_steps: list[int], subject, torch_version: str
     table = ["| trainer | class images rendered as | class images | training | wall time | vs script | "
              "peak RSS (MiB) | fidelity | alignment | PRES |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    import torch
+
+    from imprint.core.precision import generation_precision
     from imprint.image.sampling import images_per_call
     from imprint.image.settings import PriorDataSettings
 
-    default_steps = PriorDataSettings().class_inference_steps
+    defaults = PriorDataSettings()
     size = RECIPE["resolution"]
-    how = {"script": f"{size} px (the pipeline's default), 50 steps, guidance 7.5, 4 per call"}
-    labels = {"script": "diffusers train_dreambooth_lora.py"}
-    for n in class_steps:
-        how[f"imprint-{n}"] = (f"{size} px (the training size), {n} steps" + (" (its default)" if n == default_steps else "")
-                               + f", guidance 7.5, {images_per_call(size)} per call")
-        labels[f"imprint-{n}"] = f"imprint train --class-inference-steps {n}"
+    how = {"script": f"{size} px (the pipeline's default), 50 steps, fp32 (its default on a CPU), guidance 7.5, 4 per call",
+           "script-bf16": f"{size} px (the pipeline's default), 50 steps, bf16, guidance 7.5, 4 per call"}
+    labels = {"script": "diffusers train_dreambooth_lora.py",
+              "script-bf16": "diffusers train_dreambooth_lora.py --prior_generation_precision bf16"}
+    labels = {name: label for name, label in labels.items() if name in rows}
+    for n, p in variants:
+        resolved = generation_precision(p, "no", torch.device("cpu"), "--class-precision")
+        precision = f"{p} ({resolved} here)" if p == "auto" else p
+        how[f"imprint-{n}-{p}"] = (f"{size} px (the training size), {n} steps" + (" (its default)" if n == defaults.class_inference_steps else "")
+                                   + f", {precision}" + (" (its default)" if p == defaults.class_precision else "")
+                                   + f", guidance 7.5, {images_per_call(size)} per call")
+        labels[f"imprint-{n}-{p}"] = f"imprint train --class-inference-steps {n} --class-precision {p}"
     for name, label in labels.items():
         table.append(f"| {label} | {how[name]} | {mean(name, 'class_s'):.0f} s | {mean(name, 'train_s'):.0f} s | "
                      f"{mean(name, 'wall_s'):.0f} s | {mean(name, 'wall_s') / script_wall:.2f}x | "
                      f"{mean(name, 'peak_rss_mib'):.0f} | {mean(name, 'fidelity', 'scores'):.3f} | "
                      f"{mean(name, 'alignment', 'scores'):.3f} | {mean(name, 'pres', 'scores'):.3f} |")
     walls = "; ".join(f"{labels[n]} " + ", ".join(f"{r['wall_s']:.0f}" for r in rows[n]) + " s" for n in rows)
-    ratios = {n: mean(f"imprint-{n}", "wall_s") / script_wall for n in class_steps}
-    verdict = "; ".join(f"with {n} class-image steps {ratio:.2f}x ({'met' if ratio <= 0.3 else 'not met'})"
-                        for n, ratio in ratios.items())
-    body = f"""{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch_version}, diffusers {diffusers_version}, fp32;
+    ratios = {(n, p): mean(f"imprint-{n}-{p}", "wall_s") / script_wall for n, p in variants}
+    verdict = "; ".join(f"with {n} class-image steps in {p} {ratio:.2f}x ({'met' if ratio <= 0.3 else 'not met'})"
+                        for (n, p), ratio in ratios.items())
+    body = f"""{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch_version}, diffusers {diffusers_version}, training in fp32;
 the shipped toy-world model, subject `{subject.name}` (class {subject.class_name}), {args.num_class_images} class images generated by
 each trainer into an empty folder, then the toy `lora` recipe (rank 8, lr 3e-3 constant, {args.steps} steps,
 batch 4 + 4 class images, 64 px, seed 0; AdamW weight decay 1e-2 and clipping 1.0 are both trainers'
@@ -203,7 +220,7 @@ Command: `{command}`
 
 {chr(10).join(table)}
 
-imprint's wall time against the script's (goal: at most 0.3x): {verdict}."""
+imprint's wall time against the script's default run (goal: at most 0.3x): {verdict}."""
     return body
 
 

@@ -55,7 +55,8 @@ WORK = Path(__file__).with_name("_work") / "toyworld"
 JSON_OUT: Path | None = None
 GUIDANCE = 6.0
 # every run: 64 px, batch 4, the toy-world prompts; per method its learning rate and steps
-COMMON = dict(resolution=64, batch_size=4, num_class_images=20, class_inference_steps=20,
+# class images in float32, as every recorded table's runs made them (before --class-precision's auto)
+COMMON = dict(resolution=64, batch_size=4, num_class_images=20, class_inference_steps=20, class_precision="fp32",
               instance_prompt="a {token} {class_name}", class_prompt="a {class_name}",
               checkpoint_every=0, sample_every=0, final_samples=False, seed=0)
 CONFIGS = {

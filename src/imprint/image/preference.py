@@ -41,10 +41,13 @@ def make_negatives(cfg, family, photos: list, backend) -> Negatives:
     token, class_name = cfg.data.token, cfg.data.class_name
     templates = backend.training_prompts("{token}", "{class_name}")
     paths, prompt_of = [], []
+    mixed = cfg.trainer.mixed_precision
+    precision = "fp32" if mixed == "no" else mixed  # the caller's autocast: the run's mixed precision
     for t, template in enumerate(templates):
         prompt = template.format(token=token, class_name=class_name)
         found = ensure_class_images(None, settings.rpo_images_per_prompt, family.model, prompt, cfg.data.resolution,
-                                    cfg.trainer.seed, settings.rpo_inference_steps, family.pipeline)
+                                    cfg.trainer.seed, settings.rpo_inference_steps, family.pipeline,
+                                    precision)
         paths += found
         prompt_of += [t] * len(found)
     images = [load_image_file(p, cfg.data.resolution) for p in paths]

@@ -1,6 +1,7 @@
 """Prior-preservation class images: generated once by the frozen base model and reused.
 
-A generated folder carries manifest.json (model, prompt, resolution, seed, count, steps);
+A generated folder carries manifest.json (model, prompt, resolution, seed, count, steps,
+precision);
 a later run with the same settings reuses it, and one that asks for more images only
 generates the missing ones. A folder without a manifest holds the user's own class photos
 and is used as it is.
@@ -30,9 +31,9 @@ def default_cache_root() -> Path:
     return cache_root() / "class_images"
 
 
-def manifest_for(model: str, prompt: str, resolution: int, seed: int, steps: int) -> dict:
+def manifest_for(model: str, prompt: str, resolution: int, seed: int, steps: int, precision: str) -> dict:
     return {"model": model, "prompt": prompt, "resolution": resolution, "seed": seed,
-            "inference_steps": steps}
+            "inference_steps": steps, "precision": precision}
 
 
 def cache_folder(manifest: dict) -> Path:
@@ -42,9 +43,11 @@ def cache_folder(manifest: dict) -> Path:
 
 
 def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str, resolution: int,
-                        seed: int, steps: int, make_pipeline) -> list[Path]:
-    """Return `count` class image paths, generating whatever is missing."""
-    wanted = manifest_for(model, prompt, resolution, seed, steps)
+                        seed: int, steps: int, make_pipeline, precision: str = "fp32") -> list[Path]:
+    """Return `count` class image paths, generating whatever is missing. `precision` is recorded
+    (images of another precision are not reused); the caller renders in it (core.precision's
+    generation_autocast)."""
+    wanted = manifest_for(model, prompt, resolution, seed, steps, precision)
     folder = Path(folder) if folder else cache_folder(wanted)
     manifest_path = folder / MANIFEST
     if folder.is_dir() and not manifest_path.exists() and any(folder.iterdir()):

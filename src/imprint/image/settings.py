@@ -9,6 +9,7 @@ from typing import Any
 
 from imprint.config import Group, all_fields, check_values, chosen_method, flag, instantiate, method_groups
 from imprint.core.optim import default_lr
+from imprint.core.precision import GENERATION_PRECISIONS
 from imprint.core.settings import TrainerSettings
 from imprint.families.flow import FlowMatchingSettings
 from imprint.methods import METHODS
@@ -84,6 +85,12 @@ class PriorDataSettings:
     # (benchmarks/class_image_steps.py), at half the time of 30
     class_inference_steps: int = setting(15, "denoising steps of each generated class image (DPM-Solver++)",
                                          positive=True)
+    # auto renders in bf16 where the device computes it natively: on the toy world its images are
+    # nearer the float32 50-step ones than 15 steps are (benchmarks/class_image_steps.py)
+    class_precision: str = setting("auto", "precision of generated class images: auto is the run's "
+                                   "--mixed-precision, or without one bf16 where the device computes it "
+                                   "natively (a CUDA GPU that supports it, a CPU with AMX), else fp32",
+                                   choices=GENERATION_PRECISIONS)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 import imprint
 from imprint.core import checkpoint as ckpt
 from imprint.core.loop import Callback, Task, check_can_run, fit
-from imprint.core.precision import DTYPES, make_accelerator
+from imprint.core.precision import DTYPES, generation_autocast, generation_precision, make_accelerator
 from imprint.util.rng import batch_indices, step_generator
 from imprint.core.run_folder import RunFolder
 from imprint.config import check_resume_settings, flag
@@ -101,10 +101,13 @@ class SubjectTask(Task):
         self.class_mean = self.class_std = self.class_prompt = None
         if cfg.prior.prior_preservation:
             self.class_prompt = class_prompt = cfg.fill(cfg.prior.class_prompt)
-            with accelerator.autocast():
+            precision = generation_precision(cfg.prior.class_precision, cfg.trainer.mixed_precision,
+                                             self.device, "--class-precision")
+            with generation_autocast(self.device, precision):
                 class_paths = ensure_class_images(
                     cfg.prior.class_images, cfg.prior.num_class_images, family.model, class_prompt,
-                    cfg.data.resolution, cfg.trainer.seed, cfg.prior.class_inference_steps, family.pipeline)
+                    cfg.data.resolution, cfg.trainer.seed, cfg.prior.class_inference_steps, family.pipeline,
+                    precision)
             class_pixels = images_to_tensor([load_image_file(p, cfg.data.resolution) for p in class_paths])
             self.class_mean, self.class_std = family.encode_images(class_pixels)
         self.negatives = None
