@@ -1,7 +1,7 @@
 """Step time and peak memory: imprint vs diffusers' train_dreambooth_lora.py vs the bare step.
 
 The model is the Stable Diffusion 1.5 architecture with random weights (built from configs,
-no download), LoRA rank 4, prior preservation on, batch 1 (+1 class image), 256 px by default.
+no download), LoRA rank 4 (--rank), prior preservation on, batch 1 (+1 class image), 256 px by default.
 
   imprint step   per-step times from the run's log.jsonl, after --warmup steps
   script step    (wall time of a warmup+steps run - wall time of a warmup run) / steps,
@@ -37,7 +37,9 @@ from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
-DREAMBENCH = REPO.parent / "shared" / "dreambench"
+# ../shared beside the checkout; on the device machine a copy placed in the checkout's shared/
+DREAMBENCH = next((d for d in (REPO.parent / "shared" / "dreambench", REPO / "shared" / "dreambench") if d.is_dir()),
+                  REPO.parent / "shared" / "dreambench")
 
 
 def run_measured(args: list[str], log_path: Path, env=None, timeout: float | None = None) -> tuple[float, float, int]:
@@ -100,7 +102,7 @@ def family_benchmark(args) -> None:
     command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
     head = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, device {args.device}, torch "
             f"{torch.__version__}, diffusers {diffusers.__version__}; {args.family} architecture (random weights), "
-            f"LoRA r4, prior preservation, batch 1, {args.resolution} px, precision {args.mixed_precision}; "
+            f"LoRA r{args.rank}, prior preservation, batch 1, {args.resolution} px, precision {args.mixed_precision}; "
             f"{args.steps} timed steps after {args.warmup} warm-up.\nCommand: `{command}`\n")
     title = f"## Step time, {args.family} at real size, {args.resolution} px, {args.mixed_precision}, {args.device}"
     if need > 0.9 * have:
@@ -142,7 +144,7 @@ def bare_step(args) -> None:
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
@@ -180,7 +182,7 @@ def imprint_run(args, model: Path, out: Path, extra: tuple[str, ...] = (), timeo
     steps = args.warmup + args.steps
     cmd = [sys.executable, "-m", "imprint.cli", "train", "--model", str(model),
            "--images", str(DREAMBENCH / "dog"), "--class-name", "dog", "--method", "lora",
-           "--rank", "4", "--prior-preservation", "--class-images", str(DREAMBENCH / "cat"),
+           "--rank", str(args.rank), "--prior-preservation", "--class-images", str(DREAMBENCH / "cat"),
            "--num-class-images", "5", "--resolution", str(args.resolution), "--steps", str(steps),
            "--batch-size", "1", "--checkpoint-every", "0", "--no-final-samples",
            "--mixed-precision", args.mixed_precision, "--seed", "0", "--output", str(out), *extra]
@@ -200,7 +202,7 @@ def script_run(args, model: Path, steps: int, out: Path, extra: list[str] = ()) 
            "--instance_data_dir", str(DREAMBENCH / "dog"), "--class_data_dir", str(DREAMBENCH / "cat"),
            "--with_prior_preservation", "--num_class_images", "5",
            "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog",
-           "--resolution", str(args.resolution), "--train_batch_size", "1", "--rank", "4",
+           "--resolution", str(args.resolution), "--train_batch_size", "1", "--rank", str(args.rank),
            "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
            "--max_train_steps", str(steps), "--checkpointing_steps", "1000000", "--seed", "0",
            "--mixed_precision", args.mixed_precision, "--report_to", "all",
@@ -221,6 +223,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (16: SimpleTuner's published GPU figure's)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
@@ -248,7 +251,7 @@ def main() -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
 
     print("bare step ...", flush=True)
-    bare_cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps),
+    bare_cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps), "--rank", str(args.rank),
                 "--warmup", str(args.warmup), "--resolution", str(args.resolution),
                 "--mixed-precision", args.mixed_precision, "--device", args.device]
     bare_log = WORK / f"bare-{tag}.log"
@@ -275,7 +278,7 @@ def main() -> None:
 
 
 def run_bare(args, model: Path, log: Path, *extra: str) -> tuple[dict, float]:
-    cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps),
+    cmd = [sys.executable, __file__, "--bare", "--model", str(model), "--steps", str(args.steps), "--rank", str(args.rank),
            "--warmup", str(args.warmup), "--resolution", str(args.resolution),
            "--mixed-precision", args.mixed_precision, "--device", args.device, *extra]
     _, rss, code = run_measured(cmd, log)
@@ -318,7 +321,7 @@ def step_options(args, model: Path, tag: str) -> None:
     command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
     body = "\n".join([
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}; SD1.5 architecture (random weights), LoRA r4, prior preservation, "
+        f"diffusers {diffusers.__version__}; SD1.5 architecture (random weights), LoRA r{args.rank}, prior preservation, "
         f"batch 1, {args.resolution} px, precision {args.mixed_precision}, device {args.device}; "
         f"{args.steps} timed steps after {args.warmup} warm-up (the compilation falls in the warm-up).",
         f"Command: `{command}`",
@@ -336,7 +339,7 @@ def write_results(args, bare, bare_rss, ours, script) -> None:
 
     command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
     lines = [
-        f"## Step time, SD1.5 architecture, LoRA r4, prior preservation, batch 1, "
+        f"## Step time, SD1.5 architecture, LoRA r{args.rank}, prior preservation, batch 1, "
         f"{args.resolution} px, precision {args.mixed_precision}, device {args.device}",
         "",
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -163,8 +163,8 @@ def main() -> None:
         ours = rows[trainers[-len(variants)][0]][i]["run"]
         for name, _, _ in trainers:
             run = rows[name][i]["run"]
-            if name == "script":  # the script's LoRA file, scored in a copy of imprint's run folder
-                run = script_as_run(ours, run, WORK / f"script-{i}-scored")
+            if name.startswith("script"):  # the script's LoRA file, scored in a copy of imprint's run folder
+                run = script_as_run(ours, run, WORK / f"{name}-{i}-scored")
             rows[name][i]["scores"] = score(run, backend, cache)
 
     print(write_section(args.results, "## Time to subject, class images included (issue 13)",

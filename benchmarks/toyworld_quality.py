@@ -176,7 +176,8 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
     if values.get("masks") is True:  # the subject's true masks, written beside its photos
         values["masks"] = str(photos / "masks")
     train(build_config({}, dict(values, model=str(MODEL_DIR), images=str(photos), class_name=subject.class_name,
-                                output=str(run), class_images=str(_class_folder(subject.class_name, values["seed"])))))
+                                output=str(run), class_images=str(_class_folder(subject.class_name, values["seed"],
+                                                                                values["class_precision"])))))
     trained = time.time()
     metrics = evaluate_run(run, metrics="toyworld", **EVALUATION, guidance_scale=GUIDANCE,
                            backend=backend, baseline_cache=cache)
@@ -195,12 +196,14 @@ def run_one(config: str, subject, cache: dict, backend, settings: dict | None = 
     return out
 
 
-def _class_folder(class_name: str, seed: int) -> Path:
+def _class_folder(class_name: str, seed: int, precision: str = "fp32") -> Path:
     """The class images of one training seed (the core makes them with the run's seed): a folder per
     seed, so that two shards on two seeds neither regenerate one folder in turn nor read it while the
     other rewrites it (before this, runs at seeds 1-3 shared one folder: a run could have trained on
-    a mix of two seeds' class images, the same prompt and model, which is noise but not bias)."""
-    return WORK / "class" / (class_name if seed == 0 else f"{class_name}-seed{seed}")
+    a mix of two seeds' class images, the same prompt and model, which is noise but not bias); and
+    a folder per precision other than fp32."""
+    name = class_name if seed == 0 else f"{class_name}-seed{seed}"
+    return WORK / "class" / (name if precision == "fp32" else f"{name}-{precision}")
 
 
 def _device() -> str:
@@ -383,6 +386,8 @@ ADAPTER_CHANGES = {
     # krona at LoRA's lr (its 5x lost alignment), tlora at 3.3x (it learned less than LoRA)
     "krona-lr3e-3": dict(method="krona", krona_a1=4, krona_a2=64, lr=3e-3),
     "tlora-lr1e-2": dict(method="tlora", lr=1e-2),
+    # the class images under bf16 autocast (what --class-precision auto renders on a CPU with AMX)
+    "class-bf16": dict(class_precision="bf16"),
 }
 # the rows whose claims the noise floor could not settle at 2 seeds run at RAISED_SEEDS as well
 RAISED_CONFIGS = ("lora", "krona", "tlora")
@@ -393,6 +398,7 @@ ADAPTER_NOTES = {
     "noise-offset": "the README's example (Guttenberg's post used 0.1)", "ema": "see below",
     "prodigy": "lr is the multiplier of Prodigy's own step-size estimate: 1.0, its README's",
     "krona-lr3e-3": "krona at LoRA's lr", "tlora-lr1e-2": "tlora at 3.3x LoRA's lr",
+    "class-bf16": "the class images in bf16 (--class-precision auto on an AMX CPU), the rest as lora",
 }
 METRICS = ("fidelity", "alignment", "pres", "div")
 NAMES = {"fidelity": "fidelity", "alignment": "alignment", "pres": "PRES", "div": "DIV"}

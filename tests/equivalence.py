@@ -2,6 +2,8 @@
 fused-UNet outputs recorded before the trainer core was rebuilt (tests/data/equivalence_toy_lora.safetensors).
 
 `python tests/equivalence.py --write` records them anew (only for an intended change of the recipe).
+The class images are pinned to fp32: `--class-precision auto` depends on the machine (bf16 on a CPU
+with AMX), and the recorded outputs must not.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 REFERENCE = Path(__file__).with_name("data") / "equivalence_toy_lora.safetensors"
 ARGS = ["--method", "lora", "--rank", "8", "--lr", "3e-3", "--steps", "30", "--batch-size", "4",
         "--resolution", "64", "--prior-preservation", "--num-class-images", "4",
-        "--class-inference-steps", "4", "--instance-prompt", "a {token} {class_name}",
+        "--class-inference-steps", "4", "--class-precision", "fp32", "--instance-prompt", "a {token} {class_name}",
         "--class-prompt", "a {class_name}", "--checkpoint-every", "0", "--no-final-samples", "--seed", "0"]
 
 
