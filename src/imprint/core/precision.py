@@ -14,7 +14,7 @@ GENERATION_PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # of images made only 
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has AMX tiles: there bf16 matrix products run natively (on a 2-core Xeon with
-    AMX, a toy-model class image renders 1.9x faster under bf16 autocast); elsewhere bf16 is emulated
+    AMX, a toy-model class image renders 1.8x faster under bf16 autocast); elsewhere bf16 is emulated
     and no faster than float32."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent: assume no
     try:

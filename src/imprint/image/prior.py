@@ -71,6 +71,8 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
         log.info("reusing %d class images from %s", count, folder)
         return [folder / name for name in existing[:count]]
 
+    log.info("generating %d class images of %r into %s (%d px, %d steps, %s)", count - len(existing), prompt,
+             folder, resolution, steps, precision)
     pipe = make_pipeline()
     files = list(existing)
     per_call = images_per_call(resolution)
