@@ -671,7 +671,8 @@ def _paired_part(args, spec: "PairedPart") -> str:
     smoke = (f" SMOKE RUN (steps {CONFIGS['lora']['steps']}, {EVALUATION['images_per_prompt']} image(s) per prompt, "
              f"{EVALUATION['inference_steps']} steps): not a result." if args.smoke else "")
     command = (f"python benchmarks/toyworld_quality.py --part {spec.part} --subjects {args.subjects} --seeds {args.seeds}"
-               + f" --raised-seeds {args.raised_seeds}" + (f" --configs {args.configs}" if args.configs else ""))
+               + f" --raised-seeds {args.raised_seeds or chr(39) * 2}" + (f" --configs {args.configs}" if args.configs else "")
+               + (f' --section "{args.section}"' if args.section else ""))
     raised_text = (f" (the rows {', '.join(n for n in spec.raised if n in runnable)} also at seeds "
                    f"{', '.join(map(str, raised))}, to narrow the seed papers' intervals)"
                    if raised and any(n in runnable for n in spec.raised) else "")
