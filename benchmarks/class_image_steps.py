@@ -37,9 +37,9 @@ from results_file import write_section  # noqa: E402
 
 def render(pipe, prompt: str, count: int, steps: int, seed: int, precision: str = "fp32") -> list:
     from imprint.core.precision import generation_autocast
-    from imprint.image.sampling import images_per_call
+    from imprint.image.sampling import bulk_images_per_call
 
-    images, per_call = [], images_per_call(64)
+    images, per_call = [], bulk_images_per_call(64)
     for first in range(0, count, per_call):
         indices = range(first, min(count, first + per_call))
         generators = [torch.Generator("cpu").manual_seed(seed * 100_003 + i) for i in indices]  # prior.py's

@@ -25,6 +25,13 @@ def images_per_call(resolution: int) -> int:
     return max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
 
 
+def bulk_images_per_call(resolution: int) -> int:
+    """Images per pipeline call where many images of one prompt are made at once (class images):
+    64 at 64 px, fewer as the pixels grow, one at 512 px and up. On a 2-core AMX CPU a toy class
+    image took 69 ms at 16 per call and 55 ms at 64 under bf16 (131 and 133 ms in fp32)."""
+    return max(1, min(64, (64 * 64 * 64) // (resolution * resolution)))
+
+
 def native_resolution(pipe) -> int:
     """The image size a pipeline generates when none is given (its model's sample size)."""
     sample_size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
