@@ -37,9 +37,10 @@ from results_file import write_section  # noqa: E402
 
 def render(pipe, prompt: str, count: int, steps: int, seed: int, precision: str = "fp32") -> list:
     from imprint.core.precision import generation_autocast
-    from imprint.image.sampling import bulk_images_per_call
+    from imprint.image.prior import BULK_AT_64PX
+    from imprint.image.sampling import images_per_call
 
-    images, per_call = [], bulk_images_per_call(64)
+    images, per_call = [], images_per_call(64, at_64px=BULK_AT_64PX)  # prior.py's
     for first in range(0, count, per_call):
         indices = range(first, min(count, first + per_call))
         generators = [torch.Generator("cpu").manual_seed(seed * 100_003 + i) for i in indices]  # prior.py's
@@ -96,17 +97,17 @@ def main() -> None:
     unknown = set(precisions) - {"fp32", "bf16"}
     if unknown:
         raise SystemExit(f"--precisions: {', '.join(sorted(unknown))} is not fp32 or bf16")
-    kinds = [(n, "fp32") for n in steps] + [(n, p) for p in precisions if p != "fp32" for n in steps]
-    ref = (args.reference, "fp32")
-    if "fp32" not in precisions:
-        kinds = [k for k in kinds if k[1] != "fp32" or k == ref]
+    ref = (args.reference, "fp32")  # the float32 reference, rendered whatever --precisions says
+    kinds = [(n, p) for p in precisions for n in steps]
+    if ref not in kinds:
+        kinds.append(ref)
     rows = []
     for class_name in args.classes.split(","):
         prompt = f"a {class_name}"
         rendered, seconds = {}, {}
         for kind in kinds:
             start = time.time()
-            rendered[kind] = render(pipe, prompt, args.images, *kind[:1], seed=0, precision=kind[1])
+            rendered[kind] = render(pipe, prompt, args.images, kind[0], seed=0, precision=kind[1])
             seconds[kind] = time.time() - start
         floor_images = render(pipe, prompt, args.images, args.reference, seed=1)  # the reference, other seeds
         reads = {kind: read_images(evaluator, images) for kind, images in rendered.items()}

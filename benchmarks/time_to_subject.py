@@ -183,7 +183,8 @@ def report(args, rows: dict, variants: list[tuple], subject, torch_version: str,
     import torch
 
     from imprint.core.precision import generation_precision
-    from imprint.image.sampling import bulk_images_per_call
+    from imprint.image.prior import BULK_AT_64PX
+    from imprint.image.sampling import images_per_call
     from imprint.image.settings import PriorDataSettings
 
     defaults = PriorDataSettings()
@@ -198,7 +199,7 @@ def report(args, rows: dict, variants: list[tuple], subject, torch_version: str,
         precision = f"{p} ({resolved} here)" if p == "auto" else p
         how[f"imprint-{n}-{p}"] = (f"{size} px (the training size), {n} steps" + (" (its default)" if n == defaults.class_inference_steps else "")
                                    + f", {precision}" + (" (its default)" if p == defaults.class_precision else "")
-                                   + f", guidance 7.5, {bulk_images_per_call(size)} per call")
+                                   + f", guidance 7.5, {images_per_call(size, at_64px=BULK_AT_64PX)} per call")
         labels[f"imprint-{n}-{p}"] = f"imprint train --class-inference-steps {n} --class-precision {p}"
     for name, label in labels.items():
         table.append(f"| {label} | {how[name]} | {mean(name, 'class_s'):.0f} s | {mean(name, 'train_s'):.0f} s | "

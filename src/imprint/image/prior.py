@@ -19,12 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from imprint.image.data import list_image_files
-from imprint.image.sampling import bulk_images_per_call
+from imprint.image.sampling import images_per_call
 from imprint.util.files import cache_root, write_json_atomic
 
 log = logging.getLogger("imprint")
 
 MANIFEST = "manifest.json"
+BULK_AT_64PX = 64  # class images per pipeline call at 64 px (images_per_call)
 
 
 def default_cache_root() -> Path:
@@ -75,7 +76,7 @@ def ensure_class_images(folder: Path | None, count: int, model: str, prompt: str
              folder, resolution, steps, precision)
     pipe = make_pipeline()
     files = list(existing)
-    per_call = bulk_images_per_call(resolution)
+    per_call = images_per_call(resolution, at_64px=BULK_AT_64PX)
     bar = tqdm(total=count - len(existing), desc="class images", unit="img")
     for first in range(len(existing), count, per_call):
         indices = range(first, min(count, first + per_call))

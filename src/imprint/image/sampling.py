@@ -19,17 +19,11 @@ def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image
     return grid
 
 
-def images_per_call(resolution: int) -> int:
-    """How many images go through a pipeline at once: small images in batches (up to 16 at
-    64 px), 256 px and up one at a time."""
-    return max(1, min(16, (64 * 64 * 16) // (resolution * resolution)))
-
-
-def bulk_images_per_call(resolution: int) -> int:
-    """Images per pipeline call where many images of one prompt are made at once (class images):
-    64 at 64 px, fewer as the pixels grow, one at 512 px and up. On a 2-core AMX CPU a toy class
-    image took 69 ms at 16 per call and 55 ms at 64 under bf16 (131 and 133 ms in fp32)."""
-    return max(1, min(64, (64 * 64 * 64) // (resolution * resolution)))
+def images_per_call(resolution: int, at_64px: int = 16) -> int:
+    """How many images go through a pipeline at once: `at_64px` at 64 px, fewer as the pixels grow
+    (with 16, 256 px and up one at a time). Class images, made in bulk, use 64: on a 2-core AMX CPU a
+    toy class image took 69 ms at 16 per call and 55 ms at 64 under bf16 (131 and 133 ms in fp32)."""
+    return max(1, min(at_64px, (64 * 64 * at_64px) // (resolution * resolution)))
 
 
 def native_resolution(pipe) -> int:
